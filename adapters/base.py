@@ -1,0 +1,146 @@
+"""The Adapter protocol, its capability declaration and the settings every adapter shares.
+
+An adapter reads changes since a cursor, reads its full set, and applies a
+batch of opt-outs, returning one result per item. It never touches the store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo, model_validator
+
+from state.models import ApplyResult, OptOut, Page
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a text such as '500ms', '10s', '5m', '1h', '2d'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '10s', '5m' or '1h'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30, '10s', '5m' or '1h', got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def resolve_path(value: Any, info: ValidationInfo) -> Any:
+    """Make a relative path relative to the settings file's folder (passed as context)."""
+    if value is None:
+        return None
+    path = Path(str(value)).expanduser()
+    base = (info.context or {}).get("base_dir") if info.context else None
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+SettingsPath = Annotated[Path, BeforeValidator(resolve_path)]
+
+
+class AdapterSettings(BaseModel):
+    """Settings every adapter instance has; each adapter type adds its own keys.
+
+    Any secret field (a `SecretStr`) can instead be given as `<field>_file`, the
+    path of a file holding it.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    type: str
+    role: Literal["read", "write", "both"] = "both"
+    interval: Duration = 60.0
+    max_new_per_cycle: int = Field(default=10_000, ge=1)
+    reconcile_every: Duration = 86_400.0
+    unmapped_topics: Literal["skip", "global"] | None = None
+    topics: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in [k for k in data if isinstance(k, str) and k.endswith("_file")]:
+            secret = key[: -len("_file")]
+            field_info = cls.model_fields.get(secret)
+            if field_info is None or field_info.annotation not in (SecretStr, SecretStr | None):
+                continue
+            path = resolve_path(data.pop(key), info)
+            try:
+                data[secret] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from None
+        return data
+
+    @property
+    def reads(self) -> bool:
+        return self.role in ("read", "both")
+
+    @property
+    def writes(self) -> bool:
+        return self.role in ("write", "both")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter can do: read changes, read all, apply, remove, and in what batch size.
+
+    `scopes` are the topic keys it can represent besides all-email (`*`).
+    """
+
+    read_changes: bool
+    read_all: bool
+    write: bool
+    remove: bool = False
+    batch_size: int = 1000
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """One external system (or file) that holds opt-outs."""
+
+    settings_model: ClassVar[type[AdapterSettings]]
+    name: str
+    capabilities: Capabilities
+
+    def read_changes(self, cursor: str | None) -> Iterator[Page]:
+        """Pages of opt-outs recorded since `cursor` (None: from the beginning), each with its new cursor."""
+        ...
+
+    def read_all(self) -> Iterator[Page]:
+        """The whole opt-out set, streamed in pages (for reconcile)."""
+        ...
+
+    def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
+        """Suppress each opt-out of the batch (idempotently); one result per item, in order."""
+        ...
+
+    def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
+        """Remove suppressions (only for the audited lift); one result per item."""
+        ...
+
+    def check(self) -> list[str]:
+        """Verify the adapter can work without changing anything; lines describing what was found."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...

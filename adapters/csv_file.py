@@ -1,0 +1,151 @@
+"""`csv_file`: a sink that keeps one CSV of every suppression it was given.
+
+The file is sorted by address and scope, and every change rewrites it
+atomically (write a temporary file beside it, fsync, rename), merging the
+sorted batch into the sorted file as a stream, so a reader never sees half a
+file and memory holds only the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from state.addresses import InvalidAddress, normalise_address
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ORIGINS, REASONS, ApplyResult, OptOut, Page, Rejected
+
+from .base import AdapterSettings, Capabilities, SettingsPath
+
+HEADER = ["email", "scope", "reason", "origin", "occurred_at"]
+
+
+class CsvFileSettings(AdapterSettings):
+    """Settings of a `csv_file` sink."""
+
+    type: Literal["csv_file"] = "csv_file"
+    role: Literal["write"] = "write"
+    path: SettingsPath
+    scope: str | None = None  # one topic key: keep only it (and all-email); None: every scope
+    batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
+    page_size: int = Field(default=5000, ge=1, le=100_000)
+
+
+class CsvFileAdapter:
+    """Writes suppressions into one sorted CSV file, atomically."""
+
+    settings_model = CsvFileSettings
+
+    def __init__(self, settings: CsvFileSettings, topics: dict[str, str]):
+        self.settings = settings
+        self.name = settings.name
+        if settings.scope is not None and settings.scope not in topics and settings.scope != GLOBAL_SCOPE:
+            raise ValueError(f"scope {settings.scope!r} is not a defined topic")
+        scopes = set(topics) if settings.scope is None else ({settings.scope} - {GLOBAL_SCOPE})
+        self.capabilities = Capabilities(read_changes=False, read_all=True, write=True, remove=True,
+                                         batch_size=settings.batch_size, scopes=frozenset(scopes))
+
+    def read_changes(self, cursor: str | None) -> Iterator[Page]:
+        raise TypeError(f"adapter {self.name!r} (csv_file) is a sink; it has no changes to read")
+
+    def read_all(self) -> Iterator[Page]:
+        """The file's rows as opt-outs, in pages; malformed rows are listed as rejected."""
+        page = Page()
+        for number, row in self._rows():
+            item = self._parse(number, row)
+            (page.optouts if isinstance(item, OptOut) else page.rejected).append(item)
+            if len(page.optouts) + len(page.rejected) >= self.settings.page_size:
+                yield page
+                page = Page()
+        if page.optouts or page.rejected:
+            yield page
+
+    def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
+        """Merge the batch into the file; an address already there is a success."""
+        return self._rewrite(batch, remove=False)
+
+    def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
+        """Drop the batch's (address, scope) rows from the file (the audited lift only)."""
+        return self._rewrite(batch, remove=True)
+
+    def check(self) -> list[str]:
+        """Say where the file is and whether its folder can be written."""
+        folder = self.settings.path.parent
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise PermissionError(f"folder {folder} is not writable")
+        state = "exists" if self.settings.path.exists() else "will be created"
+        return [f"file {self.settings.path} {state}"]
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+    # -- internals ---------------------------------------------------------------
+
+    def _rows(self) -> Iterator[tuple[int, list[str]]]:
+        path = self.settings.path
+        if not path.exists():
+            return
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            for number, row in enumerate(reader, start=2):
+                if row:
+                    yield number, row
+
+    def _parse(self, number: int, row: list[str]) -> OptOut | Rejected:
+        where = f"{self.settings.path.name} row {number}"
+        padded = row + [""] * (len(HEADER) - len(row))
+        email, scope, reason, origin, occurred_at = padded[:5]
+        try:
+            address = normalise_address(email)
+        except InvalidAddress as exc:
+            return Rejected(where, email, f"invalid address {email!r}: {exc}")
+        reason = reason if reason in REASONS else "manual"
+        origin = origin if origin in ORIGINS else "user"
+        return OptOut(address, scope or GLOBAL_SCOPE, reason, origin, occurred_at or None)
+
+    def _rewrite(self, batch: list[OptOut], remove: bool) -> list[ApplyResult]:
+        wanted = {(o.address, o.scope): o for o in batch}
+        present: set[tuple[str, str]] = set()
+        path = self.settings.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(HEADER)
+                existing = ((row[0], row[1] if len(row) > 1 else GLOBAL_SCOPE, row) for _, row in self._rows())
+                if remove:
+                    merged = existing
+                else:
+                    incoming = ((o.address, o.scope, _row(o))
+                                for o in sorted(wanted.values(), key=lambda o: (o.address, o.scope)))
+                    merged = heapq.merge(existing, incoming, key=lambda t: (t[0], t[1]))
+                last_key = None
+                for address, scope, row in merged:
+                    key = (address, scope)
+                    if key == last_key or (remove and key in wanted):
+                        present.add(key)  # the file held it already
+                        last_key = key
+                        continue
+                    writer.writerow(row)
+                    last_key = key
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        if remove:
+            return [ApplyResult(o, APPLIED if (o.address, o.scope) in present else ALREADY) for o in batch]
+        return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]
+
+
+def _row(optout: OptOut) -> list[str]:
+    return [optout.address, optout.scope, optout.reason, optout.origin, optout.occurred_at or ""]

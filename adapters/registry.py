@@ -1,0 +1,27 @@
+"""Maps a settings `type = "..."` to the adapter class that implements it."""
+
+from __future__ import annotations
+
+from .base import Adapter, AdapterSettings
+from .csv_file import CsvFileAdapter
+from .csv_folder import CsvFolderAdapter
+
+ADAPTER_TYPES: dict[str, type] = {
+    "csv_folder": CsvFolderAdapter,
+    "csv_file": CsvFileAdapter,
+}
+
+
+def settings_model(type_name: str) -> type[AdapterSettings]:
+    """The settings model of an adapter type; KeyError for an unknown type."""
+    return ADAPTER_TYPES[type_name].settings_model
+
+
+def register(type_name: str, adapter_class: type) -> None:
+    """Add an adapter type (used by tests for in-memory adapters)."""
+    ADAPTER_TYPES[type_name] = adapter_class
+
+
+def build(settings: AdapterSettings, topics: dict[str, str]) -> Adapter:
+    """An adapter instance for validated settings."""
+    return ADAPTER_TYPES[settings.type](settings, topics)

@@ -1,0 +1,218 @@
+"""The `optout-sync` command line: parses arguments, calls `connector.commands`, prints.
+
+Exit codes: 0 ok, 1 a sync or runtime failure, 2 usage or settings error,
+3 refused (mass-change guard, wrong confirmation count, forbidden lift).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import click
+
+from state.errors import ConfigError, InputError, OptOutSyncError, RefusedError
+
+from . import __version__, commands
+from .daemon import Daemon
+from .logs import log_event, mask_addresses, setup_logging
+from .settings import Settings, load_settings, secret_file_warnings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+
+class Context:
+    """What every command needs: how to load settings and how to log."""
+
+    def __init__(self, config: str | None, log_format: str | None, show_addresses: bool):
+        self.config = config
+        self.log_format = log_format
+        self.show_addresses = show_addresses
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+            logging_settings = self._settings.logging
+            self.show_addresses = self.show_addresses or logging_settings.show_addresses
+            setup_logging(self.log_format or logging_settings.format, logging_settings.level,
+                          self.show_addresses, file=logging_settings.file)
+            for warning in secret_file_warnings(self._settings):
+                log_event("insecure_settings_file", 30, message=warning)
+        return self._settings
+
+    def shown(self, text: str) -> str:
+        """Text for the terminal, with addresses masked unless asked otherwise."""
+        return text if self.show_addresses else mask_addresses(text)
+
+
+def _edge(function: Callable) -> Callable:
+    """Turn the project's errors into messages and exit codes; nothing else is caught."""
+
+    @wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except RefusedError as exc:
+            click.echo(f"refused: {exc}", err=True)
+            sys.exit(EXIT_REFUSED)
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except OptOutSyncError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILURE)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", metavar="FILE", help="Settings file (else $OPTOUT_SYNC_CONFIG, else ./settings.toml).")
+@click.option("--log-format", type=click.Choice(["human", "json"]), help="Log format (default: from settings).")
+@click.option("--show-addresses", is_flag=True, help="Show email addresses in logs and output unmasked.")
+@click.version_option(__version__, prog_name="optout-sync")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_format: str | None, show_addresses: bool) -> None:
+    """Keep email opt-outs in agreement across every system you mail from."""
+    ctx.obj = Context(config, log_format, show_addresses)
+
+
+@main.command()
+@click.option("--grace", default=5.0, show_default=True, help="Seconds to let workers finish after a stop signal.")
+@click.pass_obj
+@_edge
+def run(obj: Context, grace: float) -> None:
+    """Run the daemon: every adapter on its own interval, until SIGTERM or Ctrl-C."""
+    sys.exit(Daemon(obj.settings(), grace=grace).run())
+
+
+@main.command()
+@click.option("--once", is_flag=True, required=True, help="Run one cycle of every adapter and exit.")
+@click.option("--adapter", "names", multiple=True, metavar="NAME", help="Only this adapter (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Show what would be pulled and pushed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cycle reports as JSON.")
+@click.pass_obj
+@_edge
+def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Run one sync cycle (all pulls, then all pushes) and exit."""
+    settings = obj.settings()
+    for name in names:
+        settings.adapter(name)
+    reports = commands.sync_once(settings, list(names) or None, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps([commands.report_dict(r) for r in reports], indent=2))
+    else:
+        verb = "would pull" if dry_run else "pulled"
+        for r in reports:
+            line = (f"{r.adapter}: {verb} {r.pulled} ({r.staged} new, {r.rejected} rejected), "
+                    f"{'would push' if dry_run else 'pushed'} {r.pushed}, failed {r.failed}, parked {r.parked}, "
+                    f"skipped {r.skipped}")
+            if r.paused:
+                line += f"; PAUSED with {r.waiting_approval} staged (optout-sync approve {r.adapter} --count {r.waiting_approval})"
+            if r.error:
+                line += f"; ERROR {type(r.error).__name__}: {r.error}"
+            click.echo(obj.shown(line))
+    if any(r.error for r in reports):
+        sys.exit(EXIT_FAILURE)
+    if any(r.paused for r in reports):
+        sys.exit(EXIT_REFUSED)
+
+
+@main.command()
+@click.argument("adapter")
+@click.option("--dry-run", is_flag=True, help="Show the differences; change nothing.")
+@click.pass_obj
+@_edge
+def reconcile(obj: Context, adapter: str, dry_run: bool) -> None:
+    """Compare ADAPTER's full set with the store: ingest what it has extra, re-apply what it lacks."""
+    result = commands.reconcile(obj.settings(), adapter, dry_run=dry_run)
+    if isinstance(result, str):
+        click.echo(result)
+        return
+    click.echo(f"{adapter}: read {result.pulled}, new {result.staged}, missing at source {result.missing_at_source}"
+               f"{' (would re-apply)' if dry_run else f', re-applied {result.pushed}, failed {result.failed}'}")
+    if result.paused:
+        click.echo(f"PAUSED: {result.waiting_approval} staged; optout-sync approve {adapter} --count {result.waiting_approval}")
+    if result.error:
+        click.echo(f"error: {type(result.error).__name__}: {obj.shown(str(result.error))}", err=True)
+        sys.exit(EXIT_FAILURE)
+    if result.paused:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.command()
+@click.argument("adapter")
+@click.option("--count", type=int, required=True, help="The exact number of staged opt-outs shown by status.")
+@click.pass_obj
+@_edge
+def approve(obj: Context, adapter: str, count: int) -> None:
+    """Apply the opt-outs the mass-change guard is holding for ADAPTER, if COUNT matches."""
+    added = commands.approve(obj.settings(), adapter, count)
+    click.echo(f"{adapter}: approved; {added} opt-outs applied and the adapter resumed")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_edge
+def status(obj: Context, as_json: bool) -> None:
+    """Per adapter: last run, lag, cursor age, pending, paused, failures."""
+    data = commands.status(obj.settings())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"store {data['store']}: {data['suppressions']} suppressions; "
+               f"daemon {'running' if data['daemon_running'] else 'not running'}")
+    for row in data["adapters"]:
+        state = f"PAUSED ({row['staged']} staged; approve with --count {row['staged']})" if row["paused"] else "active"
+        lag = f"{row['lag_s']:.0f}s" if row["lag_s"] is not None else "-"
+        cursor = f"{row['cursor_age_s']:.0f}s" if row["cursor_age_s"] is not None else "-"
+        click.echo(f"  {row['adapter']} ({row['type']}, {row['role']}): {state}; last run {row['last_run_at'] or 'never'}; "
+                   f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}")
+        if row["last_run_error"]:
+            click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
+
+
+@main.command()
+@click.option("--adapter", metavar="NAME", help="Only this adapter.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_edge
+def failures(obj: Context, adapter: str | None, as_json: bool) -> None:
+    """List rejected input rows and failed, parked or unmapped applies."""
+    rows = commands.failures(obj.settings(), adapter)
+    if as_json:
+        click.echo(obj.shown(json.dumps(rows, indent=2)))
+        return
+    if not rows:
+        click.echo("no open failures")
+    for row in rows:
+        what = row["location"] or f"{row['address']} ({row['scope']})"
+        click.echo(obj.shown(f"{row['last_at']}  {row['adapter']}  {row['kind']}  {what}: {row['message']}"
+                             f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}"))
+
+
+@main.command()
+@click.pass_obj
+@_edge
+def check(obj: Context) -> None:
+    """Validate the settings and each adapter without changing anything."""
+    settings = obj.settings()
+    click.echo(f"settings {settings.source}: ok ({len(settings.adapters)} adapters, {len(settings.topics)} topics)")
+    failed = False
+    for name, ok, lines in commands.check(settings):
+        click.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
+        for line in lines:
+            click.echo(f"    {line}")
+        failed = failed or not ok
+    if failed:
+        sys.exit(EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    main()

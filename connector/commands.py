@@ -1,0 +1,183 @@
+"""The operator's commands as library functions; `cli.py` only parses arguments and prints.
+
+Each function takes validated Settings and returns data; errors are the
+project's exception types, turned into exit codes by the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+
+from adapters import registry
+from adapters.base import Adapter
+from state.errors import ConfigError, OptOutSyncError
+from state.models import utc_now
+from state.store import Store
+
+from .engine import CycleReport, Engine
+from .lock import StoreLock
+from .logs import log_event
+from .settings import Settings
+
+
+def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[str, Adapter]:
+    """Instantiate the configured adapters (all, or those named)."""
+    wanted = names or [a.name for a in settings.adapters]
+    adapters = {}
+    for name in wanted:
+        config = settings.adapter(name)
+        try:
+            adapters[name] = registry.build(config, settings.topics)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{settings.source}: adapter {name!r}: {exc}") from None
+    return adapters
+
+
+def open_store(settings: Settings) -> Store:
+    """Open (and create or migrate) the configured store."""
+    return Store(settings.store.path)
+
+
+@contextmanager
+def engine_for(settings: Settings, names: list[str] | None = None, *, lock: bool = True) -> Iterator[Engine]:
+    """An engine over the store and the named adapters; holds the store lock unless told not to."""
+    store_lock = StoreLock(settings.store.path).acquire() if lock else None
+    store = adapters = None
+    try:
+        store = open_store(settings)
+        adapters = build_adapters(settings, names)
+        yield Engine(settings, store, adapters)
+    finally:
+        for adapter in (adapters or {}).values():
+            adapter.close()
+        if store is not None:
+            store.close()
+        if store_lock is not None:
+            store_lock.release()
+
+
+def log_report(report: CycleReport) -> None:
+    """One log line for a cycle, plus one per guard pause and note."""
+    level = logging.ERROR if report.error else logging.INFO
+    fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
+                  pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
+                  rejected=report.rejected, duration_ms=report.duration_ms)
+    if report.phase == "reconcile":
+        fields["missing_at_source"] = report.missing_at_source
+    if report.dry_run:
+        fields["dry_run"] = True
+    if report.error is not None:
+        fields.update(error_class=type(report.error).__name__, error=str(report.error))
+    log_event(report.phase, level, **fields)
+    if report.paused:
+        log_event("guard_paused", logging.WARNING, adapter=report.adapter, staged=report.waiting_approval,
+                  approve=f"optout-sync approve {report.adapter} --count {report.waiting_approval}")
+    for note in report.notes:
+        log_event("note", logging.INFO, adapter=report.adapter, message=note)
+
+
+def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool = False) -> list[CycleReport]:
+    """One cycle of every (or each named) adapter: all pulls, then all pushes."""
+    with engine_for(settings, names) as engine:
+        reports = engine.sync_once(names, dry_run=dry_run)
+    for report in reports:
+        log_report(report)
+    return reports
+
+
+def reconcile(settings: Settings, name: str, dry_run: bool = False) -> CycleReport | str:
+    """Reconcile one adapter now; if a daemon holds the store, ask it to at its next cycle instead."""
+    settings.adapter(name)
+    if StoreLock(settings.store.path).is_held_elsewhere() and not dry_run:
+        with open_store(settings) as store:
+            store.set_checkpoint(name, reconcile_requested=1)
+        return f"the daemon is running; it will reconcile {name!r} at that adapter's next cycle"
+    with engine_for(settings, [name], lock=not dry_run) as engine:
+        report = engine.reconcile(name, dry_run=dry_run)
+    log_report(report)
+    return report
+
+
+def approve(settings: Settings, name: str, count: int) -> int:
+    """Apply a guard-paused adapter's staged opt-outs when `count` matches; the number applied."""
+    settings.adapter(name)
+    with open_store(settings) as store:
+        added = Engine(settings, store, {}).approve(name, count)
+    log_event("approved", adapter=name, applied=added)
+    return added
+
+
+def failures(settings: Settings, adapter: str | None = None) -> list[dict]:
+    """Open failures, oldest first."""
+    if adapter:
+        settings.adapter(adapter)
+    with open_store(settings) as store:
+        return list(store.failures(adapter))
+
+
+def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
+    """Validate every adapter without changing anything: (name, ok, lines) each."""
+    results = []
+    for config in settings.adapters:
+        try:
+            adapter = build_adapters(settings, [config.name])[config.name]
+        except ConfigError as exc:
+            results.append((config.name, False, [str(exc)]))
+            continue
+        try:
+            results.append((config.name, True, adapter.check()))
+        except (OptOutSyncError, OSError, ValueError) as exc:
+            results.append((config.name, False, [f"{type(exc).__name__}: {exc}"]))
+        finally:
+            adapter.close()
+    return results
+
+
+def status(settings: Settings) -> dict:
+    """Per adapter: last run, lag, cursor age, pending, pause, failures; and store totals."""
+    now = datetime.fromisoformat(utc_now())
+
+    def age(moment: str | None) -> float | None:
+        return round((now - datetime.fromisoformat(moment)).total_seconds(), 3) if moment else None
+
+    with open_store(settings) as store:
+        rows = []
+        for config in settings.adapters:
+            checkpoint = store.checkpoint(config.name)
+            pending, oldest = (store.pending_summary(config.name, checkpoint.applied_seq)
+                               if config.writes else (0, None))
+            last = store.last_run(config.name)
+            rows.append({
+                "adapter": config.name,
+                "type": config.type,
+                "role": config.role,
+                "interval_s": config.interval,
+                "last_run_at": last["finished_at"] if last else None,
+                "last_run_error": last["error"] if last else None,
+                "last_success_at": checkpoint.last_success_at,
+                "cursor_age_s": age(checkpoint.cursor_at),
+                "pending": pending,
+                "lag_s": age(oldest),
+                "applied_seq": checkpoint.applied_seq,
+                "paused": checkpoint.paused,
+                "staged": store.staged_count(config.name),
+                "failures": store.failure_count(config.name),
+                "last_reconcile_at": checkpoint.last_reconcile_at,
+            })
+        return {
+            "store": str(settings.store.path),
+            "suppressions": store.count_suppressions(),
+            "daemon_running": StoreLock(settings.store.path).is_held_elsewhere(),
+            "adapters": rows,
+        }
+
+
+def report_dict(report: CycleReport) -> dict:
+    """A cycle report as JSON-ready data."""
+    data = asdict(report)
+    data["error"] = f"{type(report.error).__name__}: {report.error}" if report.error else None
+    return data

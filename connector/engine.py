@@ -1,0 +1,295 @@
+"""The sync engine: one pull, push or reconcile of one adapter against the store.
+
+Pull ingests pages with their cursor in one transaction each; push applies
+suppression events after the adapter's watermark in batches and records the
+outcomes with the new watermark in one transaction; reconcile diffs a full
+read with the store in SQL. Opt-outs only ever spread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+
+from adapters.base import Adapter, AdapterSettings
+from state.errors import ConfigError, PermanentError, RefusedError, TransientError
+from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, utc_now
+from state.store import IngestCounts, PendingEvent, PushOutcome, Store
+
+from .settings import Settings
+
+SCAN_WINDOW = 2000
+
+
+@dataclass
+class CycleReport:
+    """What one cycle (or reconcile) of one adapter did."""
+
+    adapter: str
+    phase: str = "cycle"
+    dry_run: bool = False
+    pulled: int = 0
+    rejected: int = 0
+    staged: int = 0
+    added: int = 0
+    changed: int = 0
+    pushed: int = 0
+    failed: int = 0
+    parked: int = 0
+    skipped: int = 0
+    paused: bool = False
+    waiting_approval: int = 0
+    missing_at_source: int = 0
+    error: BaseException | None = None
+    duration_ms: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def absorb(self, counts: IngestCounts) -> None:
+        self.pulled += counts.read
+        self.rejected += counts.rejected
+        self.staged += counts.staged
+        self.changed += counts.changed
+
+
+class Engine:
+    """Runs pulls, pushes and reconciles of configured adapters against one store."""
+
+    def __init__(self, settings: Settings, store: Store, adapters: dict[str, Adapter],
+                 stop: threading.Event | None = None,
+                 on_new_events: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.store = store
+        self.adapters = adapters
+        self.stop = stop or threading.Event()
+        self.on_new_events = on_new_events
+
+    # -- whole cycles -------------------------------------------------------------
+
+    def cycle(self, name: str, *, dry_run: bool = False, push_only: bool = False) -> CycleReport:
+        """Pull then push one adapter; the run is recorded (unless dry), an error is in the report."""
+        report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run)
+        return self._recorded(report, lambda: self._pull_and_push(report, push_only))
+
+    def _pull_and_push(self, report: CycleReport, push_only: bool) -> None:
+        if not push_only:
+            self.pull(report.adapter, report)
+        self.push(report.adapter, report)
+
+    def sync_once(self, names: list[str] | None = None, *, dry_run: bool = False) -> list[CycleReport]:
+        """Pull every adapter, then push to every adapter, so one call spreads everything it read.
+
+        A failing adapter does not stop the others; its error is in its report.
+        """
+        names = names or list(self.adapters)
+        reports = {name: CycleReport(name, dry_run=dry_run) for name in names}
+        with self.store.rolled_back() if dry_run else nullcontext():
+            for name in names:
+                self._timed(reports[name], lambda: self.pull(name, reports[name]))
+            for name in names:
+                if reports[name].error is None:
+                    self._timed(reports[name], lambda: self.push(name, reports[name]))
+        if not dry_run:
+            for report in reports.values():
+                self._record_run(report)
+        return list(reports.values())
+
+    # -- pull -------------------------------------------------------------------------
+
+    def pull(self, name: str, report: CycleReport) -> None:
+        """Read changes since the saved cursor; stage new opt-outs; promote them within the guard."""
+        adapter, config = self.adapters[name], self.settings.adapter(name)
+        if not (config.reads and adapter.capabilities.read_changes):
+            return
+        checkpoint = self.store.checkpoint(name)
+        if checkpoint.paused:
+            report.paused = True
+            report.waiting_approval = self.store.staged_count(name)
+            return
+        for page in adapter.read_changes(checkpoint.read_cursor):
+            report.absorb(self.store.ingest_page(name, page))
+            if self.stop.is_set():
+                break  # the cursor is saved per page; the rest comes next cycle
+        self._promote_within_guard(name, config, report)
+
+    def _promote_within_guard(self, name: str, config: AdapterSettings, report: CycleReport) -> None:
+        staged = self.store.staged_count(name)
+        if staged > config.max_new_per_cycle:
+            self.store.pause(name)
+            report.paused = True
+            report.waiting_approval = staged
+            report.notes.append(
+                f"{staged} new opt-outs exceed max_new_per_cycle={config.max_new_per_cycle}; paused until "
+                f"'optout-sync approve {name} --count {staged}'")
+        elif staged:
+            report.added += self.store.promote(name)
+            if report.added and self.on_new_events and not report.dry_run:
+                self.on_new_events(name)
+
+    def approve(self, name: str, count: int) -> int:
+        """Apply a paused adapter's staged opt-outs when `count` is exactly their number."""
+        self.settings.adapter(name)
+        checkpoint = self.store.checkpoint(name)
+        staged = self.store.staged_count(name)
+        if not checkpoint.paused:
+            raise RefusedError(f"adapter {name!r} is not paused; nothing to approve")
+        if count != staged:
+            raise RefusedError(f"adapter {name!r} has {staged} staged opt-outs, not {count}; nothing applied")
+        with self.store.transaction():
+            added = self.store.promote(name)
+            self.store.unpause(name)
+        return added
+
+    # -- push ---------------------------------------------------------------------------
+
+    def push(self, name: str, report: CycleReport) -> None:
+        """Apply every suppression event after the watermark that this sink still needs."""
+        adapter, config = self.adapters[name], self.settings.adapter(name)
+        if not (config.writes and adapter.capabilities.write):
+            return
+        batch_size = adapter.capabilities.batch_size
+        start = scan_from = self.store.checkpoint(name).applied_seq
+        batch: list[tuple[PendingEvent, OptOut]] = []
+        skipped: list[PushOutcome] = []
+        while not self.stop.is_set():
+            pending, scanned_to = self.store.pending_events(name, scan_from, max(SCAN_WINDOW, batch_size))
+            if scanned_to == scan_from:
+                break
+            for event in pending:
+                target = self._as_sent(event, adapter, config)
+                if target is None:
+                    skipped.append(PushOutcome(event.seq, event.optout, None,
+                                               f"topic {event.optout.scope!r} is not mapped at {name}"))
+                    continue
+                batch.append((event, target))
+                if len(batch) == batch_size:
+                    if not self._apply(name, adapter, batch, skipped, event.seq, report):
+                        return
+                    batch, skipped = [], []
+            scan_from = scanned_to
+        if not self.stop.is_set() and (batch or skipped or scan_from > start):
+            self._apply(name, adapter, batch, skipped, scan_from, report)
+
+    def _as_sent(self, event: PendingEvent, adapter: Adapter, config: AdapterSettings) -> OptOut | None:
+        optout = event.optout
+        if optout.scope == GLOBAL_SCOPE or optout.scope in adapter.capabilities.scopes:
+            return optout
+        if self.settings.unmapped_policy(config) == "global":
+            return replace(optout, scope=GLOBAL_SCOPE, details={**(optout.details or {}), "topic": optout.scope})
+        return None
+
+    def _apply(self, name: str, adapter: Adapter, batch: list[tuple[PendingEvent, OptOut]],
+               skipped: list[PushOutcome], handled_to: int, report: CycleReport) -> bool:
+        """Apply one batch and record it; False when the push should stop for this cycle."""
+        report.skipped += len(skipped)
+        if report.dry_run:
+            report.pushed += len(batch)
+            return True
+        results: list[ApplyResult] = []
+        error: BaseException | None = None
+        if batch:
+            try:
+                results = adapter.apply([sent for _, sent in batch])
+            except TransientError as exc:
+                error = exc
+                results = [ApplyResult(sent, TRANSIENT, str(exc)) for _, sent in batch]
+            if len(results) != len(batch):
+                raise PermanentError(f"adapter {name!r} returned {len(results)} results for {len(batch)} items")
+        outcomes = [PushOutcome(event.seq, event.optout, result) for (event, _), result in zip(batch, results)]
+        parked = [o.seq for o in outcomes if o.result.outcome == TRANSIENT]
+        # The watermark never passes an event that is not applied yet.
+        watermark = min(parked) - 1 if parked else handled_to
+        self.store.record_push(name, outcomes + skipped, watermark)
+        report.pushed += sum(1 for o in outcomes if o.result.ok)
+        report.failed += sum(1 for o in outcomes if not o.result.ok and o.result.outcome != TRANSIENT)
+        report.parked += len(parked)
+        if error is not None:
+            raise error
+        return not parked
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    def reconcile(self, name: str, *, dry_run: bool = False) -> CycleReport:
+        """Diff the adapter's full set with the store: ingest what the store lacks, re-apply drift.
+
+        The run is recorded (unless dry); an error is in the report.
+        """
+        report = CycleReport(name, phase="reconcile", dry_run=dry_run)
+        return self._recorded(report, lambda: self._reconcile(name, report))
+
+    def _reconcile(self, name: str, report: CycleReport) -> None:
+        adapter, config = self.adapters[name], self.settings.adapter(name)
+        if not adapter.capabilities.read_all:
+            raise ConfigError(f"adapter {name!r} cannot read its full set, so it cannot be reconciled")
+        ingest = config.reads and adapter.capabilities.read_changes
+        with self.store.rolled_back() if report.dry_run else nullcontext():
+            self.store.begin_source_set()
+            for page in adapter.read_all():
+                self.store.add_to_source_set(page.optouts)
+                if ingest:
+                    report.absorb(self.store.ingest_page(name, page, save_cursor=False))
+                if self.stop.is_set():
+                    return  # a partial full set must not be diffed
+            if ingest and not self.store.checkpoint(name).paused:
+                self._promote_within_guard(name, config, report)
+            if config.writes and adapter.capabilities.write:
+                self._reapply_missing(name, adapter, config, report)
+            if not report.dry_run:
+                self.store.set_checkpoint(name, last_reconcile_at=utc_now(), reconcile_requested=0)
+
+    def _reapply_missing(self, name: str, adapter: Adapter, config: AdapterSettings,
+                         report: CycleReport) -> None:
+        as_global = self.settings.unmapped_policy(config) == "global"
+        missing = self.store.missing_at_source(set(adapter.capabilities.scopes), as_global,
+                                               adapter.capabilities.batch_size)
+        for rows in missing:
+            report.missing_at_source += len(rows)
+            if report.dry_run:
+                continue
+            sent = [(seq, o if o.scope == GLOBAL_SCOPE or o.scope in adapter.capabilities.scopes
+                     else replace(o, scope=GLOBAL_SCOPE)) for seq, o in rows]
+            results = adapter.apply([o for _, o in sent])
+            self.store.record_applied(name, [(seq, replace(result, optout=original))
+                                             for (seq, original), result in zip(rows, results)])
+            report.pushed += sum(1 for r in results if r.ok)
+            report.failed += sum(1 for r in results if not r.ok)
+            if self.stop.is_set():
+                return
+
+    def reconcile_due(self, name: str) -> bool:
+        """True when the adapter's reconcile is requested or older than its reconcile_every."""
+        config = self.settings.adapter(name)
+        checkpoint = self.store.checkpoint(name)
+        if checkpoint.reconcile_requested:
+            return True
+        if not config.reconcile_every or checkpoint.last_reconcile_at is None:
+            return False
+        age = (datetime.fromisoformat(utc_now()) - datetime.fromisoformat(checkpoint.last_reconcile_at))
+        return age.total_seconds() >= config.reconcile_every
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _timed(self, report: CycleReport, work: Callable[[], None]) -> None:
+        started = time.monotonic()
+        try:
+            work()
+        except Exception as exc:  # recorded in the report; the caller decides what to do with it
+            report.error = exc
+        report.duration_ms += int((time.monotonic() - started) * 1000)
+
+    def _recorded(self, report: CycleReport, work: Callable[[], None]) -> CycleReport:
+        started_at = utc_now()
+        self._timed(report, work)
+        if not report.dry_run:
+            self._record_run(report, started_at)
+        return report
+
+    def _record_run(self, report: CycleReport, started_at: str | None = None) -> None:
+        self.store.record_run(
+            report.adapter, report.phase, started_at or utc_now(), report.duration_ms,
+            pulled=report.pulled, staged=report.staged, pushed=report.pushed,
+            failed=report.failed + report.parked, rejected=report.rejected, paused=report.paused,
+            error=report.error)

@@ -1,0 +1,258 @@
+"""Settings: a TOML file, overridden by OPTOUT_SYNC_* environment variables, validated strictly.
+
+The file is chosen by --config, else OPTOUT_SYNC_CONFIG, else ./settings.toml.
+Relative paths are relative to the settings file. Unknown keys and bad values
+stop the start with a message naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters import registry
+from adapters.base import AdapterSettings, SettingsPath
+from state.errors import ConfigError
+
+ENV_PREFIX = "OPTOUT_SYNC_"
+CONFIG_ENV = "OPTOUT_SYNC_CONFIG"
+DEFAULT_CONFIG = "settings.toml"
+TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class StoreSettings(BaseModel):
+    """Where the SQLite store lives."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: SettingsPath = Path("optout-sync.db")
+
+
+class SyncSettings(BaseModel):
+    """Engine-wide defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    unmapped_topics: Literal["skip", "global"] = "skip"
+
+
+class LoggingSettings(BaseModel):
+    """How the daemon logs."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["human", "json"] = "human"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    show_addresses: bool = False
+    file: SettingsPath | None = None
+
+
+class Settings(BaseSettings):
+    """Everything the daemon is configured with."""
+
+    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX)
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    topics: dict[str, str] = Field(default_factory=dict)
+    adapters: list[AdapterSettings] = Field(default_factory=list)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # The loader merges file and environment itself (adapters are addressed by name).
+        return (init_settings,)
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_keys(cls, topics: dict[str, str]) -> dict[str, str]:
+        for key in topics:
+            if not TOPIC_KEY.match(key):
+                raise ValueError(f"topic key {key!r} must be lower-case letters, digits, '_', '.' or '-'")
+        return topics
+
+    def adapter(self, name: str) -> AdapterSettings:
+        """The settings of the adapter called `name`; ConfigError if there is none."""
+        for adapter in self.adapters:
+            if adapter.name == name:
+                return adapter
+        raise ConfigError(f"no adapter named {name!r}; configured: {', '.join(a.name for a in self.adapters) or 'none'}")
+
+    def unmapped_policy(self, adapter: AdapterSettings) -> str:
+        """The adapter's unmapped-topic policy, else the engine-wide one."""
+        return adapter.unmapped_topics or self.sync.unmapped_topics
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The settings file to use: --config, else OPTOUT_SYNC_CONFIG, else ./settings.toml."""
+    environ = os.environ if environ is None else environ
+    return Path(explicit or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the settings; ConfigError with a precise message otherwise."""
+    environ = os.environ if environ is None else environ
+    path = config_path(explicit, environ)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: settings file not found (give --config or set {CONFIG_ENV})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: settings file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    apply_env_overrides(raw, environ, path)
+    return validate_settings(raw, path)
+
+
+def validate_settings(raw: dict[str, Any], path: Path) -> Settings:
+    """Validate a raw settings mapping that came from `path`."""
+    context = {"base_dir": path.resolve().parent}
+    raw = dict(raw)
+    adapters_raw = raw.pop("adapters", [])
+    problems: list[str] = []
+    try:
+        settings = Settings.model_validate(raw, context=context)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, ()))
+        settings = None
+    adapters: list[AdapterSettings] = []
+    if not isinstance(adapters_raw, list):
+        problems.append("key 'adapters': expected a list of [[adapters]] tables")
+        adapters_raw = []
+    for index, item in enumerate(adapters_raw):
+        label = f"adapters[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"key '{label}': expected a table")
+            continue
+        if isinstance(item.get("name"), str):
+            label = f"adapters[{index}] ({item['name']})"
+        type_name = item.get("type")
+        if type_name not in registry.ADAPTER_TYPES:
+            known = ", ".join(sorted(registry.ADAPTER_TYPES))
+            problems.append(f"key '{label}.type': expected one of {known}, got {type_name!r}")
+            continue
+        try:
+            adapters.append(registry.settings_model(type_name).model_validate(item, context=context))
+        except ValidationError as exc:
+            problems.extend(_describe(exc, (label,)))
+    if settings is not None:
+        problems.extend(_cross_check(settings.topics, adapters))
+    if problems:
+        raise ConfigError(f"{path}: invalid settings:\n  " + "\n  ".join(problems))
+    settings.adapters = adapters
+    settings.source = path
+    return settings
+
+
+def _cross_check(topics: dict[str, str], adapters: list[AdapterSettings]) -> list[str]:
+    problems, names = [], set()
+    for adapter in adapters:
+        if adapter.name in names:
+            problems.append(f"key 'adapters' ({adapter.name}): the name {adapter.name!r} is used twice")
+        names.add(adapter.name)
+        for topic in adapter.topics:
+            if topic not in topics:
+                problems.append(f"key 'adapters' ({adapter.name}).topics.{topic}: topic {topic!r} is not "
+                                f"defined under [topics] (defined: {', '.join(sorted(topics)) or 'none'})")
+        scope = getattr(adapter, "scope", None)
+        if scope is not None and scope != "*" and scope not in topics:
+            problems.append(f"key 'adapters' ({adapter.name}).scope: topic {scope!r} is not defined under [topics]")
+    return problems
+
+
+def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join((*prefix, *(str(part) for part in error["loc"]))) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"key '{key}': unknown key")
+        elif error["type"] == "missing":
+            lines.append(f"key '{key}': required, but missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(error.get("input"), (dict, list)) else f", got {error.get('input')!r}"
+            lines.append(f"key '{key}': {message}{shown}")
+    return lines
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
+    """Fold OPTOUT_SYNC_A__B__C=value into raw[a][b][c]; adapters are addressed by name or index.
+
+    Values that look like JSON (numbers, booleans, lists, tables) are parsed as JSON.
+    """
+    for variable, value in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_ENV:
+            continue
+        parts = [p.lower() for p in variable[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _adapter_by_name(node, part, variable, path)
+                continue
+            if part not in node:
+                node[part] = [] if part == "adapters" and depth == 0 else {}
+            node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"{path}: environment variable {variable} sets inside "
+                                  f"'{part}', which is not a table")
+        if isinstance(node, list):
+            raise ConfigError(f"{path}: environment variable {variable} must name a key inside an adapter")
+        node[parts[-1]] = _env_value(value)
+
+
+def _adapter_by_name(adapters: list, part: str, variable: str, path: Path) -> dict:
+    if part.isdigit() and int(part) < len(adapters):
+        return adapters[int(part)]
+    wanted = part.replace("-", "_")
+    for adapter in adapters:
+        if isinstance(adapter, dict) and str(adapter.get("name", "")).lower().replace("-", "_") == wanted:
+            return adapter
+    raise ConfigError(f"{path}: environment variable {variable} names adapter {part!r}, which is not configured")
+
+
+def _env_value(value: str) -> Any:
+    text = value.strip()
+    if text[:1] in "[{" or text in ("true", "false") or re.fullmatch(r"-?\d+(\.\d+)?", text):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def secret_file_warnings(settings: Settings) -> list[str]:
+    """Warnings for a settings file that holds a secret and can be read by group or others."""
+    path = settings.source
+    if path is None or not path.exists():
+        return []
+    holds_secret = any(
+        isinstance(getattr(adapter, name, None), SecretStr) and name in _file_keys(path, adapter.name)
+        for adapter in settings.adapters for name in type(adapter).model_fields
+    )
+    mode = path.stat().st_mode
+    if holds_secret and mode & (stat.S_IRGRP | stat.S_IROTH):
+        return [f"{path} holds a secret and is readable by group or others (mode {oct(mode & 0o777)});"
+                f" run: chmod 600 {path}"]
+    return []
+
+
+def _file_keys(path: Path, adapter_name: str) -> set[str]:
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    for item in raw.get("adapters", []):
+        if isinstance(item, dict) and item.get("name") == adapter_name:
+            return set(item)
+    return set()

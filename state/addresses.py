@@ -1,0 +1,69 @@
+"""Email address normalisation: trim, lower-case, and a fast syntactic check.
+
+Deliberately nothing cleverer (no dot or plus folding, no DNS): an opt-out
+belongs to the address exactly as the recipient wrote it, case aside.
+"""
+
+import re
+
+MAX_ADDRESS = 254
+MAX_LOCAL = 64
+MAX_DOMAIN = 253
+
+# \w is Unicode-aware, so internationalised addresses (RFC 6531) pass.
+_ATOM = r"[\w!#$%&'*+/=?^`{|}~-]+"
+_LABEL = r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?"
+_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
+
+
+class InvalidAddress(ValueError):
+    """The text is not a syntactically valid email address; the message says why."""
+
+
+def normalise_address(raw: str) -> str:
+    """Return the normalised address, or raise InvalidAddress naming what is wrong."""
+    address = raw.strip().lower()
+    if len(address) <= MAX_ADDRESS and _ADDRESS.fullmatch(address):
+        local, _, domain = address.rpartition("@")
+        if len(local) <= MAX_LOCAL and len(domain) <= MAX_DOMAIN:
+            return address
+    raise InvalidAddress(explain_invalid(address))
+
+
+def is_valid_address(raw: str) -> bool:
+    """True when normalise_address would accept the text."""
+    try:
+        normalise_address(raw)
+    except InvalidAddress:
+        return False
+    return True
+
+
+def explain_invalid(address: str) -> str:
+    """Say, in a few words, why an (already trimmed, lower-cased) address is invalid."""
+    if not address:
+        return "empty address"
+    if len(address) > MAX_ADDRESS:
+        return f"address longer than {MAX_ADDRESS} characters"
+    if any(ch.isspace() for ch in address):
+        return "address contains white space"
+    if "@" not in address:
+        return "no @ in address"
+    if address.count("@") > 1:
+        return "more than one @ in address"
+    local, _, domain = address.partition("@")
+    if not local:
+        return "nothing before the @"
+    if not domain:
+        return "no domain after the @"
+    if len(local) > MAX_LOCAL:
+        return f"part before the @ longer than {MAX_LOCAL} characters"
+    if len(domain) > MAX_DOMAIN:
+        return f"domain longer than {MAX_DOMAIN} characters"
+    if "." not in domain:
+        return f"domain {domain!r} has no dot"
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        return "misplaced dot before the @"
+    if not re.fullmatch(rf"{_ATOM}(?:\.{_ATOM})*", local):
+        return "invalid character before the @"
+    return f"invalid domain {domain!r}"

@@ -1,0 +1,583 @@
+"""The SQLite suppression store: suppressions, event log, checkpoints, staging, failures, runs.
+
+Every write happens inside one transaction per page or batch, and a source's
+read cursor is saved in the same transaction as the opt-outs it describes.
+One Store object is one connection; give each thread its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import StoreError
+from .models import (
+    ALREADY,
+    APPLIED,
+    ORIGIN_RANK,
+    PERMANENT,
+    REASON_RANK,
+    TRANSIENT,
+    ApplyResult,
+    OptOut,
+    Page,
+    utc_now,
+)
+from .schema import migrate
+
+
+def _rank_sql(column: str, ranks: dict[str, int]) -> str:
+    cases = " ".join(f"WHEN '{key}' THEN {value}" for key, value in ranks.items())
+    return f"(CASE {column} {cases} ELSE -1 END)"
+
+
+def _stronger_sql(new: str, old: str) -> str:
+    """SQL that is true when opt-out `new` binds more strongly than stored `old`.
+
+    A user-made opt-out never replaces one the recipient or a system made: that
+    would turn an opt-out nobody may lift into one a user may lift.
+    """
+    nr, orr = _rank_sql(f"{new}.reason", REASON_RANK), _rank_sql(f"{old}.reason", REASON_RANK)
+    no, oo = _rank_sql(f"{new}.origin", ORIGIN_RANK), _rank_sql(f"{old}.origin", ORIGIN_RANK)
+    return (
+        f"({new}.origin != 'user' OR {old}.origin = 'user') "
+        f"AND ({nr} > {orr} OR ({nr} = {orr} AND {no} > {oo}))"
+    )
+
+
+def _details_json(details: dict | None) -> str | None:
+    return json.dumps(details, sort_keys=True, separators=(",", ":")) if details else None
+
+
+def _details_from(text: str | None) -> dict | None:
+    return json.loads(text) if text else None
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Where an adapter stands: its read cursor, push watermark, pause state and last successes."""
+
+    adapter: str
+    read_cursor: str | None
+    cursor_at: str | None
+    applied_seq: int
+    last_reconcile_at: str | None
+    last_success_at: str | None
+    reconcile_requested: bool
+    paused: bool
+    paused_at: str | None
+
+
+@dataclass(slots=True)
+class IngestCounts:
+    """What one page did to the store."""
+
+    read: int = 0
+    staged: int = 0
+    changed: int = 0
+    ignored_lifted: int = 0
+    rejected: int = 0
+
+    def add(self, other: "IngestCounts") -> None:
+        self.read += other.read
+        self.staged += other.staged
+        self.changed += other.changed
+        self.ignored_lifted += other.ignored_lifted
+        self.rejected += other.rejected
+
+
+@dataclass(slots=True, frozen=True)
+class PendingEvent:
+    """A suppression event not yet applied to a given sink, with the opt-out as it stands now."""
+
+    seq: int
+    optout: OptOut
+    source: str
+    recorded_at: str
+
+
+@dataclass(slots=True, frozen=True)
+class PushOutcome:
+    """One item of a push batch as the store records it.
+
+    `result` is None for an item that was skipped (unmapped topic), with `message` saying why.
+    """
+
+    seq: int
+    optout: OptOut
+    result: ApplyResult | None
+    message: str = ""
+
+
+_OPTOUT_COLUMNS = "address, scope, reason, origin, occurred_at, details"
+
+
+class Store:
+    """The local suppression store on one SQLite connection."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        try:
+            _create_private_file(self.path)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA temp_store = FILE")
+            migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._depth = 0
+        self._temp_ready = False
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested calls become savepoints of the outer one."""
+        depth = self._depth
+        name = f"sp{depth}"
+        try:
+            self.conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if depth == 0:
+                self.conn.execute("ROLLBACK")
+            else:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+            raise
+        self._depth -= 1
+        try:
+            self.conn.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
+        except sqlite3.Error as exc:
+            if depth == 0:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def rolled_back(self) -> Iterator[None]:
+        """Run writes that are always undone at the end (dry runs)."""
+
+        class _Undo(Exception):
+            pass
+
+        try:
+            with self.transaction():
+                yield
+                raise _Undo
+        except _Undo:
+            pass
+
+    def _write(self, sql: str, params: Iterable = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
+
+    def _ensure_temp_tables(self) -> None:
+        if self._temp_ready:
+            return
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS incoming ("
+            " address TEXT NOT NULL, scope TEXT NOT NULL, reason TEXT NOT NULL,"
+            " origin TEXT NOT NULL, occurred_at TEXT, details TEXT,"
+            " PRIMARY KEY (address, scope))"
+        )
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS source_set ("
+            " address TEXT NOT NULL, scope TEXT NOT NULL, PRIMARY KEY (address, scope)) WITHOUT ROWID"
+        )
+        self._temp_ready = True
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def checkpoint(self, adapter: str) -> Checkpoint:
+        """The checkpoint of an adapter (a fresh one if it never ran)."""
+        row = self.conn.execute(
+            "SELECT adapter, read_cursor, cursor_at, applied_seq, last_reconcile_at,"
+            " last_success_at, reconcile_requested, paused, paused_at FROM checkpoints WHERE adapter = ?",
+            (adapter,),
+        ).fetchone()
+        if row is None:
+            return Checkpoint(adapter, None, None, 0, None, None, False, False, None)
+        return Checkpoint(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), bool(row[7]), row[8])
+
+    def _ensure_checkpoint(self, adapter: str) -> None:
+        self._write("INSERT OR IGNORE INTO checkpoints (adapter) VALUES (?)", (adapter,))
+
+    def set_checkpoint(self, adapter: str, **fields) -> None:
+        """Update named checkpoint fields of an adapter."""
+        allowed = {"read_cursor", "cursor_at", "applied_seq", "last_reconcile_at",
+                   "last_success_at", "reconcile_requested", "paused", "paused_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown checkpoint fields {sorted(unknown)}")
+        with self.transaction():
+            self._ensure_checkpoint(adapter)
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            self._write(f"UPDATE checkpoints SET {assignments} WHERE adapter = ?",
+                        [*fields.values(), adapter])
+
+    # -- ingest ---------------------------------------------------------------
+
+    def ingest_page(self, adapter: str, page: Page, *, save_cursor: bool = True) -> IngestCounts:
+        """Stage a page's new opt-outs, record stronger reasons, rejections and notices.
+
+        With `save_cursor`, the page's cursor is saved in the same transaction, so a
+        crash keeps both or neither.
+        """
+        counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
+        now = utc_now()
+        with self.transaction():
+            self._ensure_temp_tables()
+            self._ensure_checkpoint(adapter)
+            self._load_incoming(page.optouts)
+            counts.ignored_lifted = self._drop_lifted("incoming")
+            counts.changed = self._record_stronger("incoming", adapter, now)
+            counts.staged = self._write(
+                f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
+                f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM incoming i WHERE NOT EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
+                (adapter, now),
+            ).rowcount
+            if page.rejected:
+                self.conn.executemany(
+                    "INSERT INTO failures (adapter, kind, location, address, message, first_at, last_at)"
+                    " VALUES (?, 'rejected', ?, NULL, ?, ?, ?)",
+                    [(adapter, r.where, r.reason, now, now) for r in page.rejected],
+                )
+            if page.notices:
+                self.conn.executemany(
+                    "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
+                    " occurred_at, message, details) VALUES (?, 'observed', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(now, n.address, n.scope, n.reason, n.origin, adapter, n.occurred_at,
+                      (n.details or {}).get("message", "seen at source; no suppression removed"),
+                      _details_json(n.details)) for n in page.notices],
+                )
+            if save_cursor and page.cursor is not None:
+                self._write("UPDATE checkpoints SET read_cursor = ?, cursor_at = ? WHERE adapter = ?",
+                            (page.cursor, now, adapter))
+        return counts
+
+    def _load_incoming(self, optouts: list[OptOut]) -> None:
+        self._write("DELETE FROM incoming")
+        # Within one page the strongest observation of an (address, scope) wins.
+        self.conn.executemany(
+            f"INSERT INTO incoming ({_OPTOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,"
+            " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
+            f" WHERE {_stronger_sql('excluded', 'incoming')}",
+            [(o.address, o.scope, o.reason, o.origin, o.occurred_at, _details_json(o.details))
+             for o in optouts],
+        )
+
+    def _drop_lifted(self, table: str) -> int:
+        # A lifted opt-out returns only through an opt-out dated after the lift.
+        return self._write(
+            f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM lifts l WHERE l.address = {table}.address"
+            f" AND l.scope = {table}.scope AND ({table}.occurred_at IS NULL"
+            f" OR {table}.occurred_at <= l.lifted_at))"
+        ).rowcount
+
+    def _record_stronger(self, table: str, source: str, now: str) -> int:
+        """Raise stored reasons/origins that the rows of `table` bind more strongly; log each change."""
+        match = (f"FROM {table} n JOIN suppressions s ON s.address = n.address AND s.scope = n.scope"
+                 f" WHERE {_stronger_sql('n', 's')}")
+        changed = self._write(
+            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, occurred_at,"
+            " message, details)"
+            f" SELECT ?, 'changed', n.address, n.scope, n.reason, n.origin, ?, n.occurred_at,"
+            " 'was ' || s.reason || ' by ' || s.origin, n.details " + match,
+            (now, source),
+        ).rowcount
+        if changed:
+            self._write(
+                "UPDATE suppressions SET reason = n.reason, origin = n.origin, details = COALESCE(n.details, suppressions.details)"
+                f" FROM {table} n WHERE n.address = suppressions.address AND n.scope = suppressions.scope"
+                f" AND {_stronger_sql('n', 'suppressions')}"
+            )
+        return changed
+
+    def staged_count(self, adapter: str) -> int:
+        """How many new opt-outs from this adapter wait in staging."""
+        return self.conn.execute("SELECT count(*) FROM staged WHERE adapter = ?", (adapter,)).fetchone()[0]
+
+    def promote(self, adapter: str, *, legal_basis: str | None = None,
+                explanation: str | None = None) -> int:
+        """Turn an adapter's staged opt-outs into suppressions, one 'suppressed' event each."""
+        now = utc_now()
+        with self.transaction():
+            self._record_stronger_from_staged(adapter, now)
+            before = self.conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
+            added = self._write(
+                "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
+                " occurred_at, legal_basis, explanation, details)"
+                " SELECT ?, 'suppressed', st.address, st.scope, st.reason, st.origin, st.adapter,"
+                " st.occurred_at, ?, ?, st.details FROM staged st WHERE st.adapter = ? AND NOT EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = st.address AND s.scope = st.scope)"
+                " ORDER BY st.rowid",
+                (now, legal_basis, explanation, adapter),
+            ).rowcount
+            self._write(
+                "INSERT INTO suppressions (address, scope, reason, origin, source, occurred_at,"
+                " recorded_at, details, seq)"
+                " SELECT address, scope, reason, origin, source, occurred_at, recorded_at, details, seq"
+                " FROM events WHERE seq > ? AND kind = 'suppressed'",
+                (before,),
+            )
+            self._write("DELETE FROM staged WHERE adapter = ?", (adapter,))
+        return added
+
+    def _record_stronger_from_staged(self, adapter: str, now: str) -> None:
+        # Staged rows that another source suppressed meanwhile may still strengthen it.
+        match = ("FROM staged n JOIN suppressions s ON s.address = n.address AND s.scope = n.scope"
+                 f" WHERE n.adapter = ? AND {_stronger_sql('n', 's')}")
+        changed = self._write(
+            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, occurred_at,"
+            " message, details) SELECT ?, 'changed', n.address, n.scope, n.reason, n.origin, n.adapter,"
+            " n.occurred_at, 'was ' || s.reason || ' by ' || s.origin, n.details " + match,
+            (now, adapter),
+        ).rowcount
+        if changed:
+            self._write(
+                "UPDATE suppressions SET reason = n.reason, origin = n.origin, details = COALESCE(n.details, suppressions.details)"
+                " FROM staged n WHERE n.adapter = ? AND n.address = suppressions.address"
+                f" AND n.scope = suppressions.scope AND {_stronger_sql('n', 'suppressions')}",
+                (adapter,),
+            )
+
+    def pause(self, adapter: str) -> None:
+        """Hold an adapter's staged opt-outs for a person's approval."""
+        self.set_checkpoint(adapter, paused=1, paused_at=utc_now())
+
+    def unpause(self, adapter: str) -> None:
+        """Release the guard pause of an adapter."""
+        self.set_checkpoint(adapter, paused=0, paused_at=None)
+
+    # -- push -----------------------------------------------------------------
+
+    def pending_events(self, adapter: str, after_seq: int, limit: int) -> tuple[list[PendingEvent], int]:
+        """Up to `limit` suppression events after `after_seq` that this sink still needs.
+
+        Left out: events whose suppression was since lifted or replaced, events that
+        came from this adapter (no echo), and events already applied to it. Returns
+        the events and the highest seq examined, so the watermark can move past the
+        events that were left out.
+        """
+        rows = self.conn.execute(
+            "SELECT e.seq, e.source, e.recorded_at, s.address, s.scope, s.reason, s.origin,"
+            " s.occurred_at, s.details"
+            " FROM events e LEFT JOIN suppressions s ON s.seq = e.seq"
+            " WHERE e.kind = 'suppressed' AND e.seq > ? ORDER BY e.seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        if not rows:
+            return [], after_seq
+        scanned_to = rows[-1][0]
+        seqs = [row[0] for row in rows if row[3] is not None and row[1] != adapter]
+        done = set()
+        if seqs:
+            # Chunked so the IN list stays under SQLite's variable limit.
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                done.update(r[0] for r in self.conn.execute(
+                    f"SELECT ref_seq FROM events WHERE target = ? AND kind = 'applied'"
+                    f" AND ref_seq IN ({','.join('?' * len(chunk))})", (adapter, *chunk)))
+        pending = [
+            PendingEvent(row[0], OptOut(row[3], row[4], row[5], row[6], row[7], _details_from(row[8])),
+                         row[1], row[2])
+            for row in rows
+            if row[3] is not None and row[1] != adapter and row[0] not in done
+        ]
+        return pending, scanned_to
+
+    def record_push(self, adapter: str, outcomes: list[PushOutcome], watermark: int | None) -> None:
+        """Record per-item outcomes of one push batch and move the watermark, in one transaction."""
+        now = utc_now()
+        events, resolved, failures = [], [], []
+        for item in outcomes:
+            o = item.optout
+            if item.result is None:
+                events.append((now, "skipped", o.address, o.scope, o.reason, o.origin, adapter,
+                               item.seq, item.message))
+                failures.append((adapter, "unmapped", o.address, o.scope, item.seq, item.message, now, now))
+            elif item.result.ok:
+                message = item.result.message or ("already held" if item.result.outcome == ALREADY else "")
+                events.append((now, "applied", o.address, o.scope, o.reason, o.origin, adapter,
+                               item.seq, message))
+                resolved.append((now, adapter, item.seq))
+            else:
+                events.append((now, "failed", o.address, o.scope, o.reason, o.origin, adapter,
+                               item.seq, f"{item.result.outcome}: {item.result.message}"))
+                failures.append((adapter, item.result.outcome, o.address, o.scope, item.seq,
+                                 item.result.message, now, now))
+        with self.transaction():
+            self._ensure_checkpoint(adapter)
+            self.conn.executemany(
+                "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, target, ref_seq, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", events)
+            self.conn.executemany(
+                "INSERT INTO failures (adapter, kind, address, scope, ref_seq, message, first_at, last_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (adapter, ref_seq) WHERE ref_seq IS NOT NULL"
+                " DO UPDATE SET kind = excluded.kind, message = excluded.message, last_at = excluded.last_at,"
+                " attempts = attempts + 1, resolved_at = NULL", failures)
+            self.conn.executemany(
+                "UPDATE failures SET resolved_at = ? WHERE adapter = ? AND ref_seq = ? AND resolved_at IS NULL",
+                resolved)
+            if watermark is not None:
+                self._write("UPDATE checkpoints SET applied_seq = max(applied_seq, ?) WHERE adapter = ?",
+                            (watermark, adapter))
+
+    def record_applied(self, adapter: str, results: list[tuple[int, ApplyResult]]) -> None:
+        """Record outcomes of a reconcile re-apply (no watermark change)."""
+        self.record_push(adapter, [PushOutcome(seq, r.optout, r) for seq, r in results], None)
+
+    def pending_summary(self, adapter: str, applied_seq: int) -> tuple[int, str | None]:
+        """How many suppression events this sink still needs, and when the oldest was recorded."""
+        row = self.conn.execute(
+            "SELECT count(*), min(e.recorded_at) FROM events e JOIN suppressions s ON s.seq = e.seq"
+            " WHERE e.kind = 'suppressed' AND e.seq > ? AND e.source != ? AND NOT EXISTS"
+            " (SELECT 1 FROM events a WHERE a.ref_seq = e.seq AND a.target = ? AND a.kind = 'applied')",
+            (applied_seq, adapter, adapter),
+        ).fetchone()
+        return row[0], row[1]
+
+    # -- reconcile ------------------------------------------------------------
+
+    def begin_source_set(self) -> None:
+        """Empty the temp table that holds a source's full set during a reconcile."""
+        self._ensure_temp_tables()
+        self._write("DELETE FROM source_set")
+
+    def add_to_source_set(self, optouts: list[OptOut]) -> None:
+        """Add a page of a source's full read to the reconcile temp table."""
+        self._ensure_temp_tables()
+        self.conn.executemany("INSERT OR IGNORE INTO source_set (address, scope) VALUES (?, ?)",
+                              [(o.address, o.scope) for o in optouts])
+
+    def missing_at_source(self, scopes: set[str], unmapped_as_global: bool,
+                          batch: int) -> Iterator[list[tuple[int, OptOut]]]:
+        """Stream, in batches, suppressions the sink should hold but its full read lacked.
+
+        A suppression of a scope the sink cannot represent is expected there as a
+        global one when `unmapped_as_global`, and not at all otherwise.
+        """
+        self._ensure_temp_tables()
+        self._write("DROP TABLE IF EXISTS temp.sink_scopes")
+        self._write("CREATE TEMP TABLE sink_scopes (scope TEXT PRIMARY KEY)")
+        self.conn.executemany("INSERT OR IGNORE INTO sink_scopes VALUES (?)", [(s,) for s in scopes | {"*"}])
+        expected = ("CASE WHEN s.scope IN (SELECT scope FROM sink_scopes) THEN s.scope"
+                    + (" ELSE '*' END" if unmapped_as_global else " END"))
+        last = ("", "")
+        while True:
+            rows = self.conn.execute(
+                f"SELECT s.seq, {', '.join('s.' + c for c in _OPTOUT_COLUMNS.split(', '))}, {expected}"
+                " AS expected_scope FROM suppressions s WHERE (s.address, s.scope) > (?, ?)"
+                " AND expected_scope IS NOT NULL AND NOT EXISTS (SELECT 1 FROM source_set t"
+                " WHERE t.address = s.address AND t.scope = expected_scope)"
+                " ORDER BY s.address, s.scope LIMIT ?",
+                (*last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            last = (rows[-1][1], rows[-1][2])
+            yield [(r[0], OptOut(r[1], r[2], r[3], r[4], r[5], _details_from(r[6]))) for r in rows]
+
+    # -- runs and failures ----------------------------------------------------
+
+    def record_run(self, adapter: str, phase: str, started_at: str, duration_ms: int, *,
+                   pulled: int = 0, staged: int = 0, pushed: int = 0, failed: int = 0,
+                   rejected: int = 0, paused: bool = False, error: BaseException | None = None) -> None:
+        """Append one row to the runs table; a success also moves last_success_at."""
+        now = utc_now()
+        with self.transaction():
+            self._ensure_checkpoint(adapter)
+            self._write(
+                "INSERT INTO runs (adapter, phase, started_at, finished_at, duration_ms, pulled, staged,"
+                " pushed, failed, rejected, paused, error_class, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (adapter, phase, started_at, now, duration_ms, pulled, staged, pushed, failed, rejected,
+                 int(paused), type(error).__name__ if error else None, str(error) if error else None),
+            )
+            if error is None:
+                self._write("UPDATE checkpoints SET last_success_at = ? WHERE adapter = ?", (now, adapter))
+
+    def last_run(self, adapter: str) -> dict | None:
+        """The newest runs row of an adapter, as a dict."""
+        cursor = self.conn.execute("SELECT * FROM runs WHERE adapter = ? ORDER BY id DESC LIMIT 1", (adapter,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+    def failures(self, adapter: str | None = None, include_resolved: bool = False) -> Iterator[dict]:
+        """Open failures (rejected input, refused or parked applies, unmapped topics), oldest first."""
+        where, params = [], []
+        if adapter:
+            where.append("adapter = ?")
+            params.append(adapter)
+        if not include_resolved:
+            where.append("resolved_at IS NULL")
+        sql = ("SELECT id, adapter, kind, address, scope, ref_seq, location, message, first_at, last_at,"
+               " attempts, resolved_at FROM failures")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        cursor = self.conn.execute(sql + " ORDER BY id", params)
+        names = [c[0] for c in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
+
+    def failure_count(self, adapter: str) -> int:
+        """How many open failures an adapter has."""
+        return self.conn.execute(
+            "SELECT count(*) FROM failures WHERE adapter = ? AND resolved_at IS NULL", (adapter,)
+        ).fetchone()[0]
+
+    # -- reads for people -------------------------------------------------------
+
+    def suppression(self, address: str, scope: str = "*") -> dict | None:
+        """The stored suppression of (address, scope), or None."""
+        cursor = self.conn.execute("SELECT * FROM suppressions WHERE address = ? AND scope = ?", (address, scope))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+    def count_suppressions(self) -> int:
+        """How many (address, scope) pairs are suppressed."""
+        return self.conn.execute("SELECT count(*) FROM suppressions").fetchone()[0]
+
+    def events_for(self, address: str) -> list[dict]:
+        """Every event of one address, oldest first."""
+        cursor = self.conn.execute("SELECT * FROM events WHERE address = ? ORDER BY seq", (address,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file with mode 0600 before SQLite opens it (SQLite would use the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    # SQLite gives its -wal and -shm files the mode of the database file.
