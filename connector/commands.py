@@ -7,10 +7,12 @@ project's exception types, turned into exit codes by the CLI.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
+from pathlib import Path
 
 from adapters import registry
 from adapters.base import Adapter
@@ -43,12 +45,17 @@ def open_store(settings: Settings) -> Store:
 
 
 @contextmanager
-def engine_for(settings: Settings, names: list[str] | None = None, *, lock: bool = True) -> Iterator[Engine]:
-    """An engine over the store and the named adapters; holds the store lock unless told not to."""
-    store_lock = StoreLock(settings.store.path).acquire() if lock else None
+def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: bool = False) -> Iterator[Engine]:
+    """An engine over the store and the named adapters, holding the store lock.
+
+    A dry run takes no lock, and when there is no store yet it works on an empty
+    temporary one, so that it leaves no file behind.
+    """
+    store_lock = None if dry_run else StoreLock(settings.store.path).acquire()
+    scratch = tempfile.TemporaryDirectory() if dry_run and not settings.store.path.exists() else None
     store = adapters = None
     try:
-        store = open_store(settings)
+        store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings)
         adapters = build_adapters(settings, names)
         yield Engine(settings, store, adapters)
     finally:
@@ -56,6 +63,8 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, lock: bool
             adapter.close()
         if store is not None:
             store.close()
+        if scratch is not None:
+            scratch.cleanup()
         if store_lock is not None:
             store_lock.release()
 
@@ -82,7 +91,7 @@ def log_report(report: CycleReport) -> None:
 
 def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool = False) -> list[CycleReport]:
     """One cycle of every (or each named) adapter: all pulls, then all pushes."""
-    with engine_for(settings, names) as engine:
+    with engine_for(settings, names, dry_run=dry_run) as engine:
         reports = engine.sync_once(names, dry_run=dry_run)
     for report in reports:
         log_report(report)
@@ -96,7 +105,7 @@ def reconcile(settings: Settings, name: str, dry_run: bool = False) -> CycleRepo
         with open_store(settings) as store:
             store.set_checkpoint(name, reconcile_requested=1)
         return f"the daemon is running; it will reconcile {name!r} at that adapter's next cycle"
-    with engine_for(settings, [name], lock=not dry_run) as engine:
+    with engine_for(settings, [name], dry_run=dry_run) as engine:
         report = engine.reconcile(name, dry_run=dry_run)
     log_report(report)
     return report
@@ -178,6 +187,6 @@ def status(settings: Settings) -> dict:
 
 def report_dict(report: CycleReport) -> dict:
     """A cycle report as JSON-ready data."""
-    data = asdict(report)
+    data = {f.name: getattr(report, f.name) for f in fields(report)}
     data["error"] = f"{type(report.error).__name__}: {report.error}" if report.error else None
     return data

@@ -1,0 +1,70 @@
+"""Shared fixtures: settings files written to tmp_path, stores, engines with in-memory adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from connector.engine import Engine
+from connector.settings import Settings, validate_settings
+from state.store import Store
+
+from . import memory_adapter
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_settings(folder: Path, adapters: list[dict], topics: dict | None = None, **sections) -> Path:
+    """Write a settings.toml in `folder` and return its path."""
+    lines = []
+    sections.setdefault("store", {"path": "store.db"})
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    lines.append("[topics]")
+    lines += [f"{key} = {toml_value(value)}" for key, value in (topics or {}).items()]
+    for adapter in adapters:
+        lines.append("[[adapters]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in adapter.items()]
+    path = folder / "settings.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_vendors():
+    memory_adapter.VENDORS.clear()
+    yield
+    memory_adapter.VENDORS.clear()
+
+
+@pytest.fixture
+def memory_world(tmp_path):
+    """Build (settings, store, engine, vendors) for in-memory adapters described as dicts."""
+    opened: list[Store] = []
+
+    def build(adapters: list[dict], topics: dict | None = None, **sync) -> tuple[Settings, Store, Engine, dict]:
+        raw = {"store": {"path": str(tmp_path / "store.db")}, "topics": topics or {},
+               "sync": sync, "adapters": [{"type": "memory", "interval": 1, **a} for a in adapters]}
+        settings = validate_settings(raw, tmp_path / "settings.toml")
+        store = Store(settings.store.path)
+        opened.append(store)
+        from adapters import registry
+        built = {a.name: registry.build(a, settings.topics) for a in settings.adapters}
+        return settings, store, Engine(settings, store, built), built
+
+    yield build
+    for store in opened:
+        store.close()
