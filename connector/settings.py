@@ -153,6 +153,11 @@ def validate_settings(raw: dict[str, Any], path: Path) -> Settings:
         raise ConfigError(f"{path}: invalid settings:\n  " + "\n  ".join(problems))
     settings.adapters = adapters
     settings.source = path
+    # BaseSettings does not pass the validation context on, so its own paths are anchored here.
+    base = context["base_dir"]
+    settings.store.path = base / settings.store.path
+    if settings.logging.file is not None:
+        settings.logging.file = base / settings.logging.file
     return settings
 
 
