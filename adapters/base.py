@@ -83,6 +83,8 @@ class AdapterSettings(BaseModel):
             if field_info is None or field_info.annotation not in (SecretStr, SecretStr | None):
                 continue
             path = resolve_path(data.pop(key), info)
+            if data.get(secret):
+                continue  # given directly (e.g. from the environment): that wins over the file
             try:
                 data[secret] = Path(path).read_text(encoding="utf-8").strip()
             except OSError as exc:

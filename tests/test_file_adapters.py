@@ -1,0 +1,157 @@
+"""The embedded default adapters: csv_folder (a followed folder) and csv_file (an atomic sink)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+from pathlib import Path
+
+from adapters.csv_file import CsvFileAdapter, CsvFileSettings
+from adapters.csv_folder import CsvFolderAdapter, CsvFolderSettings
+from state.models import ALREADY, APPLIED, OptOut
+
+TOPICS = {"news": "Newsletter"}
+
+
+def folder(tmp_path: Path, **extra) -> CsvFolderAdapter:
+    settings = CsvFolderSettings(name="inbox", path=tmp_path / "in", settle_seconds=0, **extra)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return CsvFolderAdapter(settings, TOPICS)
+
+
+def read(adapter, cursor=None):
+    optouts, rejected, last = [], [], cursor
+    for page in adapter.read_changes(cursor):
+        optouts += page.optouts
+        rejected += page.rejected
+        last = page.cursor
+    return optouts, rejected, last
+
+
+def test_rows_are_read_once_and_appends_follow(tmp_path):
+    adapter = folder(tmp_path)
+    path = tmp_path / "in" / "a.csv"
+    path.write_text("Email;Scope;Reason;occurred_at\r\nA@x.io;news;unsubscribed;2026-01-02\r\n")
+    optouts, rejected, cursor = read(adapter)
+    assert [(o.address, o.scope, o.reason, o.occurred_at) for o in optouts] == [
+        ("a@x.io", "news", "unsubscribed", "2026-01-02T00:00:00.000000+00:00")]
+    assert read(adapter, cursor)[0] == []
+    with path.open("a") as handle:
+        handle.write("b@x.io;;;\r\n")
+    optouts, _, cursor = read(adapter, cursor)
+    assert [(o.address, o.scope, o.reason, o.origin) for o in optouts] == [("b@x.io", "*", "imported", "user")]
+
+
+def test_an_unfinished_last_line_waits_until_it_is_complete(tmp_path):
+    adapter = CsvFolderAdapter(CsvFolderSettings(name="i", path=tmp_path, settle_seconds=60), TOPICS)
+    path = tmp_path / "a.csv"
+    path.write_text("email\nfirst@x.io\nsecond@x.i")
+    optouts, _, cursor = read(adapter)
+    assert [o.address for o in optouts] == ["first@x.io"]
+    with path.open("a") as handle:
+        handle.write("o\n")
+    assert [o.address for o in read(adapter, cursor)[0]] == ["second@x.io"]
+
+
+def test_a_rewritten_file_is_read_again(tmp_path):
+    adapter = folder(tmp_path)
+    path = tmp_path / "in" / "a.csv"
+    path.write_text("email\none@x.io\ntwo@x.io\n")
+    _, _, cursor = read(adapter)
+    path.write_text("email\nthree@x.io\n")            # same inode, shorter: rewritten
+    assert [o.address for o in read(adapter, cursor)[0]] == ["three@x.io"]
+    replacement = tmp_path / "in" / ".new"
+    replacement.write_text("email\nfour@x.io\nfive@x.io\n")
+    os.replace(replacement, path)                      # new inode
+    assert [o.address for o in read(adapter, cursor)[0]] == ["four@x.io", "five@x.io"]
+
+
+def test_malformed_rows_are_listed_with_file_and_row_and_the_rest_goes_on(tmp_path):
+    adapter = folder(tmp_path)
+    (tmp_path / "in" / "bad.csv").write_text(
+        'name,email,scope,reason,origin,occurred_at\n'
+        'Ann,ann@x.io,,,,\n'
+        'Bob,bob@,,,,\n'
+        '\n'
+        'Cy,cy@x.io,sports,,,\n'
+        'Di,di@x.io,,maybe,,\n'
+        'Ed,ed@x.io,,,robot,\n'
+        'Fi,fi@x.io,,,,yesterday\n'
+        'Gus\n'
+        '"Hal, Jr.","hal@x.io",news,,,\n')
+    optouts, rejected, _ = read(adapter)
+    assert [o.address for o in optouts] == ["ann@x.io", "hal@x.io"]
+    assert [str(r) for r in rejected] == [
+        "bad.csv row 3: invalid address 'bob@': no domain after the @",
+        "bad.csv row 5: unknown topic 'sports'; defined topics: ['news']",
+        "bad.csv row 6: unknown reason 'maybe'; expected one of unsubscribed, hard_bounce, spam_complaint, manual, imported",
+        "bad.csv row 7: unknown origin 'robot'; expected one of recipient, user, system",
+        "bad.csv row 8: occurred_at 'yesterday' is not an ISO date or date-time",
+        "bad.csv row 9: row has 1 field(s); the email column is number 2",
+    ]
+
+
+def test_a_file_without_an_email_column_is_reported_once_and_read_after_a_fix(tmp_path):
+    adapter = folder(tmp_path)
+    path = tmp_path / "in" / "a.csv"
+    path.write_text("who,when\nann@x.io,today\n")
+    optouts, rejected, cursor = read(adapter)
+    assert optouts == [] and "no email column" in rejected[0].reason and "set email_column" in rejected[0].reason
+    assert read(adapter, cursor)[1] == []               # not reported again
+    fixed = folder(tmp_path, email_column="who")
+    assert [o.address for o in read(fixed, cursor)[0]] == ["ann@x.io"]
+
+
+def test_quoted_newlines_and_page_cursors(tmp_path):
+    adapter = folder(tmp_path, page_size=2)
+    (tmp_path / "in" / "a.csv").write_text('note,email\n"two\nlines",a@x.io\nx,b@x.io\ny,c@x.io\n')
+    pages = list(adapter.read_changes(None))
+    assert [len(p.optouts) for p in pages] == [2, 1]
+    # Resuming from the first page's cursor reads only what came after it.
+    assert [o.address for o in read(adapter, pages[0].cursor)[0]] == ["c@x.io"]
+
+
+def test_csv_file_sink_merges_sorted_and_reports_already_held(tmp_path):
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=tmp_path / "out.csv"), TOPICS)
+    results = sink.apply([OptOut("b@x.io"), OptOut("a@x.io", "news", "hard_bounce", "system")])
+    assert [r.outcome for r in results] == [APPLIED, APPLIED]
+    results = sink.apply([OptOut("c@x.io"), OptOut("b@x.io")])
+    assert [r.outcome for r in results] == [APPLIED, ALREADY]
+    rows = list(csv.reader((tmp_path / "out.csv").open()))
+    assert rows == [["email", "scope", "reason", "origin", "occurred_at"],
+                    ["a@x.io", "news", "hard_bounce", "system", ""],
+                    ["b@x.io", "*", "unsubscribed", "recipient", ""],
+                    ["c@x.io", "*", "unsubscribed", "recipient", ""]]
+    assert [(o.address, o.scope) for p in sink.read_all() for o in p.optouts] == [
+        ("a@x.io", "news"), ("b@x.io", "*"), ("c@x.io", "*")]
+    assert [r.outcome for r in sink.remove([OptOut("b@x.io"), OptOut("zz@x.io")])] == [APPLIED, ALREADY]
+    assert [o.address for p in sink.read_all() for o in p.optouts] == ["a@x.io", "c@x.io"]
+
+
+def test_csv_file_sink_is_replaced_atomically(tmp_path):
+    """A reader polling the file while it is rewritten never sees a partial file."""
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=tmp_path / "out.csv"), TOPICS)
+    sink.apply([OptOut(f"seed{i}@x.io") for i in range(2000)])
+    stop, seen = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            lines = (tmp_path / "out.csv").read_text().splitlines()
+            seen.append(len(lines))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for n in range(20):
+        sink.apply([OptOut(f"new{n}-{i}@x.io") for i in range(100)])
+    stop.set()
+    thread.join()
+    assert seen and all(count >= 2001 and (count - 2001) % 100 == 0 for count in seen)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_csv_file_sink_with_a_scope_represents_only_that_topic(tmp_path):
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=tmp_path / "o.csv", scope="news"), {"news": "N", "x": "X"})
+    assert sink.capabilities.scopes == frozenset({"news"})
+    time.sleep(0)  # nothing to wait for: the capability is what the engine uses to map scopes
