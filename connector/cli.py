@@ -10,12 +10,16 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 import click
 
 from state.errors import ConfigError, InputError, OptOutSyncError, RefusedError
 
-from . import __version__, commands
+from state.lifts import LEGAL_BASES
+from state.models import REASONS
+
+from . import __version__, commands, operator
 from .daemon import Daemon
 from .logs import log_event, mask_addresses, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
@@ -212,6 +216,118 @@ def check(obj: Context) -> None:
         failed = failed or not ok
     if failed:
         sys.exit(EXIT_FAILURE)
+
+
+@main.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--column", metavar="NAME|N", help="The column holding the addresses (name or 1-based number).")
+@click.option("--scope", default="*", show_default=True, help="'*' (all email) or a topic key.")
+@click.option("--reason", default="imported", show_default=True, type=click.Choice(operator.IMPORT_REASONS))
+@click.option("--confirm", type=int, metavar="N", help="Apply, if N is the number of new opt-outs the preview showed.")
+@click.option("--legal-basis", type=click.Choice(LEGAL_BASES), help="Stored on every event of the import.")
+@click.option("--explanation", help="Free text stored on every event of the import.")
+@click.option("--rejected-out", type=click.Path(dir_okay=False, path_type=Path), help="Write every rejected row here.")
+@click.pass_obj
+@_edge
+def import_command(obj: Context, file: Path, column: str | None, scope: str, reason: str, confirm: int | None,
+                   legal_basis: str | None, explanation: str | None, rejected_out: Path | None) -> None:
+    """Import an opt-out list (CSV, TSV or .xlsx): preview first, then --confirm N."""
+    settings = obj.settings()
+    tty = sys.stderr.isatty()
+
+    def progress(rows: int) -> None:
+        click.echo(f"\rreading: {rows:,} rows", err=True, nl=False)
+
+    source, preview = operator.import_file(
+        settings, file, column=column, scope=scope, reason=reason, confirm=confirm, legal_basis=legal_basis,
+        explanation=explanation, rejected_out=rejected_out, progress=progress if tty else None)
+    if tty:
+        click.echo("", err=True)
+    click.echo(f"{file.name}: {source.describe()}")
+    scope_text = "all email" if scope in ("*", "all") else f"topic {scope}"
+    for label, value in (("rows read", preview.rows_read), ("valid unique addresses", preview.unique),
+                         ("duplicates", preview.duplicates),
+                         (f"already suppressed ({scope_text})", preview.already_suppressed),
+                         ("new opt-outs", preview.new), ("rejected rows", preview.rejected_count)):
+        click.echo(f"  {label:<36} {value:>10,}")
+    for item in preview.rejected_sample:
+        click.echo(obj.shown(f"    {item.where}: {item.reason}"))
+    if preview.rejected_count > len(preview.rejected_sample):
+        more = preview.rejected_count - len(preview.rejected_sample)
+        click.echo(f"    ... and {more:,} more" + ("" if rejected_out else " (all of them with --rejected-out FILE)"))
+    if rejected_out:
+        click.echo(f"  every rejected row was written to {rejected_out}")
+    if preview.applied:
+        click.echo(f"Imported {preview.new:,} new opt-outs ({scope_text}, reason {reason}, origin user); "
+                   "they reach every sink at its next cycle. No contacts were created anywhere.")
+    else:
+        click.echo(f"Nothing was changed. To apply, run the same command with --confirm {preview.new}")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option("--reason", "reasons", multiple=True, type=click.Choice(REASONS), help="Only these reasons (repeatable).")
+@click.option("--scope", help="Only this scope ('*' or a topic key).")
+@click.option("--source", help="Only opt-outs that came from this adapter (or 'import').")
+@click.option("--since", metavar="DATE", help="Only opt-outs that happened on or after this ISO date/date-time.")
+@click.option("--until", metavar="DATE", help="Only opt-outs that happened before the end of this ISO date/before this date-time.")
+@click.pass_obj
+@_edge
+def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: str | None, source: str | None,
+           since: str | None, until: str | None) -> None:
+    """Write the suppressions as CSV: email,scope,reason,origin,source,occurred_at."""
+    settings = obj.settings()
+    kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)
+    if output is None:
+        operator.export(settings, click.get_text_stream("stdout"), **kwargs)
+        return
+    with output.open("w", newline="", encoding="utf-8") as handle:
+        written = operator.export(settings, handle, **kwargs)
+    click.echo(f"wrote {written:,} rows to {output}", err=True)
+
+
+@main.command()
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_edge
+def history(obj: Context, address: str, as_json: bool) -> None:
+    """Every recorded event of ADDRESS, oldest first."""
+    normalised, lines = operator.history(obj.settings(), address)
+    if as_json:
+        click.echo(json.dumps({"address": normalised, "events": [line.data for line in lines]}, indent=2))
+        return
+    if not lines:
+        click.echo(f"{normalised}: no opt-out or event recorded for this address")
+        return
+    click.echo(f"history of {normalised}:")
+    for line in lines:
+        click.echo(f"  {line.at}  {line.what}")
+
+
+@main.command()
+@click.argument("address")
+@click.option("--scope", required=True, help="'*' (all email) or the topic key to lift.")
+@click.option("--legal-basis", required=True, type=click.Choice(LEGAL_BASES), help="The GDPR basis for mailing again.")
+@click.option("--explanation", required=True, help="Why the opt-out is lifted (stored in history).")
+@click.option("--propagate", is_flag=True, help="Also remove it from the systems this daemon had applied it to.")
+@click.pass_obj
+@_edge
+def lift(obj: Context, address: str, scope: str, legal_basis: str, explanation: str, propagate: bool) -> None:
+    """Lift a user-made opt-out (refused for the recipient's own, bounces and spam complaints)."""
+    outcome = operator.lift(obj.settings(), address, scope=scope, legal_basis=legal_basis,
+                            explanation=explanation, propagate=propagate)
+    click.echo(f"lifted the opt-out of {outcome.address} (scope {outcome.scope}); recorded in its history")
+    if outcome.source and outcome.source != "import":
+        click.echo(f"  it came from {outcome.source}, which still holds it: lift it there by hand if needed")
+    if propagate:
+        for name, message in outcome.propagated.items():
+            click.echo(f"  {name}: {message}")
+        if not outcome.propagated:
+            click.echo("  this daemon had not applied it anywhere; nothing to remove")
+    elif outcome.applied_at:
+        click.echo(f"  still held where this daemon applied it: {', '.join(outcome.applied_at)} "
+                   "(run again with --propagate to remove it there)")
 
 
 if __name__ == "__main__":

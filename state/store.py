@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from datetime import datetime
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .models import (
     ApplyResult,
     OptOut,
     Page,
+    to_utc_iso,
     utc_now,
 )
 from .schema import migrate
@@ -50,6 +52,19 @@ def _stronger_sql(new: str, old: str) -> str:
         f"({new}.origin != 'user' OR {old}.origin = 'user') "
         f"AND ({nr} > {orr} OR ({nr} = {orr} AND {no} > {oo}))"
     )
+
+
+def canonical_time(text: str | None) -> str | None:
+    """ISO-8601 text in the store's one UTC form, so that times compare correctly as text.
+
+    Unparseable text counts as unknown (None): the opt-out is kept, its date is not.
+    """
+    if not text:
+        return None
+    try:
+        return to_utc_iso(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None
 
 
 def _details_json(details: dict | None) -> str | None:
@@ -292,7 +307,7 @@ class Store:
             " ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,"
             " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
             f" WHERE {_stronger_sql('excluded', 'incoming')}",
-            [(o.address, o.scope, o.reason, o.origin, o.occurred_at, _details_json(o.details))
+            [(o.address, o.scope, o.reason, o.origin, canonical_time(o.occurred_at), _details_json(o.details))
              for o in optouts],
         )
 
@@ -332,6 +347,7 @@ class Store:
         """Turn an adapter's staged opt-outs into suppressions, one 'suppressed' event each."""
         now = utc_now()
         with self.transaction():
+            self._drop_lifted("staged")
             self._record_stronger_from_staged(adapter, now)
             before = self.conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
             added = self._write(
@@ -424,23 +440,26 @@ class Store:
             o = item.optout
             if item.result is None:
                 events.append((now, "skipped", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, item.message))
+                               item.seq, item.message, None))
                 failures.append((adapter, "unmapped", o.address, o.scope, item.seq, item.message, now, now))
             elif item.result.ok:
+                # The outcome tells a sink that already held it from one we put it in: a lift
+                # may only be propagated to the second kind.
                 message = item.result.message or ("already held" if item.result.outcome == ALREADY else "")
                 events.append((now, "applied", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, message))
+                               item.seq, message, json.dumps({"outcome": item.result.outcome})))
                 resolved.append((now, adapter, item.seq))
             else:
                 events.append((now, "failed", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, f"{item.result.outcome}: {item.result.message}"))
+                               item.seq, f"{item.result.outcome}: {item.result.message}",
+                               json.dumps({"outcome": item.result.outcome})))
                 failures.append((adapter, item.result.outcome, o.address, o.scope, item.seq,
                                  item.result.message, now, now))
         with self.transaction():
             self._ensure_checkpoint(adapter)
             self.conn.executemany(
-                "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, target, ref_seq, message)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", events)
+                "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, target, ref_seq, message,"
+                " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", events)
             self.conn.executemany(
                 "INSERT INTO failures (adapter, kind, address, scope, ref_seq, message, first_at, last_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (adapter, ref_seq) WHERE ref_seq IS NOT NULL"
@@ -556,6 +575,33 @@ class Store:
         ).fetchone()[0]
 
     # -- reads for people -------------------------------------------------------
+
+    def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
+                          source: str | None = None, since: str | None = None,
+                          until: str | None = None) -> Iterator[tuple]:
+        """Stream (address, scope, reason, origin, source, occurred_at) rows, by address.
+
+        `since` (inclusive) and `until` (exclusive) compare with when the opt-out
+        happened, or, where the source did not say, when it was recorded.
+        """
+        where, params = [], []
+        if reasons:
+            where.append(f"reason IN ({','.join('?' * len(reasons))})")
+            params += reasons
+        for column, value in (("scope", scope), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("COALESCE(occurred_at, recorded_at) >= ?")
+            params.append(since)
+        if until:
+            where.append("COALESCE(occurred_at, recorded_at) < ?")
+            params.append(until)
+        sql = "SELECT address, scope, reason, origin, source, occurred_at FROM suppressions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        yield from self.conn.execute(sql + " ORDER BY address, scope", params)
 
     def suppression(self, address: str, scope: str = "*") -> dict | None:
         """The stored suppression of (address, scope), or None."""

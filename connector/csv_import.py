@@ -1,0 +1,512 @@
+"""Reading the opt-out lists people really have (CSV/TSV in any common encoding, or .xlsx) for `import`.
+
+Sniffs encoding, delimiter, header row and address column from the start of the file, then streams
+the chosen column row by row in bounded memory. It judges no address finally and never touches the store.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from state.addresses import is_valid_address
+from state.errors import InputError
+
+SNIFF_BYTES = 64 * 1024      # encoding, delimiter and header are judged on this much of the file
+SAMPLE_ROWS = 200            # data rows looked at to find the address column
+MAX_LINE_BYTES = 1024 * 1024  # one physical line longer than this is not an opt-out list
+XLSX_SUFFIXES = (".xlsx", ".xlsm")
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+_CHUNK = 64 * 1024
+_EOL = re.compile(rb"\r\n|\r|\n")
+# A single-column file has no delimiter; csv still needs one for its quote handling, so we use NUL
+# and join the pieces back should a NUL ever turn up in the data.
+_NO_DELIMITER = "\0"
+_ENCODING_NAMES = {
+    "utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16-le": "UTF-16 LE",
+    "utf-16-be": "UTF-16 BE", "cp1252": "Windows-1252",
+}
+
+# (number, fields, decoded_by_fallback): one non-blank record as the csv module parsed it.
+_Record = tuple[int, list[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One data row of an import file: its spreadsheet row number and the cell of the address column.
+
+    `raw` is the cell exactly as read (None when the row is too short to have it); `problem` says why
+    the row cannot be used at all (too short, address undecodable), else None.
+    """
+
+    number: int
+    raw: str | None
+    problem: str | None
+
+
+class ImportFile:
+    """An opt-out list on disk, sniffed on construction and streamed by `rows()`.
+
+    `encoding` is one of utf-8, utf-8-sig, utf-16-le, utf-16-be, cp1252, or "xlsx" for a workbook
+    (whose first sheet is read). `delimiter` is None for a workbook or a file with a single column.
+    `columns` are display names: the header cell, or "column N" when there is none. Every problem
+    with the file or the `column` choice raises InputError naming the file.
+
+    Encoding errors after the sniffed prefix: a UTF-8 file is decoded line by line, and a line that
+    is not valid UTF-8 is read as Windows-1252 instead (the usual cause is a Windows-1252 file whose
+    first accented letter comes late). Such a row is still used when its address cell is plain
+    ASCII, since then the guess cannot change the address; otherwise it gets a `problem`, because
+    opting out a guessed spelling is worse than asking the user to check the file.
+    """
+
+    def __init__(self, path: Path | str, column: str | int | None = None):
+        self.path = Path(path)
+        self._check_is_file()
+        self._sheet: str | None = None
+        self._sheets = 0
+        if self.path.suffix.lower() in XLSX_SUFFIXES:
+            self.encoding = "xlsx"
+            self.delimiter: str | None = None
+            self._bom = 0
+            sample = self._xlsx_sample()
+        else:
+            sample = self._text_sample()
+        if not sample:
+            raise InputError(f"{self.path}: no rows to import (the file holds only blank lines)")
+        self.has_header, self.column_index, self.columns = self._choose_column(sample, column)
+
+    # ----------------------------------------------------------------- public
+
+    def rows(self) -> Iterator[ImportRow]:
+        """Every non-blank data row (not the header), in file order; each call reads the file afresh.
+
+        Raises InputError (naming the file and row) when the file turns out unreadable further on:
+        an unclosed quote, a line too long to be a row.
+        """
+        records = self._xlsx_records() if self.encoding == "xlsx" else self._text_records(self.delimiter)
+        skip_header = self.has_header
+        for number, fields, fallback in records:
+            if skip_header:
+                skip_header = False
+                continue
+            yield self._row(number, fields, fallback)
+
+    def describe(self) -> str:
+        """One line saying how the file is being read, for the import preview."""
+        if self.encoding == "xlsx":
+            how = f"Excel workbook, sheet {self._sheet!r}"
+            if self._sheets > 1:
+                how += f" (first of {self._sheets})"
+        else:
+            how = _ENCODING_NAMES[self.encoding]
+            how += f", {DELIMITERS[self.delimiter]}-separated" if self.delimiter else ", single column"
+        header = "yes" if self.has_header else "no"
+        name = self.columns[self.column_index]
+        column = f"{self.column_index + 1}" + (f" ({name})" if self.has_header else "")
+        return f"{how}, header row: {header}, address column: {column}"
+
+    # ----------------------------------------------------------- file access
+
+    def _check_is_file(self) -> None:
+        try:
+            if self.path.is_dir():
+                raise InputError(f"{self.path} is a directory, not a file")
+            if not self.path.exists():
+                raise InputError(f"{self.path}: no such file")
+            if not self.path.is_file():
+                raise InputError(f"{self.path} is not a regular file")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+
+    def _open(self) -> BinaryIO:
+        try:
+            return open(self.path, "rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+
+    # ---------------------------------------------------------- text files
+
+    def _text_sample(self) -> list[_Record]:
+        """Sniff encoding and delimiter from the start of the file; return the first records."""
+        with self._open() as handle:
+            try:
+                prefix = handle.read(SNIFF_BYTES)
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+        self.encoding, self._bom = self._sniff_encoding(prefix)
+
+        lines, chars = [], 0
+        with self._open() as handle:
+            try:
+                for line in self._lines(handle):
+                    lines.append(line)
+                    chars += len(line[0])
+                    if chars >= SNIFF_BYTES:
+                        break
+            except _LineTooLong:
+                raise InputError(f"{self.path}: the first line is longer than {MAX_LINE_BYTES // 1024} KiB; "
+                                 "this does not look like a list of addresses") from None
+        text = "".join(line for line, _ in lines)
+        controls = sum(1 for ch in text if ch < " " and ch not in "\t\r\n\f")
+        # A stray control character or two (a DOS end-of-file mark) is no reason to refuse a file.
+        if "\0" in text or controls > 2 + len(text) // 100:
+            raise InputError(f"{self.path}: does not look like a text file (it contains control characters); "
+                             "save the list as CSV or .xlsx")
+        self.delimiter = _sniff_delimiter(lines)
+        return _sample_records(lines, self.delimiter)
+
+    def _sniff_encoding(self, prefix: bytes) -> tuple[str, int]:
+        """The encoding and BOM length, judged from the first bytes of the file."""
+        if not prefix:
+            raise InputError(f"{self.path}: the file is empty")
+        if prefix.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+            raise InputError(f"{self.path}: UTF-32 text is not supported; save the list as UTF-8 CSV")
+        for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                              (codecs.BOM_UTF16_BE, "utf-16-be")):
+            if prefix.startswith(bom):
+                if len(prefix) == len(bom):
+                    raise InputError(f"{self.path}: the file is empty (only a byte-order mark)")
+                return encoding, len(bom)
+        if prefix.startswith(b"PK\x03\x04"):
+            raise InputError(f"{self.path}: this is a zip archive, perhaps a spreadsheet (.xlsx, .ods); "
+                             "save it as CSV, or give an Excel workbook a .xlsx name")
+        if prefix.startswith(b"\xd0\xcf\x11\xe0"):
+            raise InputError(f"{self.path}: this is an old Excel (.xls) workbook; save it as .xlsx or CSV")
+        if b"\0" in prefix:
+            raise InputError(f"{self.path}: contains NUL bytes, so it is binary or UTF-16 without a "
+                             "byte-order mark; save the list as CSV (UTF-8) or .xlsx")
+        try:
+            # final=False: the prefix may end in the middle of a multi-byte character.
+            codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
+        except UnicodeDecodeError:
+            return "cp1252", 0
+        return "utf-8", 0
+
+    def _lines(self, handle: BinaryIO) -> Iterator[tuple[str, bool]]:
+        """Decoded physical lines with their line ends, each with a flag for "read by the fallback"."""
+        handle.seek(self._bom)
+        if self.encoding.startswith("utf-16"):
+            # UTF-16 cannot be split on single bytes, so the codec does both; newline="" keeps line
+            # ends untranslated for csv, which needs them to tell embedded newlines from row ends.
+            text = io.TextIOWrapper(handle, encoding=self.encoding, errors="replace", newline="")
+            while line := text.readline(MAX_LINE_BYTES):
+                if len(line) >= MAX_LINE_BYTES:
+                    raise _LineTooLong
+                yield line, False
+        elif self.encoding == "cp1252":
+            for line in _byte_lines(handle):
+                yield line.decode("cp1252", errors="replace"), False
+        else:
+            for line in _byte_lines(handle):
+                try:
+                    yield line.decode("utf-8"), False
+                except UnicodeDecodeError:
+                    yield line.decode("cp1252", errors="replace"), True
+
+    def _text_records(self, delimiter: str | None) -> Iterator[_Record]:
+        with self._open() as handle:
+            try:
+                yield from _parse(self._lines(handle), delimiter)
+            except _Unreadable as exc:
+                raise InputError(f"{self.path}: row {exc.row}: {exc.reason}") from None
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+
+    # ---------------------------------------------------------- workbooks
+
+    def _xlsx_sample(self) -> list[_Record]:
+        sample = []
+        records = self._xlsx_records()
+        try:
+            for record in records:
+                sample.append(record)
+                if len(sample) > SAMPLE_ROWS:
+                    break
+        finally:
+            records.close()
+        return sample
+
+    def _xlsx_records(self) -> Iterator[_Record]:
+        try:
+            import openpyxl
+        except ImportError:
+            raise InputError(f"{self.path}: reading .xlsx needs openpyxl: pip install openpyxl") from None
+        # openpyxl reports a broken workbook with many exception types (BadZipFile, KeyError,
+        # InvalidFileException, XML errors); all of them mean the same thing to the user.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # it warns about Excel features it skips, irrelevant here
+                book = openpyxl.load_workbook(self.path, read_only=True, data_only=True)
+        except Exception as exc:
+            raise InputError(f"{self.path}: not a readable .xlsx workbook ({exc})") from None
+        try:
+            if not book.worksheets:
+                raise InputError(f"{self.path}: the workbook has no sheets")
+            sheet = book.worksheets[0]
+            self._sheet, self._sheets = sheet.title, len(book.worksheets)
+            # Read-only sheets fill in missing rows, so enumerate gives the row numbers Excel shows.
+            for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+                fields = ["" if value is None else str(value) for value in values]
+                if any(field.strip() for field in fields):
+                    yield number, fields, False
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{self.path}: not a readable .xlsx workbook ({exc})") from None
+        finally:
+            book.close()
+
+    # ------------------------------------------------------ column choice
+
+    def _choose_column(self, sample: list[_Record], column: str | int | None) -> tuple[bool, int, list[str]]:
+        """Decide header yes/no and the address column from the sampled records."""
+        first = sample[0][1]
+        width = max(len(fields) for _, fields, _ in sample)
+        number = name = None
+        if isinstance(column, int) and not isinstance(column, bool):
+            number = column
+        elif isinstance(column, str):
+            if not column.strip():
+                raise InputError(f"{self.path}: the column name is empty")
+            name = column
+        elif column is not None:
+            raise InputError(f"{self.path}: a column is a name or a number, not {column!r}")
+
+        if name is not None:
+            matches = [i for i, cell in enumerate(first) if _key(cell) == _key(name)]
+            if len(matches) == 1:
+                return True, matches[0], _column_names(first, width, True)
+            if len(matches) > 1:
+                numbers = ", ".join(str(i + 1) for i in matches)
+                raise InputError(f"{self.path}: several columns are named {name!r} ({numbers}); "
+                                 "choose one with --column NUMBER")
+            if name.strip().isdigit():
+                number = int(name)
+
+        in_range = number is not None and 1 <= number <= width
+        has_header = _looks_like_header(sample, [number - 1] if in_range else None)
+        columns = _column_names(first, width, has_header)
+        data = [fields for _, fields, _ in (sample[1:] if has_header else sample)]
+        if not data:
+            raise InputError(f"{self.path}: only a header row, no addresses to import")
+        if name is not None and number is None:
+            raise InputError(f"{self.path}: no column named {name!r}. "
+                             + _column_list(columns, data, "Choose one with --column NAME or --column NUMBER."))
+        if number is not None:
+            if not in_range:
+                raise InputError(f"{self.path}: there is no column {number} (the file has {width}). "
+                                 + _column_list(columns, data, "Choose one with --column NAME or --column NUMBER."))
+            return has_header, number - 1, columns
+
+        found = _address_columns(data, width)
+        if len(found) == 1:
+            return has_header, found[0], columns
+        if found:
+            what = f"{len(found)} columns hold addresses ({', '.join(str(i + 1) for i in found)})"
+        else:
+            what = "no column looks like it holds email addresses"
+        raise InputError(f"{self.path}: {what}; say which one to import. "
+                         + _column_list(columns, data, "Choose with --column NAME or --column NUMBER."))
+
+    def _row(self, number: int, fields: list[str], fallback: bool) -> ImportRow:
+        index = self.column_index
+        if index >= len(fields):
+            return ImportRow(number, None, f"row has {len(fields)} column(s), the address is in column {index + 1}")
+        raw = fields[index]
+        if fallback and not raw.isascii():
+            return ImportRow(number, raw, "this row is not valid UTF-8 like the rest of the file; read as "
+                                          f"Windows-1252 the address would be {raw.strip()!r}; check the file's encoding")
+        if "\ufffd" in raw and self.encoding in ("cp1252", "utf-16-le", "utf-16-be"):
+            return ImportRow(number, raw, f"the address contains bytes that are not valid "
+                                          f"{_ENCODING_NAMES.get(self.encoding, self.encoding)}")
+        return ImportRow(number, raw, None)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+class _LineTooLong(Exception):
+    """A physical line is longer than MAX_LINE_BYTES."""
+
+
+class _Unreadable(Exception):
+    """The csv text cannot be parsed from this row on."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(reason)
+        self.row, self.reason = row, reason
+
+
+class _LineFeed:
+    """Feeds lines to csv.reader and notes what happened while it read one record.
+
+    csv.reader pulls lines only until a record is complete, so flags set here belong to the
+    record it returns next: whether a line came from the fallback decoder, and whether the file
+    ended inside the record (which only an unclosed quote can cause).
+    """
+
+    __slots__ = ("_lines", "fallback", "exhausted")
+
+    def __init__(self, lines: Iterator[tuple[str, bool]]):
+        self._lines = lines
+        self.fallback = False
+        self.exhausted = False
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line, fallback = next(self._lines)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        self.fallback |= fallback
+        return line
+
+
+def _byte_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """Physical lines split at CRLF, LF or a lone CR (old Mac files), each keeping its line end."""
+    pending = b""
+    while True:
+        chunk = handle.read(_CHUNK)
+        data = pending + chunk if pending else chunk
+        start = 0
+        for match in _EOL.finditer(data):
+            if chunk and match.end() == len(data) and data.endswith(b"\r"):
+                break  # the CR may be the first half of a CRLF split across chunks
+            yield data[start:match.end()]
+            start = match.end()
+        pending = data[start:]
+        if not chunk:
+            if pending:
+                yield pending
+            return
+        if len(pending) > MAX_LINE_BYTES:
+            raise _LineTooLong
+
+
+def _parse(lines: Iterator[tuple[str, bool]], delimiter: str | None) -> Iterator[_Record]:
+    """Non-blank csv records with spreadsheet row numbers (blank rows count but are not yielded)."""
+    feed = _LineFeed(lines)
+    reader = csv.reader(feed, delimiter=delimiter or _NO_DELIMITER, strict=False)
+    number = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _Unreadable(number + 1, f"{exc} (perhaps a quote that is never closed)") from None
+        except _LineTooLong:
+            raise _Unreadable(number + 1, f"a line is longer than {MAX_LINE_BYTES // 1024} KiB") from None
+        number += 1
+        if feed.exhausted:
+            raise _Unreadable(number, "a quoted cell starts in this row and its closing quote is missing, "
+                                      "so the rest of the file would be one cell; fix the quoting")
+        if delimiter is None and len(fields) > 1:
+            fields = [_NO_DELIMITER.join(fields)]
+        fallback, feed.fallback = feed.fallback, False
+        if any(field.strip() for field in fields):
+            yield number, fields, fallback
+
+
+def _sample_records(lines: list[tuple[str, bool]], delimiter: str | None) -> list[_Record]:
+    """Up to SAMPLE_ROWS + 1 records from the sniffed lines.
+
+    A record cut off by the end of the sample (a quoted cell running on) ends the sample: the
+    parser reports it as unreadable, which here only means "not complete yet".
+    """
+    records: list[_Record] = []
+    try:
+        for record in _parse(iter(lines), delimiter):
+            records.append(record)
+            if len(records) > SAMPLE_ROWS:
+                break
+    except _Unreadable:
+        pass  # if the file really is broken there, rows() raises it with its row number
+    return records
+
+
+def _sniff_delimiter(lines: list[tuple[str, bool]]) -> str | None:
+    """The candidate that splits the sample into the most consistent number (2+) of columns.
+
+    Quote-aware, because it parses with csv. Ties go to the delimiter that leaves more cells
+    that are whole valid addresses, then to more columns: "Smith, John;a@b.dk" splits into two
+    columns either way, but only semicolons leave the address whole.
+    """
+    best, best_score = None, None
+    for priority, delimiter in enumerate(DELIMITERS):
+        records = [fields for _, fields, _ in _sample_records(lines, delimiter)]
+        if not records:
+            continue
+        counts = Counter(len(fields) for fields in records)
+        width, agreeing = max(counts.items(), key=lambda item: (item[1], item[0]))
+        if width < 2:
+            continue
+        addresses = sum(is_valid_address(cell) for fields in records for cell in fields)
+        score = (agreeing / len(records), addresses, width, -priority)
+        if best_score is None or score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def _looks_like_header(sample: list[_Record], columns: list[int] | None) -> bool:
+    """Whether the first row is a header: it holds no address, in any language.
+
+    A first row without a valid address is still data when an address column has an '@' there
+    (an invalid address, which must be reported rather than swallowed as a header). A headerless
+    file whose first address cell has no '@' at all cannot be told from one with a header.
+    """
+    first = sample[0][1]
+    if any(is_valid_address(cell) for cell in first):
+        return False
+    if columns is None:
+        rest = [fields for _, fields, _ in sample[1:]]
+        columns = _address_columns(rest, max((len(f) for f in rest), default=0))
+    return not any(index < len(first) and "@" in first[index] for index in columns)
+
+
+def _address_columns(data: list[list[str]], width: int) -> list[int]:
+    """Columns in which most non-empty sample values contain an '@' and at least one is a valid address."""
+    found = []
+    for index in range(width):
+        values = [fields[index].strip() for fields in data if index < len(fields) and fields[index].strip()]
+        with_at = sum("@" in value for value in values)
+        if with_at * 2 > len(values) and any(is_valid_address(value) for value in values):
+            found.append(index)
+    return found
+
+
+def _column_names(first: list[str], width: int, has_header: bool) -> list[str]:
+    names = []
+    for index in range(width):
+        cell = first[index].strip() if has_header and index < len(first) else ""
+        names.append(cell or f"column {index + 1}")
+    return names
+
+
+def _column_list(columns: list[str], data: Iterable[list[str]], ask: str) -> str:
+    """The columns, numbered, with a sample value each, then the request to choose one."""
+    data = list(data)
+    lines = [f"{ask} Columns:"]
+    for index, name in enumerate(columns):
+        sample = next((fields[index].strip() for fields in data if index < len(fields) and fields[index].strip()), "")
+        if len(sample) > 40:
+            sample = sample[:39] + "…"
+        lines.append(f"  {index + 1}. {name}: sample {sample!r}" if sample else f"  {index + 1}. {name}: (empty)")
+    return "\n".join(lines)
+
+
+def _key(name: str) -> str:
+    """A column name as matched: case-insensitive, white space ignored."""
+    return "".join(name.split()).casefold()

@@ -1,0 +1,243 @@
+"""The operator's hand-run workflows: count-confirmed import, export, history and the audited lift.
+
+Library functions over the store; the CLI only parses and prints. They carry
+the legal weight described in domain.md sections 2-4.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import TextIO
+
+from state.addresses import InvalidAddress, normalise_address
+from state.errors import InputError, OptOutSyncError
+from state.imports import ImportPreview, run_import
+from state.lifts import holders, lift as lift_in_store, record_removal
+from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso
+
+from .commands import build_adapters, open_store
+from .csv_import import ImportFile
+from .settings import Settings
+
+EXPORT_HEADER = ["email", "scope", "reason", "origin", "source", "occurred_at"]
+IMPORT_REASONS = ("imported", "manual", "unsubscribed", "hard_bounce", "spam_complaint")
+
+
+def check_scope(settings: Settings, scope: str) -> str:
+    """`*` (or 'all') or a defined topic key; InputError otherwise."""
+    if scope in (GLOBAL_SCOPE, "all"):
+        return GLOBAL_SCOPE
+    if scope not in settings.topics:
+        raise InputError(f"scope {scope!r} is not '*' or a topic defined in settings "
+                         f"({', '.join(sorted(settings.topics)) or 'none defined'})")
+    return scope
+
+
+# -- import ----------------------------------------------------------------------
+
+
+def import_file(settings: Settings, path: str | Path, *, column: str | None = None, scope: str = GLOBAL_SCOPE,
+                reason: str = "imported", confirm: int | None = None, legal_basis: str | None = None,
+                explanation: str | None = None, rejected_out: Path | None = None,
+                progress: Callable[[int], None] | None = None) -> tuple[ImportFile, ImportPreview]:
+    """Preview (no `confirm`) or apply (matching `confirm`) an opt-out list; never creates contacts."""
+    scope = check_scope(settings, scope)
+    if reason not in IMPORT_REASONS:
+        raise InputError(f"reason {reason!r} is not one of {', '.join(IMPORT_REASONS)}")
+    source = ImportFile(path, column)
+    rejected_handle: TextIO | None = None
+    rejected_writer = None
+    if rejected_out is not None:
+        rejected_handle = rejected_out.open("w", newline="", encoding="utf-8")
+        rejected_writer = csv.writer(rejected_handle)
+        rejected_writer.writerow(["row", "value", "reason"])
+
+    def on_rejected(item: Rejected) -> None:
+        if rejected_writer is not None:
+            rejected_writer.writerow([item.where, item.value, item.reason])
+
+    def addresses() -> Iterator[str | Rejected]:
+        for count, row in enumerate(source.rows(), start=1):
+            if progress is not None and count % 50_000 == 0:
+                progress(count)
+            where = f"row {row.number}"
+            if row.problem or row.raw is None:
+                yield Rejected(where, row.raw or "", row.problem or "row is too short")
+                continue
+            try:
+                yield normalise_address(row.raw)
+            except InvalidAddress as exc:
+                yield Rejected(where, row.raw, f"invalid address {row.raw.strip()!r}: {exc}")
+
+    try:
+        with open_store(settings) as store:
+            preview = run_import(
+                store, addresses(), scope=scope, reason=reason, confirm=confirm, source="import",
+                legal_basis=legal_basis, explanation=explanation,
+                details={"file": Path(path).name, "by": _who()}, on_rejected=on_rejected)
+    finally:
+        if rejected_handle is not None:
+            rejected_handle.close()
+    return source, preview
+
+
+# -- export ----------------------------------------------------------------------
+
+
+def parse_bound(text: str, *, end: bool) -> str:
+    """An ISO date or date-time as store text; a date as `until` covers that whole day."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            return to_utc_iso(moment + timedelta(days=1) if end else moment)
+        return to_utc_iso(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise InputError(f"{text!r} is not an ISO date (2026-01-31) or date-time (2026-01-31T12:00:00Z)") from None
+
+
+def export(settings: Settings, out: TextIO, *, reasons: list[str] | None = None, scope: str | None = None,
+           source: str | None = None, since: str | None = None, until: str | None = None) -> int:
+    """Write suppressions as CSV (streamed); the number of rows written."""
+    for reason in reasons or []:
+        if reason not in REASONS:
+            raise InputError(f"reason {reason!r} is not one of {', '.join(REASONS)}")
+    if scope is not None:
+        scope = check_scope(settings, scope)
+    since_text = parse_bound(since, end=False) if since else None
+    until_text = parse_bound(until, end=True) if until else None
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_HEADER)
+    written = 0
+    with open_store(settings) as store:
+        for row in store.iter_suppressions(reasons=reasons, scope=scope, source=source,
+                                           since=since_text, until=until_text):
+            writer.writerow(["" if value is None else value for value in row])
+            written += 1
+    return written
+
+
+# -- history ---------------------------------------------------------------------
+
+
+@dataclass
+class HistoryLine:
+    """One event of an address's history, in words and as data."""
+
+    seq: int
+    at: str
+    what: str
+    data: dict = field(default_factory=dict)
+
+
+def history(settings: Settings, address: str) -> tuple[str, list[HistoryLine]]:
+    """Every event of one address, oldest first (the address is normalised as the store does)."""
+    try:
+        normalised = normalise_address(address)
+    except InvalidAddress as exc:
+        raise InputError(f"{address!r} is not a valid address: {exc}") from None
+    with open_store(settings) as store:
+        events = store.events_for(normalised)
+    return normalised, [HistoryLine(e["seq"], e["recorded_at"], describe_event(e), _event_data(e)) for e in events]
+
+
+def describe_event(event: dict) -> str:
+    """A sentence for one event."""
+    kind, scope = event["kind"], event["scope"]
+    scope_text = "all email" if scope == GLOBAL_SCOPE else f"topic {scope}"
+    basis = ""
+    if event.get("legal_basis"):
+        basis = f"; legal basis {event['legal_basis']}"
+    if event.get("explanation"):
+        basis += f"; explanation: {event['explanation']}"
+    if kind == "suppressed":
+        return (f"suppressed from {scope_text}: {event['reason']} by {event['origin']}, from {event['source']}"
+                f"{', happened ' + event['occurred_at'] if event.get('occurred_at') else ''}{basis}")
+    if kind == "changed":
+        return f"reason changed to {event['reason']} by {event['origin']} ({scope_text}), seen at {event['source']}; {event['message']}"
+    if kind == "applied":
+        return f"applied to {event['target']} ({scope_text}){': ' + event['message'] if event.get('message') else ''}"
+    if kind == "failed":
+        return f"failed at {event['target']} ({scope_text}): {event['message']}"
+    if kind == "skipped":
+        return f"skipped at {event['target']}: {event['message']}"
+    if kind == "lifted":
+        return f"lifted ({scope_text}), {event['message']}{basis}"
+    if kind == "removed":
+        return f"removed at {event['target']} after the lift ({scope_text}): {event['message'] or 'ok'}"
+    if kind == "remove_failed":
+        return f"removal at {event['target']} failed ({scope_text}): {event['message']}"
+    if kind == "observed":
+        return f"seen at {event['source']} ({scope_text}): {event['message']}"
+    return f"{kind} ({scope_text}){': ' + event['message'] if event.get('message') else ''}"
+
+
+def _event_data(event: dict) -> dict:
+    data = {key: value for key, value in event.items() if value is not None}
+    if "details" in data:
+        data["details"] = json.loads(data["details"])
+    return data
+
+
+# -- lift ------------------------------------------------------------------------
+
+
+@dataclass
+class LiftOutcome:
+    """What a lift did: the row removed, where it still is, and per-adapter removals."""
+
+    address: str
+    scope: str
+    removed_row: dict
+    source: str | None
+    applied_at: list[str]
+    propagated: dict[str, str] = field(default_factory=dict)
+
+
+def lift(settings: Settings, address: str, *, scope: str, legal_basis: str, explanation: str,
+         propagate: bool = False) -> LiftOutcome:
+    """Lift one user-made opt-out; with `propagate`, remove it where this daemon had applied it."""
+    try:
+        normalised = normalise_address(address)
+    except InvalidAddress as exc:
+        raise InputError(f"{address!r} is not a valid address: {exc}") from None
+    scope = check_scope(settings, scope)
+    with open_store(settings) as store:
+        row = lift_in_store(store, normalised, scope, legal_basis, explanation, by=_who())
+        source, applied_at = holders(store, normalised, scope)
+        outcome = LiftOutcome(normalised, scope, row, source, applied_at)
+        if not propagate:
+            return outcome
+        configured = {a.name for a in settings.adapters}
+        for name in applied_at:
+            if name not in configured:
+                outcome.propagated[name] = "not configured any more; remove it there by hand"
+                continue
+            adapter = build_adapters(settings, [name])[name]
+            try:
+                if not adapter.capabilities.remove:
+                    outcome.propagated[name] = "this adapter cannot remove suppressions; remove it there by hand"
+                    continue
+                result = adapter.remove([OptOut(normalised, scope, row["reason"], row["origin"])])[0]
+                message = result.message or ("removed" if result.outcome == "applied" else "was not there")
+                outcome.propagated[name] = message if result.ok else f"failed: {message}"
+                record_removal(store, normalised, scope, name, result.ok, message)
+            except (OptOutSyncError, OSError) as exc:  # recorded; the other sinks still get the removal
+                outcome.propagated[name] = f"failed: {type(exc).__name__}: {exc}"
+                record_removal(store, normalised, scope, name, False, f"{type(exc).__name__}: {exc}")
+            finally:
+                adapter.close()
+    return outcome
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
