@@ -1,0 +1,1 @@
+"""Reproducible benchmarks that print their figures beside a baseline (`python -m bench`)."""

@@ -1,0 +1,362 @@
+"""Benchmarks: our code and a baseline in the same run, printed as a table with the targets.
+
+`python -m bench` runs everything at full size; `--quick` runs a one-minute
+version; `--record` also writes bench/RESULTS.md with the machine description.
+Every benchmark generates its own data in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    benchmark: str
+    figure: str
+    ours: float
+    baseline: float | None
+    unit: str
+    target: str
+    met: bool
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.ours / self.baseline:.2f}x" if self.baseline else "-"
+        base = f"{self.baseline:.3g} {self.unit}" if self.baseline is not None else "-"
+        return [self.benchmark, self.figure, f"{self.ours:.3g} {self.unit}", base, ratio, self.target,
+                "yes" if self.met else "NO"]
+
+
+# -- running and measuring --------------------------------------------------------------
+
+
+def cli() -> list[str]:
+    script = shutil.which("optout-sync", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "connector.cli"]
+
+
+def measured(command: list[str], cwd: Path, stdin=None) -> tuple[float, float, str]:
+    """Run a command; (wall seconds, peak RSS in MB of that process, stdout)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin,
+                            text=True)
+    out_parts: list[str] = []
+    reader = threading.Thread(target=lambda: out_parts.append(proc.stdout.read()))
+    reader.start()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    reader.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}): {err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, "".join(out_parts)
+
+
+def write_settings(folder: Path, adapters: str = "") -> Path:
+    path = folder / "settings.toml"
+    path.write_text(f'[store]\npath = "store.db"\n[logging]\nlevel = "warning"\n{adapters}\n')
+    return path
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def make_import_csv(path: Path, rows: int, seed: int = 1) -> None:
+    """`rows` rows: about 10 % duplicates (other case), 1 % invalid addresses."""
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        handle.write("name,email,signed_up\n")
+        for i in range(rows):
+            r = rng.random()
+            if r < 0.01:
+                address = f"broken-{i}"
+            elif r < 0.11 and i:
+                address = f"User{rng.randrange(i)}@Example.com"
+            else:
+                address = f"user{i}@example.com"
+            handle.write(f"Name {i},{address},2026-01-01\n")
+
+
+def address(i: int) -> str:
+    return f"person{i:08d}@example.com"
+
+
+# -- benchmarks --------------------------------------------------------------------------------
+
+
+def bench_import(work: Path, rows: int) -> list[Row]:
+    data = work / "import.csv"
+    make_import_csv(data, rows)
+    settings = write_settings(work)
+    _, _, preview = measured([*cli(), "--config", str(settings), "import", str(data)], work)
+    count = int(preview.rsplit("--confirm", 1)[1].split()[0])
+    wall, rss, _ = measured([*cli(), "--config", str(settings), "import", str(data), "--confirm", str(count)], work)
+    script = work / "baseline.sql"
+    script.write_text(
+        "CREATE TABLE raw(name TEXT, email TEXT, signed_up TEXT);\n.mode csv\n"
+        f".import --skip 1 '{data}' raw\nCREATE TABLE t(address TEXT);\n"
+        "CREATE UNIQUE INDEX t_address ON t(address);\n"
+        "INSERT OR IGNORE INTO t SELECT lower(trim(email)) FROM raw;\n")
+    with script.open() as stdin:
+        base, _, _ = measured(["sqlite3", str(work / "baseline.db")], work, stdin=stdin)
+    return [Row("import", f"{rows:,} rows, --confirm", wall, base, "s", "<= 2x baseline", wall <= 2 * base),
+            Row("import", "peak RSS", rss, None, "MB", "<= 150 MB", rss <= 150)]
+
+
+def build_store(work: Path, settings: Path, n: int) -> None:
+    """A store of n global suppressions, loaded through the import command."""
+    listing = work / "store-list.csv"
+    with listing.open("w") as handle:
+        handle.write("email\n")
+        for i in range(n):
+            handle.write(address(i) + "\n")
+    measured([*cli(), "--config", str(settings), "import", str(listing), "--confirm", str(n)], work)
+    listing.unlink()
+
+
+def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
+    """Reconcile a source and a sink of n each, 1 % differing each way; (ours s, baseline s, peak MB)."""
+    differ = max(1, n // 100)
+    inbox, sink = work / "inbox", work / "sink.csv"
+    inbox.mkdir()
+    adapters = (f'[[adapters]]\nname = "inbox"\ntype = "csv_folder"\npath = "inbox"\nsettle_seconds = 0\n'
+                f'max_new_per_cycle = {n}\n'
+                f'[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "sink.csv"\nbatch_size = {n}\n')
+    settings = write_settings(work, adapters)
+    build_store(work, settings, n)
+    # The source has everything but the first 1 % and 1 % the store lacks.
+    with (inbox / "source.csv").open("w") as handle:
+        handle.write("email\n")
+        for i in range(differ, n + differ):
+            handle.write(address(i) + "\n")
+    # The sink file (sorted, as the sink writes it) lacks the last 1 % and holds 1 % extra.
+    with sink.open("w") as handle:
+        handle.write("email,scope,reason,origin,occurred_at\n")
+        for a in sorted([address(i) for i in range(n - differ)] + [f"zz-extra{i}@example.com" for i in range(differ)]):
+            handle.write(f"{a},*,imported,user,\n")
+    wall_in, rss_in, _ = measured([*cli(), "--config", str(settings), "reconcile", "inbox"], work)
+    wall_out, rss_out, _ = measured([*cli(), "--config", str(settings), "reconcile", "sink"], work)
+    # Baseline: the same two comparisons with sort + comm on plain address lists.
+    store_list, source_list, sink_list = work / "store.txt", work / "source.txt", work / "sink.txt"
+    with store_list.open("w") as handle:
+        handle.writelines(address(i) + "\n" for i in range(n))
+    shutil.copy(inbox / "source.csv", source_list)
+    with sink_list.open("w") as handle:
+        handle.writelines(a + "\n" for a in [address(i) for i in range(n - differ)]
+                          + [f"zz-extra{i}@example.com" for i in range(differ)])
+    started = time.perf_counter()
+    shell = (f"export LC_ALL=C; sort -o {store_list}.s {store_list} && sort -o {source_list}.s {source_list} && "
+             f"sort -o {sink_list}.s {sink_list} && comm -3 {store_list}.s {source_list}.s > /dev/null && "
+             f"comm -3 {store_list}.s {sink_list}.s > /dev/null")
+    subprocess.run(["sh", "-c", shell], check=True)
+    base = time.perf_counter() - started
+    return wall_in + wall_out, base, max(rss_in, rss_out)
+
+
+def bench_export(work: Path, n: int) -> list[Row]:
+    settings = write_settings(work)
+    build_store(work, settings, n)
+    wall, _, _ = measured([*cli(), "--config", str(settings), "export", "-o", str(work / "out.csv")], work)
+    with (work / "base.csv").open("w") as out:
+        started = time.perf_counter()
+        subprocess.run(["sqlite3", "-csv", "-header", str(work / "store.db"),
+                        "SELECT address AS email, scope, reason, origin, source, occurred_at FROM suppressions"
+                        " ORDER BY address, scope"], stdout=out, check=True)
+        base = time.perf_counter() - started
+    return [Row("export", f"{n:,} suppressions", wall, base, "s", "<= 2x baseline", wall <= 2 * base)]
+
+
+def bench_push(work: Path, n: int, batch: int, server_latency: float) -> list[Row]:
+    from bench.fake_vendor import BenchVendor, register
+    from connector.engine import Engine
+    from connector.settings import validate_settings
+    from state.models import OptOut, Page
+    from state.store import Store
+
+    register()
+    raw = {"store": {"path": str(work / "store.db")},
+           "adapters": [{"name": "source", "type": "bench_vendor", "role": "read", "max_new_per_cycle": n},
+                        {"name": "sink", "type": "bench_vendor", "role": "write", "batch_size": batch,
+                         "latency": server_latency}]}
+    settings = validate_settings(raw, work / "settings.toml")
+    from adapters import registry
+    adapters = {a.name: registry.build(a, settings.topics) for a in settings.adapters}
+    with Store(settings.store.path) as store:
+        for start in range(0, n, 10_000):
+            store.ingest_page("source", Page([OptOut(address(i)) for i in range(start, min(n, start + 10_000))]))
+        store.promote("source")
+        engine = Engine(settings, store, adapters)
+        sink: BenchVendor = adapters["sink"]
+        started = time.perf_counter()
+        report = engine.cycle("sink", push_only=True)
+        wall = time.perf_counter() - started
+    assert report.error is None and report.pushed == n, report
+    ideal = math.ceil(n / batch)
+    overhead = (wall - sink.time_in_apply) / wall
+    return [Row("push", f"requests, {n:,} opt-outs, batch {batch}", sink.requests, ideal, "req",
+                "= ceil(N/B)", sink.requests == ideal),
+            Row("push", f"engine share of wall ({server_latency * 1000:.0f} ms/request fake)", overhead * 100, None,
+                "%", "<= 20 %", overhead <= 0.20),
+            Row("push", "engine time per 1,000 opt-outs", (wall - sink.time_in_apply) / n * 1000 * 1000, None,
+                "ms", "-", True)]
+
+
+def bench_propagation(work: Path, trials: int, interval: float) -> list[Row]:
+    inbox, sink = work / "inbox", work / "out" / "sink.csv"
+    inbox.mkdir()
+    adapters = (f'[[adapters]]\nname = "inbox"\ntype = "csv_folder"\npath = "inbox"\nsettle_seconds = 0\n'
+                f'interval = {interval}\n'
+                f'[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "out/sink.csv"\ninterval = {interval}\n')
+    settings = write_settings(work, adapters)
+    feed = inbox / "feed.csv"
+    feed.write_text("email\n")
+    daemon = subprocess.Popen([*cli(), "--config", str(settings), "run"], cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latencies = []
+    rng = random.Random(7)
+    try:
+        time.sleep(2 * interval)
+        for trial in range(trials):
+            time.sleep(rng.uniform(0, interval))  # arrive at a random phase of the poll
+            wanted = f"trial{trial}@example.com"
+            with feed.open("a") as handle:
+                handle.write(wanted + "\n")
+            started = time.perf_counter()
+            while True:
+                if sink.exists() and wanted in sink.read_text():
+                    break
+                if time.perf_counter() - started > 10 * interval + 5:
+                    raise RuntimeError(f"trial {trial} did not arrive")
+                time.sleep(0.005)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
+    return [Row("propagation", f"p50, {trials} trials, file source -> file sink", p50, interval, "s",
+                f"<= {interval / 2 + 0.2:.1f} s", p50 <= interval / 2 + 0.2),
+            Row("propagation", "p99", p99, interval, "s", f"<= {interval + 0.5:.1f} s", p99 <= interval + 0.5)]
+
+
+def bench_idle(work: Path, seconds: float) -> list[Row]:
+    adapters = ""
+    for i in range(3):
+        (work / f"in{i}").mkdir()
+        adapters += f'[[adapters]]\nname = "in{i}"\ntype = "csv_folder"\npath = "in{i}"\ninterval = 1\n'
+    for i in range(2):
+        adapters += f'[[adapters]]\nname = "out{i}"\ntype = "csv_file"\npath = "out{i}.csv"\ninterval = 1\n'
+    settings = write_settings(work, adapters)
+    daemon = subprocess.Popen([*cli(), "--config", str(settings), "run"], cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)  # start-up is not idle time
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        cpu_before, started = cpu(), time.perf_counter()
+        time.sleep(seconds)
+        share = (cpu() - cpu_before) / (time.perf_counter() - started) * 100
+        status = Path(f"/proc/{daemon.pid}/status").read_text()
+        rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    return [Row("idle", f"RSS, 5 idle adapters, {seconds:.0f} s", rss, None, "MB", "<= 60 MB", rss <= 60),
+            Row("idle", "CPU", share, None, "%", "<= 1 %", share <= 1)]
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    header = ["benchmark", "figure", "ours", "baseline", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    sqlite = subprocess.run(["sqlite3", "--version"], capture_output=True, text=True).stdout.split()[0]
+    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, SQLite CLI {sqlite}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: about one minute in all")
+    parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
+    parser.add_argument("--only", action="append", help="run only these benchmarks (repeatable)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    size = 20_000 if quick else 1_000_000
+    plan = {
+        "import": lambda w: bench_import(w, size),
+        "reconcile": lambda w: reconcile_rows(w, size, quick),
+        "export": lambda w: bench_export(w, size),
+        "push": lambda w: bench_push(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05),
+        "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
+        "idle": lambda w: bench_idle(w, 5 if quick else 60),
+    }
+    rows: list[Row] = []
+    for name, run in plan.items():
+        if args.only and name not in args.only:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows += run(Path(folder))
+    print(f"machine: {machine()}")
+    print(table(rows))
+    if args.record:
+        (ROOT / "bench" / "RESULTS.md").write_text(
+            f"# Benchmark results\n\n`python -m bench{' --quick' if quick else ''}` on "
+            f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}\n\n{table(rows)}\n")
+    return 0 if all(row.met for row in rows) or quick else 1
+
+
+def reconcile_rows(work: Path, size: int, quick: bool) -> list[Row]:
+    (work / "a").mkdir()
+    ours, base, rss = bench_reconcile(work / "a", size)
+    rows = [Row("reconcile", f"{size:,} vs {size:,}, 1 % differing each way", ours, base, "s", "<= 3x baseline",
+                ours <= 3 * base),
+            Row("reconcile", f"peak RSS at {size:,}", rss, None, "MB", "<= 200 MB", rss <= 200)]
+    if not quick:
+        (work / "b").mkdir()
+        _, _, rss_big = bench_reconcile(work / "b", 5 * size)
+        rows.append(Row("reconcile", f"peak RSS at {5 * size:,}", rss_big, rss, "MB", "<= 1.2x the 1M figure",
+                        rss_big <= 1.2 * rss))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
