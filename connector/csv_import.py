@@ -28,9 +28,12 @@ DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 _CHUNK = 64 * 1024
 _EOL = re.compile(rb"\r\n|\r|\n")
+_SEPARATORS_ONLY = re.compile(r"[\s,;|]*")
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 # A single-column file has no delimiter; csv still needs one for its quote handling, so we use NUL
 # and join the pieces back should a NUL ever turn up in the data.
 _NO_DELIMITER = "\0"
+_CHOOSE = "choose the one to import with --column NAME or --column NUMBER."
 _ENCODING_NAMES = {
     "utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16-le": "UTF-16 LE",
     "utf-16-be": "UTF-16 BE", "cp1252": "Windows-1252",
@@ -281,41 +284,46 @@ class ImportFile:
         elif column is not None:
             raise InputError(f"{self.path}: a column is a name or a number, not {column!r}")
 
+        named = None
         if name is not None:
+            # A name wins over a number, so a header cell that happens to read "2" can be chosen.
             matches = [i for i, cell in enumerate(first) if _key(cell) == _key(name)]
-            if len(matches) == 1:
-                return True, matches[0], _column_names(first, width, True)
             if len(matches) > 1:
                 numbers = ", ".join(str(i + 1) for i in matches)
                 raise InputError(f"{self.path}: several columns are named {name!r} ({numbers}); "
                                  "choose one with --column NUMBER")
-            if name.strip().isdigit():
+            if matches:
+                named = matches[0]
+            elif name.strip().isdigit():
                 number = int(name)
 
         in_range = number is not None and 1 <= number <= width
-        has_header = _looks_like_header(sample, [number - 1] if in_range else None)
+        if named is not None:
+            has_header = True  # the name was found in the first row, so that row is the header
+        else:
+            has_header = _looks_like_header(sample, [number - 1] if in_range else None)
         columns = _column_names(first, width, has_header)
         data = [fields for _, fields, _ in (sample[1:] if has_header else sample)]
         if not data:
             raise InputError(f"{self.path}: only a header row, no addresses to import")
+        if named is not None:
+            return True, named, columns
         if name is not None and number is None:
-            raise InputError(f"{self.path}: no column named {name!r}. "
-                             + _column_list(columns, data, "Choose one with --column NAME or --column NUMBER."))
+            raise InputError(f"{self.path}: no column named {name!r}; {_CHOOSE}" + _column_list(columns, data))
         if number is not None:
             if not in_range:
-                raise InputError(f"{self.path}: there is no column {number} (the file has {width}). "
-                                 + _column_list(columns, data, "Choose one with --column NAME or --column NUMBER."))
+                raise InputError(f"{self.path}: there is no column {number} (the file has {width}); {_CHOOSE}"
+                                 + _column_list(columns, data))
             return has_header, number - 1, columns
 
         found = _address_columns(data, width)
         if len(found) == 1:
             return has_header, found[0], columns
         if found:
-            what = f"{len(found)} columns hold addresses ({', '.join(str(i + 1) for i in found)})"
+            what = f"{len(found)} columns hold email addresses ({', '.join(str(i + 1) for i in found)})"
         else:
             what = "no column looks like it holds email addresses"
-        raise InputError(f"{self.path}: {what}; say which one to import. "
-                         + _column_list(columns, data, "Choose with --column NAME or --column NUMBER."))
+        raise InputError(f"{self.path}: {what}; {_CHOOSE}" + _column_list(columns, data))
 
     def _row(self, number: int, fields: list[str], fallback: bool) -> ImportRow:
         index = self.column_index
@@ -416,7 +424,12 @@ def _parse(lines: Iterator[tuple[str, bool]], delimiter: str | None) -> Iterator
         if delimiter is None and len(fields) > 1:
             fields = [_NO_DELIMITER.join(fields)]
         fallback, feed.fallback = feed.fallback, False
-        if any(field.strip() for field in fields):
+        if delimiter is None:
+            # Without a delimiter, a line of bare separators is still what a spreadsheet saves for an empty row.
+            blank = not fields or _SEPARATORS_ONLY.fullmatch(fields[0])
+        else:
+            blank = not any(field.strip() for field in fields)
+        if not blank:
             yield number, fields, fallback
 
 
@@ -473,6 +486,9 @@ def _looks_like_header(sample: list[_Record], columns: list[int] | None) -> bool
     if columns is None:
         rest = [fields for _, fields, _ in sample[1:]]
         columns = _address_columns(rest, max((len(f) for f in rest), default=0))
+        if not columns:
+            # Nothing to go by but the row itself; a number is far likelier data than a heading.
+            return not any(_NUMBER.fullmatch(cell.strip()) for cell in first)
     return not any(index < len(first) and "@" in first[index] for index in columns)
 
 
@@ -495,10 +511,10 @@ def _column_names(first: list[str], width: int, has_header: bool) -> list[str]:
     return names
 
 
-def _column_list(columns: list[str], data: Iterable[list[str]], ask: str) -> str:
-    """The columns, numbered, with a sample value each, then the request to choose one."""
+def _column_list(columns: list[str], data: Iterable[list[str]]) -> str:
+    """The columns, numbered, with the first non-empty value of each as a sample."""
     data = list(data)
-    lines = [f"{ask} Columns:"]
+    lines = [" Columns:"]
     for index, name in enumerate(columns):
         sample = next((fields[index].strip() for fields in data if index < len(fields) and fields[index].strip()), "")
         if len(sample) > 40:
