@@ -6,6 +6,8 @@ migration runs once, in order, inside one transaction.
 
 import sqlite3
 
+from .errors import StoreError
+
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
     """
@@ -115,6 +117,34 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX runs_by_adapter ON runs (adapter, id);
     """,
+    # 2: clean-up snapshots: the contacts of bounced or spam-reporting addresses, frozen for review.
+    """
+    CREATE TABLE snapshots (
+        name            TEXT PRIMARY KEY,
+        adapter         TEXT NOT NULL,
+        reason          TEXT NOT NULL,
+        since           TEXT,
+        until           TEXT,
+        categories      TEXT,
+        state           TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        without_contact INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX snapshots_by_adapter ON snapshots (adapter, reason, created_at);
+
+    CREATE TABLE snapshot_contacts (
+        snapshot        TEXT NOT NULL REFERENCES snapshots (name),
+        contact_id      TEXT NOT NULL,
+        address         TEXT NOT NULL,
+        occurred_at     TEXT,
+        bounce_category TEXT,
+        outcome         TEXT,
+        message         TEXT,
+        decided_at      TEXT,
+        PRIMARY KEY (snapshot, contact_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -124,8 +154,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the database's user_version; return the new version."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the store has schema version {current}, newer than this program's {SCHEMA_VERSION}"
+        raise StoreError(
+            f"the store has schema version {current}, newer than this program's {SCHEMA_VERSION}; "
+            "upgrade optout-sync"
         )
     for number in range(current + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
