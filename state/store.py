@@ -141,7 +141,8 @@ class Store:
         self.path = Path(path)
         try:
             _create_private_file(self.path)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
+            # A long import holds the write lock for seconds; other writers wait rather than fail.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
