@@ -82,19 +82,12 @@ def run_import(store: Store, addresses: Iterable[str | Rejected], *, scope: str,
         if confirm != preview.new:
             raise RefusedError(f"the import would add {preview.new} new opt-outs, not {confirm}; nothing was changed")
         now = utc_now()
-        before = conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
-        conn.execute(
-            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, occurred_at,"
-            " legal_basis, explanation, details)"
-            " SELECT ?, 'suppressed', i.address, ?, ?, 'user', ?, ?, ?, ?, ? FROM import_rows i"
+        store.suppress_selected(
+            "SELECT ?, 'suppressed', i.address, ?, ?, 'user', ?, ?, ?, ?, ? FROM import_rows i"
             " WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = ?)"
             " ORDER BY i.address",
             (now, scope, reason, source, now, legal_basis, explanation,
              json.dumps(details, sort_keys=True) if details else None, scope))
-        conn.execute(
-            "INSERT INTO suppressions (address, scope, reason, origin, source, occurred_at, recorded_at,"
-            " details, seq) SELECT address, scope, reason, origin, source, occurred_at, recorded_at, details,"
-            " seq FROM events WHERE seq > ? AND kind = 'suppressed'", (before,))
         conn.execute("DROP TABLE temp.import_rows")
         preview.applied = True
     return preview

@@ -274,7 +274,7 @@ class Store:
             self._ensure_checkpoint(adapter)
             self._load_incoming(page.optouts)
             counts.ignored_lifted = self._drop_lifted("incoming")
-            counts.changed = self._record_stronger("incoming", adapter, now)
+            counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
             counts.staged = self._write(
                 f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
                 f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM incoming i WHERE NOT EXISTS"
@@ -320,22 +320,25 @@ class Store:
             f" OR {table}.occurred_at <= l.lifted_at))"
         ).rowcount
 
-    def _record_stronger(self, table: str, source: str, now: str) -> int:
-        """Raise stored reasons/origins that the rows of `table` bind more strongly; log each change."""
-        match = (f"FROM {table} n JOIN suppressions s ON s.address = n.address AND s.scope = n.scope"
-                 f" WHERE {_stronger_sql('n', 's')}")
+    def _record_stronger(self, now: str, table: str, source_sql: str, extra_where: str = "",
+                         select_params: tuple = (), update_params: tuple = ()) -> int:
+        """Raise stored reasons/origins that rows of `table` (alias n) bind more strongly; log each change."""
+        condition = f"{_stronger_sql('n', 's')} {extra_where}"
         changed = self._write(
             "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, occurred_at,"
-            " message, details)"
-            f" SELECT ?, 'changed', n.address, n.scope, n.reason, n.origin, ?, n.occurred_at,"
-            " 'was ' || s.reason || ' by ' || s.origin, n.details " + match,
-            (now, source),
+            f" message, details) SELECT ?, 'changed', n.address, n.scope, n.reason, n.origin, {source_sql},"
+            " n.occurred_at, 'was ' || s.reason || ' by ' || s.origin, n.details"
+            f" FROM {table} n JOIN suppressions s ON s.address = n.address AND s.scope = n.scope"
+            f" WHERE {condition}",
+            (now, *select_params),
         ).rowcount
         if changed:
             self._write(
-                "UPDATE suppressions SET reason = n.reason, origin = n.origin, details = COALESCE(n.details, suppressions.details)"
-                f" FROM {table} n WHERE n.address = suppressions.address AND n.scope = suppressions.scope"
-                f" AND {_stronger_sql('n', 'suppressions')}"
+                "UPDATE suppressions SET reason = n.reason, origin = n.origin,"
+                f" details = COALESCE(n.details, suppressions.details) FROM {table} n"
+                " WHERE n.address = suppressions.address AND n.scope = suppressions.scope"
+                f" AND {_stronger_sql('n', 'suppressions')} {extra_where}",
+                update_params,
             )
         return changed
 
@@ -349,44 +352,34 @@ class Store:
         now = utc_now()
         with self.transaction():
             self._drop_lifted("staged")
-            self._record_stronger_from_staged(adapter, now)
-            before = self.conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
-            added = self._write(
-                "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
-                " occurred_at, legal_basis, explanation, details)"
-                " SELECT ?, 'suppressed', st.address, st.scope, st.reason, st.origin, st.adapter,"
+            # Staged rows that another source suppressed meanwhile may still strengthen it.
+            self._record_stronger(now, "staged", "n.adapter", "AND n.adapter = ?", (adapter,), (adapter,))
+            added = self.suppress_selected(
+                "SELECT ?, 'suppressed', st.address, st.scope, st.reason, st.origin, st.adapter,"
                 " st.occurred_at, ?, ?, st.details FROM staged st WHERE st.adapter = ? AND NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = st.address AND s.scope = st.scope)"
                 " ORDER BY st.rowid",
-                (now, legal_basis, explanation, adapter),
-            ).rowcount
-            self._write(
-                "INSERT INTO suppressions (address, scope, reason, origin, source, occurred_at,"
-                " recorded_at, details, seq)"
-                " SELECT address, scope, reason, origin, source, occurred_at, recorded_at, details, seq"
-                " FROM events WHERE seq > ? AND kind = 'suppressed'",
-                (before,),
-            )
+                (now, legal_basis, explanation, adapter))
             self._write("DELETE FROM staged WHERE adapter = ?", (adapter,))
         return added
 
-    def _record_stronger_from_staged(self, adapter: str, now: str) -> None:
-        # Staged rows that another source suppressed meanwhile may still strengthen it.
-        match = ("FROM staged n JOIN suppressions s ON s.address = n.address AND s.scope = n.scope"
-                 f" WHERE n.adapter = ? AND {_stronger_sql('n', 's')}")
-        changed = self._write(
-            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, occurred_at,"
-            " message, details) SELECT ?, 'changed', n.address, n.scope, n.reason, n.origin, n.adapter,"
-            " n.occurred_at, 'was ' || s.reason || ' by ' || s.origin, n.details " + match,
-            (now, adapter),
-        ).rowcount
-        if changed:
-            self._write(
-                "UPDATE suppressions SET reason = n.reason, origin = n.origin, details = COALESCE(n.details, suppressions.details)"
-                " FROM staged n WHERE n.adapter = ? AND n.address = suppressions.address"
-                f" AND n.scope = suppressions.scope AND {_stronger_sql('n', 'suppressions')}",
-                (adapter,),
-            )
+    def suppress_selected(self, select_sql: str, params: Iterable = ()) -> int:
+        """Add a 'suppressed' event and a suppression for each row a SELECT gives; how many.
+
+        The SELECT yields (recorded_at, kind, address, scope, reason, origin, source,
+        occurred_at, legal_basis, explanation, details) for (address, scope) pairs not yet
+        suppressed. Call it inside a transaction.
+        """
+        before = self.conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
+        added = self._write(
+            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
+            " occurred_at, legal_basis, explanation, details) " + select_sql, params).rowcount
+        self._write(
+            "INSERT INTO suppressions (address, scope, reason, origin, source, occurred_at,"
+            " recorded_at, details, seq)"
+            " SELECT address, scope, reason, origin, source, occurred_at, recorded_at, details, seq"
+            " FROM events WHERE seq > ? AND kind = 'suppressed'", (before,))
+        return added
 
     def pause(self, adapter: str) -> None:
         """Hold an adapter's staged opt-outs for a person's approval."""
