@@ -229,11 +229,12 @@ class Engine:
             self.store.begin_source_set()
             for page in adapter.read_all():
                 self.store.add_to_source_set(page.optouts)
-                if ingest:
-                    report.absorb(self.store.ingest_page(name, page, save_cursor=False))
+                report.pulled += len(page.optouts)
+                report.rejected += len(page.rejected)  # listed when the rows were first pulled
                 if self.stop.is_set():
                     return  # a partial full set must not be diffed
             if ingest and not self.store.checkpoint(name).paused:
+                report.absorb(self.store.stage_from_source_set(name))
                 self._promote_within_guard(name, config, report)
             if config.writes and adapter.capabilities.write:
                 self._reapply_missing(name, adapter, config, report)

@@ -68,7 +68,7 @@ def canonical_time(text: str | None) -> str | None:
 
 
 def _details_json(details: dict | None) -> str | None:
-    return json.dumps(details, sort_keys=True, separators=(",", ":")) if details else None
+    return json.dumps(details, separators=(",", ":")) if details else None
 
 
 def _details_from(text: str | None) -> dict | None:
@@ -226,7 +226,9 @@ class Store:
         )
         self.conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS source_set ("
-            " address TEXT NOT NULL, scope TEXT NOT NULL, PRIMARY KEY (address, scope)) WITHOUT ROWID"
+            " address TEXT NOT NULL, scope TEXT NOT NULL, reason TEXT NOT NULL,"
+            " origin TEXT NOT NULL, occurred_at TEXT, details TEXT,"
+            " PRIMARY KEY (address, scope)) WITHOUT ROWID"
         )
         self._temp_ready = True
 
@@ -272,6 +274,7 @@ class Store:
         with self.transaction():
             self._ensure_temp_tables()
             self._ensure_checkpoint(adapter)
+            self._write("DELETE FROM incoming")
             self._load_incoming(page.optouts)
             counts.ignored_lifted = self._drop_lifted("incoming")
             counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
@@ -300,14 +303,13 @@ class Store:
                             (page.cursor, now, adapter))
         return counts
 
-    def _load_incoming(self, optouts: list[OptOut]) -> None:
-        self._write("DELETE FROM incoming")
-        # Within one page the strongest observation of an (address, scope) wins.
+    def _load_incoming(self, optouts: list[OptOut], table: str = "incoming") -> None:
+        # Within one page (or one full read) the strongest observation of an (address, scope) wins.
         self.conn.executemany(
-            f"INSERT INTO incoming ({_OPTOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO {table} ({_OPTOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,"
             " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
-            f" WHERE {_stronger_sql('excluded', 'incoming')}",
+            f" WHERE {_stronger_sql('excluded', table)}",
             [(o.address, o.scope, o.reason, o.origin, canonical_time(o.occurred_at), _details_json(o.details))
              for o in optouts],
         )
@@ -488,10 +490,29 @@ class Store:
         self._write("DELETE FROM source_set")
 
     def add_to_source_set(self, optouts: list[OptOut]) -> None:
-        """Add a page of a source's full read to the reconcile temp table."""
-        self._ensure_temp_tables()
-        self.conn.executemany("INSERT OR IGNORE INTO source_set (address, scope) VALUES (?, ?)",
-                              [(o.address, o.scope) for o in optouts])
+        """Add a page of a source's full read to the reconcile temp table (one transaction)."""
+        with self.transaction():
+            self._load_incoming(optouts, "source_set")
+
+    def stage_from_source_set(self, adapter: str) -> IngestCounts:
+        """Stage what the full read holds and the store lacks; record stronger reasons it shows.
+
+        Rows of a lifted (address, scope) dated at or before the lift, or undated, are left out.
+        """
+        now = utc_now()
+        counts = IngestCounts()
+        with self.transaction():
+            self._ensure_checkpoint(adapter)
+            counts.changed = self._record_stronger(now, "source_set", "?", select_params=(adapter,))
+            counts.staged = self._write(
+                f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
+                f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM source_set i WHERE NOT EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)"
+                " AND NOT EXISTS (SELECT 1 FROM lifts l WHERE l.address = i.address AND l.scope = i.scope"
+                " AND (i.occurred_at IS NULL OR i.occurred_at <= l.lifted_at))",
+                (adapter, now),
+            ).rowcount
+        return counts
 
     def missing_at_source(self, scopes: set[str], unmapped_as_global: bool,
                           batch: int) -> Iterator[list[tuple[int, OptOut]]]:
