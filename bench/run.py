@@ -140,7 +140,7 @@ def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
     inbox.mkdir()
     adapters = (f'[[adapters]]\nname = "inbox"\ntype = "csv_folder"\npath = "inbox"\nsettle_seconds = 0\n'
                 f'max_new_per_cycle = {n}\n'
-                f'[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "sink.csv"\nbatch_size = {n}\n')
+                f'[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "sink.csv"\nbatch_size = {min(n, 1_000_000)}\n')
     settings = write_settings(work, adapters)
     build_store(work, settings, n)
     # The source has everything but the first 1 % and 1 % the store lacks.
@@ -334,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows += run(Path(folder))
+            done = run(Path(folder))
+            for row in done:
+                print("  " + " | ".join(row.cells()), file=sys.stderr, flush=True)
+            rows += done
     print(f"machine: {machine()}")
     print(table(rows))
     if args.record:
