@@ -23,7 +23,7 @@ from state.addresses import InvalidAddress, normalise_address
 from state.models import GLOBAL_SCOPE, ORIGINS, REASONS, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import AdapterSettings, Capabilities, SettingsPath
-from .csv_records import decode, read_records, sniff_delimiter
+from .csv_records import decode, read_batches, sniff_delimiter
 
 EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "email_address", "emailaddress",
                  "mail", "address")
@@ -169,23 +169,23 @@ class CsvFolderAdapter:
                 header_text, _ = decode(first)
                 state.delimiter = sniff_delimiter(header_text)
             columns = None
-            for record in read_records(handle, state.offset, state.next_row, state.delimiter, settled):
-                where = f"{path.name} row {record.number}"
-                if record.number == 1 and state.offset == 0:
-                    state.columns = [c.strip().lower() for c in record.fields]
-                    problem = self._header_problem(state.columns)
-                    if problem:
-                        # Reported once; nothing of the file is consumed, so fixing the
-                        # settings or the file has it read in full.
-                        state.blocked = True
-                        yield Rejected(f"{path.name} row 1", ",".join(record.fields), problem)
-                        return
-                    state.blocked = False
-                    _advance(state, record.end_offset, record.number + 1)
-                    continue
-                columns = columns or self._columns(state.columns)
-                _advance(state, record.end_offset, record.number + 1)
-                yield self._row(where, record.fields, columns)
+            for batch in read_batches(handle, state.offset, state.next_row, state.delimiter, settled):
+                for number, fields in batch.records:
+                    if number == 1 and state.offset == 0:
+                        state.columns = [c.strip().lower() for c in fields]
+                        problem = self._header_problem(state.columns)
+                        if problem:
+                            # Reported once; nothing of the file is consumed, so fixing the
+                            # settings or the file has it read in full.
+                            state.blocked = True
+                            yield Rejected(f"{path.name} row 1", ",".join(fields), problem)
+                            return
+                        state.blocked = False
+                        continue
+                    columns = columns or self._columns(state.columns)
+                    yield self._row(f"{path.name} row {number}", fields, columns)
+                # Offsets are known per batch: a page cut inside one is re-read after a crash (harmless).
+                _advance(state, batch.end_offset, batch.next_number)
 
     def _header_problem(self, header: list[str]) -> str | None:
         if self._columns(header) is not None:

@@ -7,6 +7,7 @@ so far), which lets us resume exactly where the last complete record ended.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -14,14 +15,13 @@ from typing import BinaryIO
 DELIMITERS = (",", ";", "\t")
 
 
-@dataclass(slots=True, frozen=True)
-class RawRecord:
-    """One CSV record: its fields, its 1-based record number, and the byte offset after it."""
+@dataclass(slots=True)
+class RecordBatch:
+    """Complete records read in one go: (row number, fields) each, and the byte offset after them."""
 
-    number: int
-    fields: list[str]
+    records: list[tuple[int, list[str]]]
     end_offset: int
-    undecodable: bool = False
+    next_number: int
 
 
 def decode(data: bytes) -> tuple[str, bool]:
@@ -48,33 +48,51 @@ def sniff_delimiter(header_line: str) -> str:
     return best if counts[best] else ","
 
 
-def read_records(handle: BinaryIO, start_offset: int, first_number: int, delimiter: str,
-                 take_unterminated: bool) -> Iterator[RawRecord]:
-    """Yield complete records from `start_offset` on; blank lines are skipped.
+def read_batches(handle: BinaryIO, start_offset: int, first_number: int, delimiter: str,
+                 take_unterminated: bool, chunk_bytes: int = 256 * 1024) -> Iterator[RecordBatch]:
+    """Yield batches of complete records from `start_offset` on; blank rows count but are not yielded.
 
-    A last record without a line end is taken only when `take_unterminated`
-    (the file has settled), since it may still be being written.
+    A last record without a line end is taken only when `take_unterminated` (the
+    file has settled), since it may still be being written. Parsing a whole chunk
+    with one csv reader keeps the per-row cost low; offsets are known per batch.
     """
     handle.seek(start_offset)
-    offset = start_offset
-    number = first_number
-    pending = b""
-    quotes = 0
-    for line in handle:
-        pending += line
+    offset, number, carry = start_offset, first_number, b""
+    while True:
+        data = handle.read(chunk_bytes)
+        buffer = carry + data if carry else data
+        if not buffer:
+            return
+        if data:
+            cut = _record_boundary(buffer)
+            if cut == 0:
+                carry = buffer  # not one complete record yet: read on
+                continue
+        elif take_unterminated:
+            cut = len(buffer)
+        else:
+            return
+        piece, carry = buffer[:cut], buffer[cut:]
+        text, _ = decode(piece)
+        records = []
+        for fields in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False):
+            if fields and (len(fields) > 1 or fields[0].strip()):
+                records.append((number, fields))
+            number += 1  # blank rows still count, so row numbers match a spreadsheet's
+        offset += cut
+        yield RecordBatch(records, offset, number)
+        if not data:
+            return
+
+
+def _record_boundary(buffer: bytes) -> int:
+    """The index just after the last newline that ends a record (outside quotes), or 0."""
+    if b'"' not in buffer:
+        return buffer.rfind(b"\n") + 1
+    cut = position = quotes = 0
+    for line in buffer.split(b"\n")[:-1]:
         quotes += line.count(b'"')
-        complete = line.endswith(b"\n")
-        if not complete and not take_unterminated:
-            return
-        if quotes % 2 and complete:
-            continue  # a newline inside a quoted field: the record goes on
-        if quotes % 2 and not take_unterminated:
-            return
-        offset += len(pending)
-        text, fallback = decode(pending)
-        pending, quotes = b"", 0
-        number += 1
-        if not text.strip():
-            continue  # blank rows still count, so row numbers match a spreadsheet's
-        fields = next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter, strict=False), [])
-        yield RawRecord(number - 1, fields, offset, fallback)
+        position += len(line) + 1
+        if quotes % 2 == 0:
+            cut = position  # a newline inside a quoted field does not end the record
+    return cut
