@@ -5,10 +5,12 @@ from __future__ import annotations
 from .base import Adapter, AdapterSettings
 from .csv_file import CsvFileAdapter
 from .csv_folder import CsvFolderAdapter
+from .hubspot import HubSpotAdapter
 
 ADAPTER_TYPES: dict[str, type] = {
     "csv_folder": CsvFolderAdapter,
     "csv_file": CsvFileAdapter,
+    "hubspot": HubSpotAdapter,
 }
 
 

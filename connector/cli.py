@@ -330,5 +330,50 @@ def lift(obj: Context, address: str, scope: str, legal_basis: str, explanation: 
                    "(run again with --propagate to remove it there)")
 
 
+@main.command("cleanup")
+@click.argument("adapter")
+@click.option("--reason", required=True, type=click.Choice(["hard_bounce", "spam_complaint"]),
+              help="Which contacts: those that hard-bounced, or those that reported spam.")
+@click.option("--since", metavar="DATE", help="Only events on or after this ISO date or date-time.")
+@click.option("--until", metavar="DATE", help="Only events before this date-time (a date covers that whole day).")
+@click.option("--bounce-category", "categories", multiple=True, metavar="CATEGORY",
+              help="Only bounces of this category (repeatable; default: all).")
+@click.option("--snapshot", "name", metavar="NAME",
+              help="Name for the new snapshot; with --delete, the snapshot to delete (default: the newest).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Where to write the snapshot for review.")
+@click.option("--delete", is_flag=True, help="Delete (archive) the contacts of the saved snapshot.")
+@click.option("--confirm", type=int, metavar="N", help="With --delete: the snapshot's contact count, typed in.")
+@click.pass_obj
+@_edge
+def cleanup_command(obj: Context, adapter: str, reason: str, since: str | None, until: str | None,
+                    categories: tuple[str, ...], name: str | None, csv_path: str | None, delete: bool,
+                    confirm: int | None) -> None:
+    """Snapshot the contacts of bounced or spam-reporting addresses for review; --delete --confirm N deletes them."""
+    from . import cleanup as cleanup_flow
+
+    if not delete:
+        if confirm is not None:
+            raise InputError("--confirm goes with --delete")
+        report = cleanup_flow.build_snapshot(obj.settings(), adapter, reason, since=since, until=until,
+                                             categories=list(categories), name=name, csv_path=csv_path)
+        click.echo(f"snapshot {report.name}: {report.count} contacts to delete; {report.without_contact} matching "
+                   f"addresses have no contact. Review {report.csv_path}")
+        click.echo(f"to delete them: optout-sync cleanup {adapter} --reason {reason} --snapshot {report.name} "
+                   f"--delete --confirm {report.count}")
+        return
+    if confirm is None:
+        raise InputError("--delete needs --confirm N, the number of contacts in the snapshot")
+    if since or until or categories or csv_path:
+        raise InputError("--since, --until, --bounce-category and --csv shape a new snapshot; --delete uses a saved one")
+    report = cleanup_flow.delete_snapshot(obj.settings(), adapter, confirm=confirm, reason=reason, name=name)
+    click.echo(f"snapshot {report.name}: deleted {report.deleted} contacts, {report.failed} failed"
+               f"{f', {report.done_before} deleted earlier' if report.done_before else ''}; "
+               "their suppressions stay")
+    if report.failed:
+        click.echo("run the same command again to retry; see optout-sync history ADDRESS for each outcome",
+                   err=True)
+        sys.exit(EXIT_FAILURE)
+
+
 if __name__ == "__main__":
     main()
