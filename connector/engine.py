@@ -174,7 +174,10 @@ class Engine:
             self._apply(name, adapter, batch, skipped, scan_from, report)
 
     def _as_sent(self, event: PendingEvent, adapter: Adapter, config: AdapterSettings) -> OptOut | None:
-        optout = event.optout
+        return self._mapped(event.optout, adapter, config)
+
+    def _mapped(self, optout: OptOut, adapter: Adapter, config: AdapterSettings) -> OptOut | None:
+        """The opt-out as this sink can hold it: as is, as all-email (unmapped policy), or None."""
         if optout.scope == GLOBAL_SCOPE or optout.scope in adapter.capabilities.scopes:
             return optout
         if self.settings.unmapped_policy(config) == "global":
@@ -250,8 +253,8 @@ class Engine:
             report.missing_at_source += len(rows)
             if report.dry_run:
                 continue
-            sent = [(seq, o if o.scope == GLOBAL_SCOPE or o.scope in adapter.capabilities.scopes
-                     else replace(o, scope=GLOBAL_SCOPE)) for seq, o in rows]
+            # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
+            sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
             results = adapter.apply([o for _, o in sent])
             self.store.record_applied(name, [(seq, replace(result, optout=original))
                                              for (seq, original), result in zip(rows, results)])
