@@ -256,7 +256,7 @@ class Engine:
             # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
             sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
             results = adapter.apply([o for _, o in sent])
-            self.store.record_applied(name, [(seq, replace(result, optout=original))
+            self.store.record_applied(name, [(seq, original, result)
                                              for (seq, original), result in zip(rows, results)])
             report.pushed += sum(1 for r in results if r.ok)
             report.failed += sum(1 for r in results if not r.ok)

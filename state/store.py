@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +67,31 @@ def canonical_time(text: str | None) -> str | None:
         return None
 
 
+# A vendor's clock may run ahead of ours: an observation this close after our apply is still its echo.
+ECHO_SKEW_SECONDS = 600
+
+
+def _shift_time(text: str | None, seconds: float) -> str | None:
+    """SQL function: an ISO time moved by `seconds`, in the store's text form."""
+    if not text:
+        return None
+    return to_utc_iso(datetime.fromisoformat(text) + timedelta(seconds=seconds))
+
+
+def _echo_sql(table: str, source_sql: str) -> str:
+    """SQL that is true when a row of `table` is a sink reporting back what this daemon applied to it.
+
+    Such an echo (undated, or dated no later than our apply) must neither create a suppression
+    (an unmapped topic sent as all-email comes back as an all-email opt-out) nor change who
+    made one (a user's import comes back from some vendors as a recipient unsubscribe).
+    """
+    return (f"EXISTS (SELECT 1 FROM events a WHERE a.address = {table}.address AND a.kind = 'applied'"
+            f" AND a.target = {source_sql}"
+            f" AND COALESCE(json_extract(a.details, '$.sent_scope'), a.scope) = {table}.scope"
+            f" AND ({table}.occurred_at IS NULL"
+            f" OR {table}.occurred_at <= shift_time(a.recorded_at, {ECHO_SKEW_SECONDS})))")
+
+
 def _details_json(details: dict | None) -> str | None:
     return json.dumps(details, separators=(",", ":")) if details else None
 
@@ -98,6 +123,7 @@ class IngestCounts:
     staged: int = 0
     changed: int = 0
     ignored_lifted: int = 0
+    ignored_echoes: int = 0
     rejected: int = 0
 
     def add(self, other: "IngestCounts") -> None:
@@ -105,6 +131,7 @@ class IngestCounts:
         self.staged += other.staged
         self.changed += other.changed
         self.ignored_lifted += other.ignored_lifted
+        self.ignored_echoes += other.ignored_echoes
         self.rejected += other.rejected
 
 
@@ -134,19 +161,29 @@ class PushOutcome:
 _OPTOUT_COLUMNS = "address, scope, reason, origin, occurred_at, details"
 
 
+def _outcome_json(item: "PushOutcome") -> str:
+    """An apply's outcome, and the scope it was sent as where the sink got another one."""
+    details = {"outcome": item.result.outcome}
+    if item.result.optout.scope != item.optout.scope:
+        details["sent_scope"] = item.result.optout.scope
+    return json.dumps(details)
+
+
 class Store:
     """The local suppression store on one SQLite connection."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0):
         self.path = Path(path)
         try:
             _create_private_file(self.path)
             # A long import holds the write lock for seconds; other writers wait rather than fail.
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
+                                   check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = FILE")
+            conn.create_function("shift_time", 2, _shift_time, deterministic=True)
             migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
@@ -277,6 +314,8 @@ class Store:
             self._write("DELETE FROM incoming")
             self._load_incoming(page.optouts)
             counts.ignored_lifted = self._drop_lifted("incoming")
+            counts.ignored_echoes = self._write(
+                f"DELETE FROM incoming WHERE {_echo_sql('incoming', '?')}", (adapter,)).rowcount
             counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
             counts.staged = self._write(
                 f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
@@ -443,12 +482,11 @@ class Store:
                 # may only be propagated to the second kind.
                 message = item.result.message or ("already held" if item.result.outcome == ALREADY else "")
                 events.append((now, "applied", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, message, json.dumps({"outcome": item.result.outcome})))
+                               item.seq, message, _outcome_json(item)))
                 resolved.append((now, adapter, item.seq))
             else:
                 events.append((now, "failed", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, f"{item.result.outcome}: {item.result.message}",
-                               json.dumps({"outcome": item.result.outcome})))
+                               item.seq, f"{item.result.outcome}: {item.result.message}", _outcome_json(item)))
                 failures.append((adapter, item.result.outcome, o.address, o.scope, item.seq,
                                  item.result.message, now, now))
         with self.transaction():
@@ -468,9 +506,9 @@ class Store:
                 self._write("UPDATE checkpoints SET applied_seq = max(applied_seq, ?) WHERE adapter = ?",
                             (watermark, adapter))
 
-    def record_applied(self, adapter: str, results: list[tuple[int, ApplyResult]]) -> None:
-        """Record outcomes of a reconcile re-apply (no watermark change)."""
-        self.record_push(adapter, [PushOutcome(seq, r.optout, r) for seq, r in results], None)
+    def record_applied(self, adapter: str, results: list[tuple[int, OptOut, ApplyResult]]) -> None:
+        """Record outcomes of a reconcile re-apply (no watermark change): (seq, stored opt-out, result)."""
+        self.record_push(adapter, [PushOutcome(seq, optout, r) for seq, optout, r in results], None)
 
     def pending_summary(self, adapter: str, applied_seq: int) -> tuple[int, str | None]:
         """How many suppression events this sink still needs, and when the oldest was recorded."""
@@ -503,14 +541,16 @@ class Store:
         counts = IngestCounts()
         with self.transaction():
             self._ensure_checkpoint(adapter)
-            counts.changed = self._record_stronger(now, "source_set", "?", select_params=(adapter,))
+            not_echo = f"AND NOT {_echo_sql('n', '?')}"
+            counts.changed = self._record_stronger(now, "source_set", "?", not_echo, (adapter, adapter),
+                                                   (adapter,))
             counts.staged = self._write(
                 f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
                 f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM source_set i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)"
                 " AND NOT EXISTS (SELECT 1 FROM lifts l WHERE l.address = i.address AND l.scope = i.scope"
-                " AND (i.occurred_at IS NULL OR i.occurred_at <= l.lifted_at))",
-                (adapter, now),
+                f" AND (i.occurred_at IS NULL OR i.occurred_at <= l.lifted_at)) AND NOT {_echo_sql('i', '?')}",
+                (adapter, now, adapter),
             ).rowcount
         return counts
 

@@ -7,6 +7,8 @@ import pytest
 from state.errors import RefusedError
 from state.models import OptOut
 
+LATER = "2099-01-01T00:00:00+00:00"
+
 
 def held(vendor) -> set[tuple[str, str]]:
     return set(vendor.held)
@@ -228,7 +230,8 @@ def test_a_stronger_reason_is_recorded_and_never_downgraded(memory_world):
     settings, store, engine, v = memory_world([{"name": "a"}, {"name": "b"}])
     v["a"].opt_out(OptOut("x@example.com", reason="imported", origin="user"))
     engine.sync_once()
-    v["b"].opt_out(OptOut("x@example.com", reason="unsubscribed", origin="recipient"))
+    # The recipient unsubscribes at b later on (dated after the daemon's apply: not an echo).
+    v["b"].opt_out(OptOut("x@example.com", reason="unsubscribed", origin="recipient", occurred_at=LATER))
     engine.sync_once()
     row = store.suppression("x@example.com")
     assert (row["reason"], row["origin"]) == ("unsubscribed", "recipient")
@@ -282,3 +285,39 @@ def test_rejected_input_is_listed_with_where_and_why(memory_world):
     failure = next(store.failures("a"))
     assert (failure["kind"], failure["location"], failure["message"]) == ("rejected", "list.csv row 3",
                                                                           "no @ in address")
+
+
+def test_a_sink_reporting_back_what_it_was_sent_changes_nothing(memory_world):
+    """Some vendors report every unsubscribe as the recipient's: an echo must not upgrade a user's opt-out."""
+    settings, store, engine, v = memory_world([{"name": "a"}, {"name": "b"}])
+    v["a"].opt_out(OptOut("x@example.com", reason="imported", origin="user"))
+    engine.sync_once()
+    # b echoes it in its own words, undated or dated before our apply.
+    v["b"].log.append(OptOut("x@example.com", reason="unsubscribed", origin="recipient"))
+    v["b"].log.append(OptOut("x@example.com", reason="unsubscribed", origin="recipient",
+                             occurred_at="2000-01-01T00:00:00+00:00"))
+    engine.sync_once()
+    assert engine.reconcile("b").error is None
+    row = store.suppression("x@example.com")
+    assert (row["reason"], row["origin"]) == ("imported", "user")
+    assert [e["kind"] for e in store.events_for("x@example.com")] == ["suppressed", "applied"]
+
+
+def test_an_unmapped_topic_sent_as_all_email_does_not_come_back_as_a_global_opt_out(memory_world):
+    settings, store, engine, v = memory_world(
+        [{"name": "a", "topics": {"news": "n"}}, {"name": "b", "unmapped_topics": "global"}, {"name": "c"}],
+        topics={"news": "Newsletter"})
+    v["a"].opt_out(OptOut("x@example.com", scope="news"))
+    engine.sync_once()
+    assert held(v["b"]) == {("x@example.com", "*")}
+    v["b"].log.append(OptOut("x@example.com", "*", "unsubscribed", "recipient"))   # b reports what it holds
+    engine.sync_once()
+    assert engine.reconcile("b").error is None
+    engine.sync_once()
+    assert store.suppression("x@example.com", "*") is None
+    assert held(v["c"]) == set()                # c maps no topic: nothing reached it
+    # A global opt-out the recipient makes at b later is real, and spreads.
+    v["b"].log.append(OptOut("x@example.com", "*", "unsubscribed", "recipient", LATER))
+    engine.sync_once()
+    assert store.suppression("x@example.com", "*")["source"] == "b"
+    assert held(v["c"]) == {("x@example.com", "*")}

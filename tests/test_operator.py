@@ -172,7 +172,7 @@ def test_history_is_oldest_first_and_normalises_the_address(world):
     tmp_path, path, settings = world
     seed(settings, [("crm", OptOut("ann@x.io", "*", "imported", "user"))])
     sync_once(settings)
-    seed(settings, [("esp", OptOut("ann@x.io", "*", "unsubscribed", "recipient"))])
+    seed(settings, [("esp", OptOut("ann@x.io", "*", "unsubscribed", "recipient", "2099-01-01T00:00:00+00:00"))])
 
     normalised, lines = operator.history(settings, "  ANN@X.io ")
     assert normalised == "ann@x.io"
