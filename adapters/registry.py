@@ -6,11 +6,21 @@ from .base import Adapter, AdapterSettings
 from .csv_file import CsvFileAdapter
 from .csv_folder import CsvFolderAdapter
 from .hubspot import HubSpotAdapter
+from .mailchimp import MailchimpAdapter
+from .sendgrid import SendGridAdapter
+from .mailgun import MailgunAdapter
+from .postmark import PostmarkAdapter
+from .ses import SesAdapter
 
 ADAPTER_TYPES: dict[str, type] = {
     "csv_folder": CsvFolderAdapter,
     "csv_file": CsvFileAdapter,
     "hubspot": HubSpotAdapter,
+    "sendgrid": SendGridAdapter,
+    "mailchimp": MailchimpAdapter,
+    "mailgun": MailgunAdapter,
+    "postmark": PostmarkAdapter,
+    "ses": SesAdapter,
 }
 
 

@@ -259,7 +259,8 @@ class Engine:
             self.store.record_applied(name, [(seq, original, result)
                                              for (seq, original), result in zip(rows, results)])
             report.pushed += sum(1 for r in results if r.ok)
-            report.failed += sum(1 for r in results if not r.ok)
+            report.parked += sum(1 for r in results if r.outcome == TRANSIENT)
+            report.failed += sum(1 for r in results if not r.ok and r.outcome != TRANSIENT)
             if self.stop.is_set():
                 return
 

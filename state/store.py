@@ -317,12 +317,10 @@ class Store:
             counts.ignored_echoes = self._write(
                 f"DELETE FROM incoming WHERE {_echo_sql('incoming', '?')}", (adapter,)).rowcount
             counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
-            counts.staged = self._write(
-                f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
-                f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM incoming i WHERE NOT EXISTS"
+            counts.staged = self._stage(
+                "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
-                (adapter, now),
-            ).rowcount
+                (adapter, now))
             if page.rejected:
                 self.conn.executemany(
                     "INSERT INTO failures (adapter, kind, location, address, message, first_at, last_at)"
@@ -352,6 +350,22 @@ class Store:
             [(o.address, o.scope, o.reason, o.origin, canonical_time(o.occurred_at), _details_json(o.details))
              for o in optouts],
         )
+
+    def _stage(self, from_where_sql: str, params: tuple) -> int:
+        """Stage the rows a `FROM ... WHERE ...` (alias i) gives; the number of new staged rows.
+
+        An opt-out staged earlier in the same cycle is replaced by a more binding one
+        (a spam complaint read after an unsubscribe of the same address).
+        """
+        before = self.conn.execute("SELECT count(*) FROM staged WHERE adapter = ?", (params[0],)).fetchone()[0]
+        self._write(
+            f"INSERT INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
+            f" SELECT {', '.join('i.' + c for c in _OPTOUT_COLUMNS.split(', '))}, ?, ? {from_where_sql}"
+            " ON CONFLICT (adapter, address, scope) DO UPDATE SET reason = excluded.reason,"
+            " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
+            f" WHERE {_stronger_sql('excluded', 'staged')}",
+            params)
+        return self.conn.execute("SELECT count(*) FROM staged WHERE adapter = ?", (params[0],)).fetchone()[0] - before
 
     def _drop_lifted(self, table: str) -> int:
         # A lifted opt-out returns only through an opt-out dated after the lift.
@@ -544,14 +558,12 @@ class Store:
             not_echo = f"AND NOT {_echo_sql('n', '?')}"
             counts.changed = self._record_stronger(now, "source_set", "?", not_echo, (adapter, adapter),
                                                    (adapter,))
-            counts.staged = self._write(
-                f"INSERT OR IGNORE INTO staged ({_OPTOUT_COLUMNS}, adapter, staged_at)"
-                f" SELECT {_OPTOUT_COLUMNS}, ?, ? FROM source_set i WHERE NOT EXISTS"
+            counts.staged = self._stage(
+                "FROM source_set i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)"
                 " AND NOT EXISTS (SELECT 1 FROM lifts l WHERE l.address = i.address AND l.scope = i.scope"
                 f" AND (i.occurred_at IS NULL OR i.occurred_at <= l.lifted_at)) AND NOT {_echo_sql('i', '?')}",
-                (adapter, now, adapter),
-            ).rowcount
+                (adapter, now, adapter))
         return counts
 
     def missing_at_source(self, scopes: set[str], unmapped_as_global: bool,

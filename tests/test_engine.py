@@ -321,3 +321,14 @@ def test_an_unmapped_topic_sent_as_all_email_does_not_come_back_as_a_global_opt_
     engine.sync_once()
     assert store.suppression("x@example.com", "*")["source"] == "b"
     assert held(v["c"]) == {("x@example.com", "*")}
+
+
+def test_a_stronger_observation_later_in_the_same_cycle_wins_in_staging(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a", "page_size": 1}])
+    v["a"].log.append(OptOut("x@example.com", reason="unsubscribed", origin="recipient"))
+    v["a"].log.append(OptOut("x@example.com", reason="spam_complaint", origin="system"))
+    v["a"].log.append(OptOut("x@example.com", reason="imported", origin="user"))
+    report = engine.sync_once()[0]
+    row = store.suppression("x@example.com")
+    assert (row["reason"], row["origin"]) == ("spam_complaint", "system")
+    assert report.added == 1 and report.staged == 1
