@@ -161,8 +161,13 @@ class PushOutcome:
 _OPTOUT_COLUMNS = "address, scope, reason, origin, occurred_at, details"
 
 
+_OUTCOME_JSON = {outcome: json.dumps({"outcome": outcome}) for outcome in (APPLIED, ALREADY, PERMANENT, TRANSIENT)}
+
+
 def _outcome_json(item: "PushOutcome") -> str:
     """An apply's outcome, and the scope it was sent as where the sink got another one."""
+    if item.result.optout.scope == item.optout.scope and item.result.outcome in _OUTCOME_JSON:
+        return _OUTCOME_JSON[item.result.outcome]  # the common case, without a json.dumps per item
     details = {"outcome": item.result.outcome}
     if item.result.optout.scope != item.optout.scope:
         details["sent_scope"] = item.result.optout.scope
@@ -513,9 +518,12 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (adapter, ref_seq) WHERE ref_seq IS NOT NULL"
                 " DO UPDATE SET kind = excluded.kind, message = excluded.message, last_at = excluded.last_at,"
                 " attempts = attempts + 1, resolved_at = NULL", failures)
-            self.conn.executemany(
-                "UPDATE failures SET resolved_at = ? WHERE adapter = ? AND ref_seq = ? AND resolved_at IS NULL",
-                resolved)
+            if resolved and self.conn.execute(
+                    "SELECT 1 FROM failures WHERE adapter = ? AND ref_seq IS NOT NULL AND resolved_at IS NULL"
+                    " LIMIT 1", (adapter,)).fetchone():
+                self.conn.executemany(
+                    "UPDATE failures SET resolved_at = ? WHERE adapter = ? AND ref_seq = ? AND resolved_at IS NULL",
+                    resolved)
             if watermark is not None:
                 self._write("UPDATE checkpoints SET applied_seq = max(applied_seq, ?) WHERE adapter = ?",
                             (watermark, adapter))
