@@ -114,12 +114,15 @@ def export(settings: Settings, out: TextIO, *, reasons: list[str] | None = None,
     until_text = parse_bound(until, end=True) if until else None
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EXPORT_HEADER)
-    written = 0
+    filters = dict(reasons=reasons, scope=scope, source=source, since=since_text, until=until_text)
     with open_store(settings) as store:
-        for row in store.iter_suppressions(reasons=reasons, scope=scope, source=source,
-                                           since=since_text, until=until_text):
-            writer.writerow(["" if value is None else value for value in row])
-            written += 1
+        # One read transaction, so the count and the rows agree; csv writes None as an empty cell.
+        store.conn.execute("BEGIN")
+        try:
+            written = next(store.iter_suppressions(**filters, count=True))[0]
+            writer.writerows(store.iter_suppressions(**filters))
+        finally:
+            store.conn.execute("COMMIT")
     return written
 
 

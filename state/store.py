@@ -653,11 +653,12 @@ class Store:
 
     def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
                           source: str | None = None, since: str | None = None,
-                          until: str | None = None) -> Iterator[tuple]:
+                          until: str | None = None, count: bool = False) -> Iterator[tuple]:
         """Stream (address, scope, reason, origin, source, occurred_at) rows, by address.
 
         `since` (inclusive) and `until` (exclusive) compare with when the opt-out
-        happened, or, where the source did not say, when it was recorded.
+        happened, or, where the source did not say, when it was recorded. With
+        `count`, one row: the number of matching suppressions.
         """
         where, params = [], []
         if reasons:
@@ -673,10 +674,12 @@ class Store:
         if until:
             where.append("COALESCE(occurred_at, recorded_at) < ?")
             params.append(until)
-        sql = "SELECT address, scope, reason, origin, source, occurred_at FROM suppressions"
+        columns = "count(*)" if count else "address, scope, reason, origin, source, occurred_at"
+        sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        yield from self.conn.execute(sql + " ORDER BY address, scope", params)
+        # The cursor itself is the iterator, so a caller can hand it to C code (csv.writerows).
+        return self.conn.execute(sql if count else sql + " ORDER BY address, scope", params)
 
     def suppression(self, address: str, scope: str = "*") -> dict | None:
         """The stored suppression of (address, scope), or None."""
