@@ -177,7 +177,8 @@ def status(obj: Context, as_json: bool) -> None:
         lag = f"{row['lag_s']:.0f}s" if row["lag_s"] is not None else "-"
         cursor = f"{row['cursor_age_s']:.0f}s" if row["cursor_age_s"] is not None else "-"
         click.echo(f"  {row['adapter']} ({row['type']}, {row['role']}): {state}; last run {row['last_run_at'] or 'never'}; "
-                   f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}")
+                   f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}"
+                   + ("; LAG ALARM" if row.get("lag_alarm") else ""))
         if row["last_run_error"]:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
