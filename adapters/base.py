@@ -6,6 +6,7 @@ batch of opt-outs, returning one result per item. It never touches the store.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ def resolve_path(value: Any, info: ValidationInfo) -> Any:
     """Make a relative path relative to the settings file's folder (passed as context)."""
     if value is None:
         return None
-    path = Path(str(value)).expanduser()
+    if not isinstance(value, (str, os.PathLike)):
+        # str() would make a file name of anything: a list or a number is a mistake, not a path.
+        raise ValueError(f"expected a path (text), got {type(value).__name__} {value!r}")
+    path = Path(value).expanduser()
     base = (info.context or {}).get("base_dir") if info.context else None
     if not path.is_absolute() and base is not None:
         path = Path(base) / path

@@ -171,14 +171,16 @@ class CsvFolderAdapter:
             columns = None
             for batch in read_batches(handle, state.offset, state.next_row, state.delimiter, settled):
                 for number, fields in batch.records:
-                    if number == 1 and state.offset == 0:
+                    # The first non-blank record is the header, even after blank lines (blank
+                    # records are not yielded, so row 1 is not always there to be the header).
+                    if not state.columns:
                         state.columns = [c.strip().lower() for c in fields]
                         problem = self._header_problem(state.columns)
                         if problem:
                             # Reported once; nothing of the file is consumed, so fixing the
                             # settings or the file has it read in full.
                             state.blocked = True
-                            yield Rejected(f"{path.name} row 1", ",".join(fields), problem)
+                            yield Rejected(f"{path.name} row {number}", ",".join(fields), problem)
                             return
                         state.blocked = False
                         continue

@@ -6,12 +6,14 @@ retry budget parks what is left, and vendor errors become the project's exceptio
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import json as jsonlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -263,14 +265,32 @@ class TokenBucket:
 
 
 class RetryBudget:
-    """Seconds of retry waiting allowed in one cycle; reset when a cycle starts."""
+    """Seconds of retry waiting allowed in one cycle; reset when a cycle starts.
+
+    While `held()` (the engine holds it for one whole cycle or reconcile),
+    `reset()` does nothing: every call an adapter makes in that cycle, each of which
+    starts with a reset of its own, then shares the one budget.
+    """
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.spent = 0.0
+        self._holders = 0
 
     def reset(self) -> None:
-        self.spent = 0.0
+        if not self._holders:
+            self.spent = 0.0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A fresh budget for the whole `with` block, not reset by the calls inside it."""
+        if not self._holders:
+            self.spent = 0.0
+        self._holders += 1
+        try:
+            yield
+        finally:
+            self._holders -= 1
 
     @property
     def remaining(self) -> float:
@@ -351,6 +371,10 @@ class HttpClient:
     def new_cycle(self) -> None:
         """Start a new retry budget (the adapter calls this when a cycle's work begins)."""
         self.budget.reset()
+
+    def cycle(self) -> contextlib.AbstractContextManager[None]:
+        """Hold one retry budget for a whole engine cycle, across every call the adapter makes in it."""
+        return self.budget.held()
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -437,19 +461,38 @@ class HttpClient:
         if pause:
             limiter.hold(pause)
         if response.is_success:
+            self._check_complete(response, endpoint)
             return response
         info = self._describe_error(response, now)
+        # Every part a vendor wrote is scrubbed: some quote the credential back, in any field.
         message = self._scrub(info.message)
+        category = self._scrub(info.category) if info.category else None
+        correlation = self._scrub(info.correlation_id) if info.correlation_id else None
         status = response.status_code
         if status in RETRY_STATUSES or status >= 500:
-            raise VendorTransientError(self.adapter, endpoint, message, status=status, category=info.category,
-                                       correlation_id=info.correlation_id,
+            raise VendorTransientError(self.adapter, endpoint, message, status=status, category=category,
+                                       correlation_id=correlation,
                                        retry_after=info.retry_after if info.retry_after is not None else pause,
                                        retry=info.retry)
         if 300 <= status < 400:
-            message = f"unexpected redirect to {response.headers.get('location', 'nowhere')!r}"
-        raise VendorPermanentError(self.adapter, endpoint, message, status=status, category=info.category,
-                                   correlation_id=info.correlation_id)
+            message = self._scrub(f"unexpected redirect to {response.headers.get('location', 'nowhere')!r}")
+        raise VendorPermanentError(self.adapter, endpoint, message, status=status, category=category,
+                                   correlation_id=correlation)
+
+    def _check_complete(self, response: httpx.Response, endpoint: str) -> None:
+        """A 2xx that says it is JSON but does not parse was cut short or garbled on the way: try again.
+
+        Only the transport can break a body that way, so this is transient (a retry is
+        safe, since every call is idempotent); valid JSON of the wrong shape is the
+        caller's `parse` to report, as a permanent error.
+        """
+        if not response.content or "json" not in response.headers.get("content-type", "").lower():
+            return
+        try:
+            jsonlib.loads(response.content)
+        except ValueError:
+            raise VendorTransientError(self.adapter, endpoint, f"the answer is not valid JSON ({len(response.content)} "
+                                       "bytes; cut short or garbled on the way)", status=response.status_code) from None
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -725,7 +725,7 @@ class HubSpotAdapter:
                      for v in (values if isinstance(values, list) else [values])}
             named |= {a for a in wanted if a in error.message.lower()}
             for address in named & set(wanted):
-                refused[address] = ApplyResult(wanted[address], PERMANENT, (
+                refused[address] = ApplyResult(wanted[address], PERMANENT, self.http._scrub(
                     f"{self.name}: {endpoint} refused it: {error.category or 'error'}: {error.message}"))
         return refused
 

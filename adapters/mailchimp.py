@@ -236,6 +236,20 @@ def _parse_time(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _more(adapter: str, items: list, previous: list | None, offset: int, endpoint: str) -> bool:
+    """False at the end of a list (an empty page); an error when a page repeats the previous one.
+
+    A page with fewer items than asked for is not the end (only total_items or an empty
+    page says so), and a repeated page means the offset was ignored: counting it again
+    would skip a page, going on would loop.
+    """
+    if not items:
+        return False
+    if items == previous:
+        raise UnexpectedAnswer(adapter, endpoint, f"the page at offset {offset} repeats the previous page", status=200)
+    return True
+
+
 def _api_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -316,6 +330,7 @@ class MailchimpAdapter:
         path = f"{self._list}/members"
         endpoint = "GET /lists/{list_id}/members"
         offset = 0
+        previous: list[Member] | None = None
         while True:
             params: dict[str, Any] = {"status": status, "count": self.settings.page_size, "offset": offset,
                                       "sort_field": "last_changed", "sort_dir": "ASC", "fields": MEMBER_FIELDS}
@@ -325,25 +340,28 @@ class MailchimpAdapter:
                 params["before_last_changed"] = _api_time(end)
             answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params=params),
                                  MembersPage, endpoint)
-            if answer.members:
-                yield answer.members
+            if not _more(self.name, answer.members, previous, offset, endpoint):
+                return
+            yield answer.members
             offset += len(answer.members)
-            if len(answer.members) < self.settings.page_size or \
-                    (answer.total_items is not None and offset >= answer.total_items):
+            previous = answer.members
+            if answer.total_items is not None and offset >= answer.total_items:
                 return
 
     def _abuse_reports(self) -> Iterator[list[AbuseReport]]:
         path = f"{self._list}/abuse-reports"
         endpoint = "GET /lists/{list_id}/abuse-reports"
         offset = 0
+        previous: list[AbuseReport] | None = None
         while True:
             answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params={
                 "count": self.settings.page_size, "offset": offset}), AbuseReportsPage, endpoint)
-            if answer.abuse_reports:
-                yield answer.abuse_reports
+            if not _more(self.name, answer.abuse_reports, previous, offset, endpoint):
+                return
+            yield answer.abuse_reports
             offset += len(answer.abuse_reports)
-            if len(answer.abuse_reports) < self.settings.page_size or \
-                    (answer.total_items is not None and offset >= answer.total_items):
+            previous = answer.abuse_reports
+            if answer.total_items is not None and offset >= answer.total_items:
                 return
 
     def _convert_member(self, member: Member, page: Page, seen_up_to: datetime | None) -> None:

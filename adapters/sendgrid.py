@@ -306,6 +306,7 @@ class SendGridAdapter:
     def _paged(self, path: str, model: type[RootModel], start: int | None, end: int | None) -> Iterator[list]:
         endpoint = f"GET {path}"
         offset = 0
+        previous: list | None = None
         while True:
             params: dict[str, Any] = {"limit": self.settings.page_size, "offset": offset}
             if start is not None:
@@ -314,11 +315,17 @@ class SendGridAdapter:
                 params["end_time"] = end
             items = self._parse(self.http.request("GET", path, endpoint=endpoint, params=params), model,
                                 endpoint).root
-            if items:
-                yield items
-            if len(items) < self.settings.page_size:
+            # Only an empty page ends a list: a page may hold fewer items than asked for
+            # without being the last, and stopping there would lose the rest.
+            if not items:
                 return
+            if items == previous:
+                # The offset was ignored: going on would loop, and counting the page again would skip one.
+                raise UnexpectedAnswer(self.name, endpoint, f"the page at offset {offset} repeats the previous "
+                                       "page", status=200)
+            yield items
             offset += len(items)
+            previous = items
 
     def _group_pages(self, start: int | None, seen_up_to: int | None, report_unmapped: bool) -> Iterator[Page]:
         endpoint = f"GET {ALL_GROUP_SUPPRESSIONS}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
 from .settings import Settings
+from .store_guard import check_store_location
 
 
 def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[str, Adapter]:
@@ -40,8 +41,10 @@ def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[s
 
 
 def open_store(settings: Settings) -> Store:
-    """Open (and create or migrate) the configured store."""
-    return Store(settings.store.path)
+    """Open (and create or migrate) the configured store, refusing a folder that every user can write."""
+    for warning in check_store_location(settings.store.path):
+        log_event("store_permissions_fixed", logging.WARNING, message=warning)
+    return Store(settings.store.path, busy_timeout=settings.store.busy_timeout)
 
 
 @contextmanager
@@ -69,12 +72,19 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
             store_lock.release()
 
 
-def log_report(report: CycleReport) -> None:
-    """One log line for a cycle, plus one per guard pause and note."""
+def log_report(report: CycleReport, cursor_age_s: float | None = None) -> None:
+    """One log line for a cycle, plus one per guard pause and note.
+
+    Every cycle line has the same keys (None where a value does not apply), so a
+    JSON consumer can rely on them: adapter, phase, counts, duration_ms,
+    cursor_age_s (seconds since the source's read cursor last moved), error_class
+    and error.
+    """
     level = logging.ERROR if report.error else logging.INFO
     fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
                   pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
-                  rejected=report.rejected, duration_ms=report.duration_ms)
+                  rejected=report.rejected, duration_ms=report.duration_ms, cursor_age_s=cursor_age_s,
+                  error_class=None, error=None)
     if report.phase == "reconcile":
         fields["missing_at_source"] = report.missing_at_source
     if report.dry_run:
@@ -139,27 +149,34 @@ def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
             continue
         try:
             results.append((config.name, True, adapter.check()))
-        except (OptOutSyncError, OSError, ValueError) as exc:
+        except Exception as exc:  # the edge: every adapter gets its line, whatever went wrong
             results.append((config.name, False, [f"{type(exc).__name__}: {exc}"]))
         finally:
             adapter.close()
     return results
 
 
-def status(settings: Settings) -> dict:
-    """Per adapter: last run, lag, cursor age, pending, pause, failures; and store totals."""
+def status(settings: Settings, store: Store | None = None) -> dict:
+    """Per adapter: last run, lag, cursor age, pending, pause, failures, lag alarm; and store totals.
+
+    `lag_alarm` is true while the oldest opt-out an adapter has not applied yet
+    (`lag_s`) is older than [server] max_lag. Reads `store` if given (the daemon's
+    monitor), else opens the configured one.
+    """
     now = datetime.fromisoformat(utc_now())
+    max_lag = settings.server.max_lag
 
     def age(moment: str | None) -> float | None:
         return round((now - datetime.fromisoformat(moment)).total_seconds(), 3) if moment else None
 
-    with open_store(settings) as store:
+    with nullcontext(store) if store is not None else open_store(settings) as store:
         rows = []
         for config in settings.adapters:
             checkpoint = store.checkpoint(config.name)
             pending, oldest = (store.pending_summary(config.name, checkpoint.applied_seq)
                                if config.writes else (0, None))
             last = store.last_run(config.name)
+            lag = age(oldest)
             rows.append({
                 "adapter": config.name,
                 "type": config.type,
@@ -170,7 +187,8 @@ def status(settings: Settings) -> dict:
                 "last_success_at": checkpoint.last_success_at,
                 "cursor_age_s": age(checkpoint.cursor_at),
                 "pending": pending,
-                "lag_s": age(oldest),
+                "lag_s": lag,
+                "lag_alarm": lag is not None and lag > max_lag,
                 "applied_seq": checkpoint.applied_seq,
                 "paused": checkpoint.paused,
                 "staged": store.staged_count(config.name),
@@ -181,6 +199,7 @@ def status(settings: Settings) -> dict:
             "store": str(settings.store.path),
             "suppressions": store.count_suppressions(),
             "daemon_running": StoreLock(settings.store.path).is_held_elsewhere(),
+            "max_lag_s": max_lag,
             "adapters": rows,
         }
 

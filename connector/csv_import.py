@@ -14,6 +14,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,9 +31,14 @@ _CHUNK = 64 * 1024
 _EOL = re.compile(rb"\r\n|\r|\n")
 _SEPARATORS_ONLY = re.compile(r"[\s,;|]*")
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+# UTF-8 is decoded with surrogateescape, which turns each byte that is not valid UTF-8 into one of
+# these; decoded text never holds them otherwise, so they mark exactly the lines the fallback reads.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 # A single-column file has no delimiter; csv still needs one for its quote handling, so we use NUL
 # and join the pieces back should a NUL ever turn up in the data.
 _NO_DELIMITER = "\0"
+_UNCLOSED_QUOTE = ("a quoted cell starts in this row and its closing quote is missing, "
+                   "so the rest of the file would be one cell; fix the quoting")
 _CHOOSE = "choose the one to import with --column NAME or --column NUMBER."
 _ENCODING_NAMES = {
     "utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16-le": "UTF-16 LE",
@@ -95,13 +101,7 @@ class ImportFile:
         Raises InputError (naming the file and row) when the file turns out unreadable further on:
         an unclosed quote, a line too long to be a row.
         """
-        records = self._xlsx_records() if self.encoding == "xlsx" else self._text_records(self.delimiter)
-        skip_header = self.has_header
-        for number, fields, fallback in records:
-            if skip_header:
-                skip_header = False
-                continue
-            yield self._row(number, fields, fallback)
+        return self._xlsx_rows() if self.encoding == "xlsx" else self._text_rows()
 
     def describe(self) -> str:
         """One line saying how the file is being read, for the import preview."""
@@ -198,12 +198,7 @@ class ImportFile:
         """Decoded physical lines with their line ends, each with a flag for "read by the fallback"."""
         handle.seek(self._bom)
         if self.encoding.startswith("utf-16"):
-            # UTF-16 cannot be split on single bytes, so the codec does both; newline="" keeps line
-            # ends untranslated for csv, which needs them to tell embedded newlines from row ends.
-            text = io.TextIOWrapper(handle, encoding=self.encoding, errors="replace", newline="")
-            while line := text.readline(MAX_LINE_BYTES):
-                if len(line) >= MAX_LINE_BYTES:
-                    raise _LineTooLong
+            for line in _utf16_lines(handle, self.encoding):
                 yield line, False
         elif self.encoding == "cp1252":
             for line in _byte_lines(handle):
@@ -215,16 +210,96 @@ class ImportFile:
                 except UnicodeDecodeError:
                     yield line.decode("cp1252", errors="replace"), True
 
-    def _text_records(self, delimiter: str | None) -> Iterator[_Record]:
+    def _text_rows(self) -> Iterator[ImportRow]:
+        """rows() of a text file, reading as _lines and _parse do but at C speed for ordinary rows.
+
+        The csv reader pulls lines straight from C iterators (blocks of whole lines in StringIO);
+        UTF-8 is decoded with surrogateescape so that a line the fallback would read as
+        Windows-1252 is still found (by its escaped bytes) when its row needs it. A row takes the
+        Python path below only when it is blank, the header, short, or its address cell is not
+        plain ASCII with an @.
+        """
+        index, delimiter = self.column_index, self.delimiter
+        utf8 = self.encoding in ("utf-8", "utf-8-sig")
+        skip_header = self.has_header
+        number = 0
+
+        def end_of_file() -> Iterator[str]:
+            # Pulled once the file's lines are used up. At the start of a record the reader makes a
+            # blank record of the empty line and pulls again only after we counted that record;
+            # inside a quoted cell it pulls again at once: the file ended inside the quotes.
+            counted = number
+            yield ""
+            if number == counted:
+                raise _EndInsideQuotes
+
+        # A frozen dataclass sets its fields through object.__setattr__, which costs more than the
+        # rest of an ordinary row; the slot descriptors build the very same ImportRow.
+        new, set_number, set_raw, set_problem = (
+            object.__new__, ImportRow.number.__set__, ImportRow.raw.__set__, ImportRow.problem.__set__)
         with self._open() as handle:
+            handle.seek(self._bom)
+            if self.encoding.startswith("utf-16"):
+                lines: Iterator[str] = _utf16_lines(handle, self.encoding)
+            else:
+                lines = chain.from_iterable(_line_blocks(handle, self.encoding))
+            reader = csv.reader(chain(lines, end_of_file()), delimiter=delimiter or _NO_DELIMITER, strict=False)
             try:
-                yield from _parse(self._lines(handle), delimiter)
-            except _Unreadable as exc:
-                raise InputError(f"{self.path}: row {exc.row}: {exc.reason}") from None
+                for fields in reader:
+                    number += 1
+                    try:
+                        raw = fields[index]
+                    except IndexError:
+                        raw = ""
+                    # An @ makes the row non-blank and ASCII rules out every decoding question, so
+                    # such a row is used as it is (unless it is the header, or a single-column
+                    # file's line that csv split at a NUL).
+                    if "@" in raw and raw.isascii() and not skip_header and (delimiter or len(fields) == 1):
+                        row = new(ImportRow)
+                        set_number(row, number)
+                        set_raw(row, raw)
+                        set_problem(row, None)
+                        yield row
+                        continue
+                    if delimiter is None and len(fields) > 1:
+                        fields = [_NO_DELIMITER.join(fields)]
+                    if _is_blank(fields, delimiter):
+                        continue
+                    if skip_header:
+                        skip_header = False
+                        continue
+                    yield self._odd_row(number, fields, utf8)
+            except csv.Error as exc:
+                raise self._unreadable(number + 1, f"{exc} (perhaps a quote that is never closed)") from None
+            except _LineTooLong:
+                raise self._unreadable(number + 1, f"a line is longer than {MAX_LINE_BYTES // 1024} KiB") from None
+            except _EndInsideQuotes:
+                raise self._unreadable(number + 1, _UNCLOSED_QUOTE) from None
             except OSError as exc:
                 raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
 
+    def _odd_row(self, number: int, fields: list[str], utf8: bool) -> ImportRow:
+        """_row for a row off the fast path; finds out whether the fallback decoder would have read it."""
+        index = self.column_index
+        if utf8 and index < len(fields) and not fields[index].isascii() \
+                and any(_ESCAPED_BYTE.search(field) for field in fields):
+            fields = list(fields)
+            fields[index] = _as_fallback_read(fields, index, self.delimiter or _NO_DELIMITER)
+            return self._row(number, fields, True)
+        return self._row(number, fields, False)
+
+    def _unreadable(self, row: int, reason: str) -> InputError:
+        return InputError(f"{self.path}: row {row}: {reason}")
+
     # ---------------------------------------------------------- workbooks
+
+    def _xlsx_rows(self) -> Iterator[ImportRow]:
+        skip_header = self.has_header
+        for number, fields, fallback in self._xlsx_records():
+            if skip_header:
+                skip_header = False
+                continue
+            yield self._row(number, fields, fallback)
 
     def _xlsx_sample(self) -> list[_Record]:
         sample = []
@@ -346,6 +421,10 @@ class _LineTooLong(Exception):
     """A physical line is longer than MAX_LINE_BYTES."""
 
 
+class _EndInsideQuotes(Exception):
+    """The file ended inside a quoted cell."""
+
+
 class _Unreadable(Exception):
     """The csv text cannot be parsed from this row on."""
 
@@ -380,6 +459,75 @@ class _LineFeed:
             raise
         self.fallback |= fallback
         return line
+
+
+def _utf16_lines(handle: BinaryIO, encoding: str) -> Iterator[str]:
+    """Physical lines of UTF-16 text with their line ends."""
+    # UTF-16 cannot be split on single bytes, so the codec does both; newline="" keeps line
+    # ends untranslated for csv, which needs them to tell embedded newlines from row ends.
+    text = io.TextIOWrapper(handle, encoding=encoding, errors="replace", newline="")
+    while line := text.readline(MAX_LINE_BYTES):
+        if len(line) >= MAX_LINE_BYTES:
+            raise _LineTooLong
+        yield line
+
+
+def _line_blocks(handle: BinaryIO, encoding: str) -> Iterator[io.StringIO]:
+    """The lines _byte_lines gives, decoded, in blocks of whole lines that iterate line by line in C.
+
+    The block ends are where _byte_lines would have cut its chunks into lines, so the same lines
+    come out and _LineTooLong is raised at the same point. UTF-8 keeps undecodable bytes as
+    surrogate escapes (see _ESCAPED_BYTE); Windows-1252 replaces its five unassigned bytes.
+    """
+    errors = "surrogateescape" if encoding.startswith("utf-8") else "replace"
+    codec = "utf-8" if encoding.startswith("utf-8") else encoding
+    pending = b""
+    while True:
+        chunk = handle.read(_CHUNK)
+        data = pending + chunk if pending else chunk
+        # A final CR may be the first half of a CRLF split across chunks, so it waits for the next one.
+        end = len(data) - 1 if chunk and data.endswith(b"\r") else len(data)
+        cut = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end)) + 1
+        if cut:
+            yield io.StringIO(data[:cut].decode(codec, errors), newline="")
+        pending = data[cut:]
+        if not chunk:
+            if pending:
+                yield io.StringIO(pending.decode(codec, errors), newline="")
+            return
+        if len(pending) > MAX_LINE_BYTES:
+            raise _LineTooLong
+
+
+def _as_fallback_read(fields: list[str], index: int, delimiter: str) -> str:
+    """Cell `index` of a surrogate-escaped UTF-8 record as _lines reads it: every physical line of
+    the record that is not valid UTF-8 decoded as Windows-1252, the other lines as UTF-8.
+
+    A record spans several lines only through line ends inside quoted cells, which csv keeps in
+    the cell, so the cells joined by the delimiter split into the record's lines (less their
+    quotes and final line end, which are ASCII and cannot make a line invalid).
+    """
+    text = delimiter.join(fields)
+    start = sum(len(field) + len(delimiter) for field in fields[:index])
+    stop = start + len(fields[index])
+    pieces, position = [], 0
+    for line in io.StringIO(text, newline=""):
+        low, high = max(position, start), min(position + len(line), stop)
+        if low < high:
+            piece = text[low:high]
+            if _ESCAPED_BYTE.search(line):
+                piece = piece.encode("utf-8", "surrogateescape").decode("cp1252", errors="replace")
+            pieces.append(piece)
+        position += len(line)
+    return "".join(pieces)
+
+
+def _is_blank(fields: list[str], delimiter: str | None) -> bool:
+    """Whether a record is a blank row (counted in row numbers, never yielded)."""
+    if delimiter is None:
+        # Without a delimiter, a line of bare separators is still what a spreadsheet saves for an empty row.
+        return not fields or bool(_SEPARATORS_ONLY.fullmatch(fields[0]))
+    return not any(field.strip() for field in fields)
 
 
 def _byte_lines(handle: BinaryIO) -> Iterator[bytes]:
@@ -419,17 +567,11 @@ def _parse(lines: Iterator[tuple[str, bool]], delimiter: str | None) -> Iterator
             raise _Unreadable(number + 1, f"a line is longer than {MAX_LINE_BYTES // 1024} KiB") from None
         number += 1
         if feed.exhausted:
-            raise _Unreadable(number, "a quoted cell starts in this row and its closing quote is missing, "
-                                      "so the rest of the file would be one cell; fix the quoting")
+            raise _Unreadable(number, _UNCLOSED_QUOTE)
         if delimiter is None and len(fields) > 1:
             fields = [_NO_DELIMITER.join(fields)]
         fallback, feed.fallback = feed.fallback, False
-        if delimiter is None:
-            # Without a delimiter, a line of bare separators is still what a spreadsheet saves for an empty row.
-            blank = not fields or _SEPARATORS_ONLY.fullmatch(fields[0])
-        else:
-            blank = not any(field.strip() for field in fields)
-        if not blank:
+        if not _is_blank(fields, delimiter):
             yield number, fields, fallback
 
 

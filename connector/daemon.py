@@ -2,9 +2,11 @@
 
 A worker that fails or hangs delays nobody else: each has its own store
 connection and adapter. When a worker adds opt-outs it wakes the others, so
-they push at once instead of at their next interval. SIGTERM/SIGINT set the
-stop flag; workers finish or abandon their current batch (each batch is one
-transaction) and the process exits 0 within `grace` seconds.
+they push at once instead of at their next interval. A monitor thread keeps
+the metrics' gauges current and raises the lag alarm; the optional HTTP server
+serves them. SIGTERM/SIGINT set the stop flag; workers finish or abandon their
+current batch (each batch is one transaction) and the process exits 0 within
+`grace` seconds.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 
 from state.errors import OptOutSyncError
 from state.models import utc_now
+from state.store import Store
 
-from .commands import build_adapters, log_report, open_store
+from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
 from .lock import StoreLock
 from .logs import log_event
+from .metrics import Metrics
+from .server import StatusServer
 from .settings import Settings
 
 ERROR_BACKOFF_MAX = 300.0
+# How often the monitor refreshes gauges and checks the lag alarm (more often for a small max_lag).
+MONITOR_EVERY = 5.0
+MONITOR_EVERY_MIN = 0.2
 
 
 class Daemon:
@@ -35,36 +44,60 @@ class Daemon:
         self.stop = threading.Event()
         self.wakes = {a.name: threading.Event() for a in settings.adapters}
         self.threads: list[threading.Thread] = []
+        self.metrics = Metrics(self.wakes)
+        self.server: StatusServer | None = None
+        self.monitor: threading.Thread | None = None
+        self.monitor_wake = threading.Event()
+        self.monitor_every = max(MONITOR_EVERY_MIN, min(MONITOR_EVERY, settings.server.max_lag / 4))
+        # Monotonic time of each adapter's last lag_alarm event: one per adapter per max_lag.
+        self._lag_alarm_at: dict[str, float] = {}
 
     def request_stop(self, *_signal_args) -> None:
         """Ask every worker to stop after its current batch."""
         self.stop.set()
-        for wake in self.wakes.values():
+        for wake in [*self.wakes.values(), self.monitor_wake]:
             wake.set()
 
     def run(self) -> int:
-        """Start the workers and wait for a stop signal; the exit code."""
+        """Start the workers, the monitor and the server, and wait for a stop signal; the exit code."""
         lock = StoreLock(self.settings.store.path).acquire()
         try:
-            open_store(self.settings).close()  # fail early on an unusable store
-            build_adapters(self.settings)  # and on adapter settings that cannot work
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self.request_stop)
+            with open_store(self.settings) as store:  # fail early on an unusable store
+                self.metrics.observe_applies(store)  # apply latency counts from here on
+            for adapter in build_adapters(self.settings).values():  # and on adapter settings that cannot work
+                adapter.close()
+            if self.settings.server.listen:
+                self.server = StatusServer(self.settings, self.metrics, self.problems, self.stop.is_set).start()
+                log_event("server_listening", url=self.server.url)
+            if threading.current_thread() is threading.main_thread():  # tests run it in a thread
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, self.request_stop)
             log_event("started", adapters=",".join(self.wakes), store=str(self.settings.store.path))
             for name in self.wakes:
                 thread = threading.Thread(target=self._worker, args=(name,), name=f"worker-{name}", daemon=True)
                 thread.start()
                 self.threads.append(thread)
+            self.monitor = threading.Thread(target=self._monitor, name="monitor", daemon=True)
+            self.monitor.start()
             while not self.stop.wait(0.5):
                 pass
             deadline = time.monotonic() + self.grace
-            for thread in self.threads:
+            for thread in [*self.threads, self.monitor]:
                 thread.join(max(0.0, deadline - time.monotonic()))
             abandoned = [t.name for t in self.threads if t.is_alive()]
             log_event("stopped", abandoned=",".join(abandoned) or None)
             return 0
         finally:
+            if self.server is not None:
+                self.server.stop()
             lock.release()
+
+    def problems(self) -> list[str]:
+        """What makes the process unhealthy: threads that ended while it should be running."""
+        if self.stop.is_set():
+            return []
+        dead = [t.name for t in [*self.threads, self.monitor] if t is not None and not t.is_alive()]
+        return [f"threads ended unexpectedly: {', '.join(dead)}"] if dead else []
 
     def _notify(self, source: str) -> None:
         for name, wake in self.wakes.items():
@@ -85,6 +118,7 @@ class Daemon:
                                  name, push_only=not full)
             except Exception as exc:  # the edge: log, start over with fresh connections, back off
                 ok = False
+                self.metrics.observe_worker_error(name)
                 log_event("worker_error", logging.ERROR, adapter=name, error_class=type(exc).__name__,
                           error=str(exc))
                 if not isinstance(exc, OptOutSyncError):
@@ -101,19 +135,75 @@ class Daemon:
 
     def _cycle(self, engine: Engine, name: str, push_only: bool) -> bool:
         report = engine.cycle(name, push_only=push_only)
+        self.metrics.observe_report(report)
+        if report.error is not None or report.added or report.pushed or report.failed or report.parked:
+            self.monitor_wake.set()
         if report.error is not None or not push_only or report.pushed or report.failed:
-            log_report(report)
+            log_report(report, cursor_age_s=self._cursor_age(engine.store, name))
         if report.error is None and not push_only:
             if engine.store.checkpoint(name).last_reconcile_at is None:
                 engine.store.set_checkpoint(name, last_reconcile_at=utc_now())  # the schedule starts now
             if engine.reconcile_due(name):
                 reconciled = engine.reconcile(name)
-                log_report(reconciled)
+                self.metrics.observe_report(reconciled)
+                log_report(reconciled, cursor_age_s=self._cursor_age(engine.store, name))
                 return reconciled.error is None
         return report.error is None
 
     @staticmethod
+    def _cursor_age(store: Store, name: str) -> float | None:
+        cursor_at = store.checkpoint(name).cursor_at
+        if cursor_at is None:
+            return None
+        return round((datetime.now(timezone.utc) - datetime.fromisoformat(cursor_at)).total_seconds(), 3)
+
+    # -- the monitor ----------------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        """Refresh the gauges and the lag alarm from the store until stopped; errors are logged, not fatal."""
+        store = None
+        last_problem = None
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                store = store or open_store(self.settings)
+                self._observe(store)
+                last_problem = None
+            except Exception as exc:  # a locked or broken store: say so once, retry on a fresh connection
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != last_problem:
+                    log_event("monitor_error", logging.WARNING, error_class=type(exc).__name__, error=str(exc))
+                last_problem = problem
+                store = self._discard(store, None)
+            # Counting a deep backlog is slow; monitoring must not take the workers' time.
+            pause = max(MONITOR_EVERY_MIN, 10 * (time.monotonic() - started))
+            self.stop.wait(pause)
+            # A worker that changed something wakes the monitor early, so the gauges follow at once.
+            self.monitor_wake.wait(max(0.0, self.monitor_every - pause))
+            self.monitor_wake.clear()
+        self._discard(store, None)
+
+    def _observe(self, store: Store) -> None:
+        max_lag = self.settings.server.max_lag
+        for row in status(self.settings, store)["adapters"]:
+            name = row["adapter"]
+            self.metrics.set_state(name, pending=row["pending"], oldest_age_s=row["lag_s"],
+                                   last_success_at=row["last_success_at"], paused=row["paused"],
+                                   staged=row["staged"], open_failures=row["failures"], lag_alarm=row["lag_alarm"])
+            now = time.monotonic()
+            if row["lag_alarm"]:
+                if name not in self._lag_alarm_at or now - self._lag_alarm_at[name] >= max_lag:
+                    self._lag_alarm_at[name] = now
+                    log_event("lag_alarm", logging.ERROR, adapter=name, lag_s=row["lag_s"], max_lag_s=max_lag,
+                              pending=row["pending"],
+                              message=f"the oldest opt-out not yet applied to {name} waits for longer than max_lag")
+            elif self._lag_alarm_at.pop(name, None) is not None:
+                log_event("lag_cleared", adapter=name, lag_s=row["lag_s"], pending=row["pending"])
+        self.metrics.observe_applies(store)
+
+    @staticmethod
     def _discard(store, adapter) -> None:
+        """Close what is open, ignoring errors; None, to reset the caller's references."""
         for thing in (adapter, store):
             if thing is not None:
                 try:

@@ -12,8 +12,10 @@ import threading
 import time
 from datetime import datetime
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
+
+from pydantic import SecretStr
 
 from adapters.base import Adapter, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
@@ -23,6 +25,16 @@ from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 from .settings import Settings
 
 SCAN_WINDOW = 2000
+
+
+def retry_budget_held(adapter: Adapter) -> AbstractContextManager:
+    """Hold an HTTP adapter's retry budget for one whole cycle; nothing for other adapters.
+
+    HTTP adapters start a budget at each read and each apply batch; held, those
+    starts share one budget, so a cycle never waits longer than `retry_budget`.
+    """
+    cycle = getattr(getattr(adapter, "http", None), "cycle", None)
+    return cycle() if callable(cycle) else nullcontext()
 
 
 @dataclass
@@ -72,12 +84,19 @@ class Engine:
     def cycle(self, name: str, *, dry_run: bool = False, push_only: bool = False) -> CycleReport:
         """Pull then push one adapter; the run is recorded (unless dry), an error is in the report."""
         report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run)
-        return self._recorded(report, lambda: self._pull_and_push(report, push_only))
+        with retry_budget_held(self.adapters[name]):
+            return self._recorded(report, lambda: self._pull_and_push(report, push_only))
 
     def _pull_and_push(self, report: CycleReport, push_only: bool) -> None:
+        pull_error: Exception | None = None
         if not push_only:
-            self.pull(report.adapter, report)
+            try:
+                self.pull(report.adapter, report)
+            except Exception as exc:  # re-raised below: a source that cannot be read can still be written
+                pull_error = exc
         self.push(report.adapter, report)
+        if pull_error is not None:
+            raise pull_error
 
     def sync_once(self, names: list[str] | None = None, *, dry_run: bool = False) -> list[CycleReport]:
         """Pull every adapter, then push to every adapter, so one call spreads everything it read.
@@ -86,12 +105,15 @@ class Engine:
         """
         names = names or list(self.adapters)
         reports = {name: CycleReport(name, dry_run=dry_run) for name in names}
-        with self.store.rolled_back() if dry_run else nullcontext():
+        with ExitStack() as budgets, self.store.rolled_back() if dry_run else nullcontext():
+            for name in names:
+                budgets.enter_context(retry_budget_held(self.adapters[name]))
             for name in names:
                 self._timed(reports[name], lambda: self.pull(name, reports[name]))
-            for name in names:
-                if reports[name].error is None:
-                    self._timed(reports[name], lambda: self.push(name, reports[name]))
+            for name in names:  # a source that could not be read is still written to
+                pull_error = reports[name].error
+                self._timed(reports[name], lambda: self.push(name, reports[name]))
+                reports[name].error = pull_error or reports[name].error
         if not dry_run:
             for report in reports.values():
                 self._record_run(report)
@@ -195,7 +217,7 @@ class Engine:
         error: BaseException | None = None
         if batch:
             try:
-                results = adapter.apply([sent for _, sent in batch])
+                results = self._scrubbed(name, adapter.apply([sent for _, sent in batch]))
             except TransientError as exc:
                 error = exc
                 results = [ApplyResult(sent, TRANSIENT, str(exc)) for _, sent in batch]
@@ -221,7 +243,8 @@ class Engine:
         The run is recorded (unless dry); an error is in the report.
         """
         report = CycleReport(name, phase="reconcile", dry_run=dry_run)
-        return self._recorded(report, lambda: self._reconcile(name, report))
+        with retry_budget_held(self.adapters[name]):
+            return self._recorded(report, lambda: self._reconcile(name, report))
 
     def _reconcile(self, name: str, report: CycleReport) -> None:
         adapter, config = self.adapters[name], self.settings.adapter(name)
@@ -255,7 +278,7 @@ class Engine:
                 continue
             # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
             sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
-            results = adapter.apply([o for _, o in sent])
+            results = self._scrubbed(name, adapter.apply([o for _, o in sent]))
             self.store.record_applied(name, [(seq, original, result)
                                              for (seq, original), result in zip(rows, results)])
             report.pushed += sum(1 for r in results if r.ok)
@@ -291,6 +314,24 @@ class Engine:
         if not report.dry_run:
             self._record_run(report, started_at)
         return report
+
+    def _secrets(self, name: str) -> list[str]:
+        config = self.settings.adapter(name)
+        values = (getattr(config, field) for field in type(config).model_fields)
+        return [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value()]
+
+    def _scrubbed(self, name: str, results: list[ApplyResult]) -> list[ApplyResult]:
+        """Per-item messages with the adapter's secrets blanked, should a vendor have echoed one."""
+        secrets = self._secrets(name)
+        if not secrets:
+            return results
+        cleaned = []
+        for result in results:
+            message = result.message
+            for secret in secrets:
+                message = message.replace(secret, "***")
+            cleaned.append(result if message == result.message else replace(result, message=message))
+        return cleaned
 
     def _record_run(self, report: CycleReport, started_at: str | None = None) -> None:
         self.store.record_run(

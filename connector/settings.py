@@ -20,13 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters import registry
-from adapters.base import AdapterSettings, SettingsPath
+from adapters.base import AdapterSettings, Duration, SettingsPath
 from state.errors import ConfigError
 
 ENV_PREFIX = "OPTOUT_SYNC_"
 CONFIG_ENV = "OPTOUT_SYNC_CONFIG"
 DEFAULT_CONFIG = "settings.toml"
 TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# The least stale_after when it is left unset: above the daemon's 5-minute cap on error
+# back-off, and well below the default max_lag, so readiness fails before the lag alarm.
+STALE_FLOOR = 900.0
 
 
 class StoreSettings(BaseModel):
@@ -34,6 +37,8 @@ class StoreSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     path: SettingsPath = Path("optout-sync.db")
+    # How long a writer waits for another's transaction (a long import) before it fails and retries.
+    busy_timeout: Duration = 30.0
 
 
 class SyncSettings(BaseModel):
@@ -53,6 +58,49 @@ class LoggingSettings(BaseModel):
     file: SettingsPath | None = None
 
 
+class ServerSettings(BaseModel):
+    """The optional local HTTP server: Prometheus metrics, health checks, status page; and the lag alarm.
+
+    `listen` is "host:port" (IPv6 as "[::1]:9464"); unset, no server is started.
+    `stale_after` unset means: per adapter, 3 x its interval but at least 15 minutes,
+    so readiness fails well before `max_lag` and never for one backed-off failure.
+    `max_lag` applies with or without the server: an older unapplied opt-out raises the lag alarm.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str | None = None
+    stale_after: Duration | None = None
+    max_lag: Duration = 3600.0
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @field_validator("stale_after", "max_lag")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive duration such as '30s', '15m' or '1h'")
+        return value
+
+    def stale_limit(self, interval: float) -> float:
+        """Seconds without a successful cycle after which an adapter with this interval is not ready."""
+        return self.stale_after if self.stale_after is not None else max(3 * interval, STALE_FLOOR)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """(host, port) from "host:port" or "[v6 address]:port"; ValueError naming what is wrong."""
+    host, colon, port_text = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("expected 'host:port' such as '127.0.0.1:9464' (port 0-65535)")
+    return host, int(port_text)
+
+
 class Settings(BaseSettings):
     """Everything the daemon is configured with."""
 
@@ -61,6 +109,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     topics: dict[str, str] = Field(default_factory=dict)
     adapters: list[AdapterSettings] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)

@@ -8,8 +8,12 @@ matches the number of new opt-outs at that moment.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from sqlite3 import Connection
 
 from .errors import RefusedError
 from .models import Rejected, utc_now
@@ -42,6 +46,9 @@ def run_import(store: Store, addresses: Iterable[str | Rejected], *, scope: str,
     Without `confirm` nothing is changed. With a `confirm` that is not the number
     of new opt-outs, RefusedError and nothing is changed. Otherwise every new
     opt-out is stored with origin `user` in one transaction.
+
+    `addresses` must not use the store's connection: a thread writes through it
+    while they are read.
     """
     preview = ImportPreview()
     store._ensure_temp_tables()
@@ -49,45 +56,103 @@ def run_import(store: Store, addresses: Iterable[str | Rejected], *, scope: str,
         conn = store.conn
         conn.execute("DROP TABLE IF EXISTS temp.import_rows")
         conn.execute("CREATE TEMP TABLE import_rows (address TEXT PRIMARY KEY) WITHOUT ROWID")
-        chunk: list[tuple[str]] = []
-
-        def flush() -> None:
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO import_rows VALUES (?)", chunk)
-            preview.unique += conn.total_changes - before
-            chunk.clear()
-
-        for item in addresses:
-            preview.rows_read += 1
-            if isinstance(item, Rejected):
-                preview.rejected_count += 1
-                if len(preview.rejected_sample) < sample_size:
-                    preview.rejected_sample.append(item)
-                if on_rejected is not None:
-                    on_rejected(item)
-                continue
-            preview.valid += 1
-            chunk.append((item,))
-            if len(chunk) >= CHUNK:
-                flush()
-        flush()
+        sample = preview.rejected_sample
+        with _Stager(conn) as stager:
+            for batch in _batches(addresses):
+                valid = [item for item in batch if not isinstance(item, Rejected)]
+                if len(valid) < len(batch):
+                    for item in batch:
+                        if isinstance(item, Rejected):
+                            preview.rejected_count += 1
+                            if len(sample) < sample_size:
+                                sample.append(item)
+                            if on_rejected is not None:
+                                on_rejected(item)
+                preview.rows_read += len(batch)
+                preview.valid += len(valid)
+                if valid:
+                    stager.stage(valid)
+        preview.unique = stager.staged
         preview.duplicates = preview.valid - preview.unique
-        preview.already_suppressed = conn.execute(
-            "SELECT count(*) FROM import_rows i JOIN suppressions s ON s.address = i.address AND s.scope = ?",
-            (scope,)).fetchone()[0]
-        preview.new = preview.unique - preview.already_suppressed
         if confirm is None:
-            store.conn.execute("DROP TABLE temp.import_rows")
+            preview.already_suppressed = conn.execute(
+                "SELECT count(*) FROM import_rows i JOIN suppressions s ON s.address = i.address AND s.scope = ?",
+                (scope,)).fetchone()[0]
+            preview.new = preview.unique - preview.already_suppressed
+            conn.execute("DROP TABLE temp.import_rows")
             return preview
-        if confirm != preview.new:
-            raise RefusedError(f"the import would add {preview.new} new opt-outs, not {confirm}; nothing was changed")
+        # Applied first and counted by the insert itself, which saves a pass over a large store;
+        # a count that does not match is refused and the transaction undoes the insert.
         now = utc_now()
-        store.suppress_selected(
+        preview.new = store.suppress_selected(
             "SELECT ?, 'suppressed', i.address, ?, ?, 'user', ?, ?, ?, ?, ? FROM import_rows i"
             " WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = ?)"
             " ORDER BY i.address",
             (now, scope, reason, source, now, legal_basis, explanation,
              json.dumps(details, sort_keys=True) if details else None, scope))
+        preview.already_suppressed = preview.unique - preview.new
+        if confirm != preview.new:
+            raise RefusedError(f"the import would add {preview.new} new opt-outs, not {confirm}; nothing was changed")
         conn.execute("DROP TABLE temp.import_rows")
         preview.applied = True
     return preview
+
+
+def _batches(items: Iterable) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, CHUNK)):
+        yield batch
+
+
+class _Stager:
+    """Inserts batches of addresses into temp.import_rows on a thread of its own.
+
+    SQLite runs without the GIL, so the inserts overlap with reading and checking the next rows.
+    While the stager is open it alone uses the connection; leaving it waits for the last insert
+    (also when an error ends the import, so that the rollback comes after it; batches still
+    queued then are dropped) and raises the stager's own error, if any.
+    """
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+        self._batches: queue.Queue[list[str] | None] = queue.Queue(maxsize=2)  # bounds the memory held
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="import-stager", daemon=True)
+        self.staged = 0  # addresses new to import_rows, i.e. distinct
+
+    def __enter__(self) -> _Stager:
+        self._thread.start()
+        return self
+
+    def stage(self, addresses: list[str]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._batches.put(addresses)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._cancelled = error is not None
+        self._batches.put(None)
+        self._thread.join()
+        if self._error is not None and error is None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (addresses := self._batches.get()) is not None:
+            if self._error is not None or self._cancelled:
+                continue  # drain, so that a put() never blocks on a stager that stopped
+            try:
+                before = self._conn.total_changes
+                batch = json.dumps(addresses, ensure_ascii=False)
+                if "\\u0000" in batch:
+                    # SQLite's JSON reader ends a string at an escaped NUL, so such a batch goes
+                    # row by row (no normalised address holds one, but run_import takes any text).
+                    self._conn.executemany("INSERT OR IGNORE INTO import_rows VALUES (?)",
+                                           [(address,) for address in addresses])
+                else:
+                    # One statement per batch: json_each hands SQLite the whole batch at once,
+                    # which costs far less than binding and stepping a statement per address.
+                    self._conn.execute("INSERT OR IGNORE INTO import_rows SELECT value FROM json_each(?)", (batch,))
+                self.staged += self._conn.total_changes - before
+            except BaseException as exc:
+                self._error = exc

@@ -145,6 +145,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (snapshot, contact_id)
     ) WITHOUT ROWID;
     """,
+    # 3: suppressions_by_occurred served no query (export filters on COALESCE(occurred_at,
+    # recorded_at), which it cannot use) yet every suppression written paid for it: in a
+    # 1,000,000-row import about 0.5 s and 63 MB of the store's 460 MB.
+    """
+    DROP INDEX IF EXISTS suppressions_by_occurred;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -127,7 +127,8 @@ def test_paging_walks_every_page_with_limit_and_offset():
     addresses = [o.address for p in pages for o in p.optouts]
     assert len(addresses) == 1234 and len(set(addresses)) == 1234
     offsets = [int(c.params["offset"]) for c in fake.calls("/v3/suppression/unsubscribes")]
-    assert offsets == list(range(0, 1300, 100))
+    # A short page is not taken as the end (SendGrid may return fewer than asked): an empty page ends the list.
+    assert offsets == list(range(0, 1300, 100)) + [1234]
     assert all(c.params["limit"] == "100" for c in fake.requests)
     assert all(p.cursor is None for p in pages)
 

@@ -1,11 +1,14 @@
 """Serve any `handle(httpx.Request) -> httpx.Response` callable over a real socket on 127.0.0.1.
 
 End-to-end tests point the real daemon at an in-process vendor fake this way;
-the server picks a free port and stops when the `with` block ends.
+the server picks a free port and stops when the `with` block ends. A handler that
+raises `DropConnection` gets the connection reset instead of an answer.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +19,10 @@ import httpx
 Handler = Callable[[httpx.Request], httpx.Response]
 # Framing headers are the server's business: it sends the body it has, whole.
 _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+
+
+class DropConnection(Exception):
+    """Raised by a handler to reset the connection (TCP RST) without sending any answer."""
 
 
 def _request_handler(handle: Handler, base_url: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
@@ -31,6 +38,11 @@ def _request_handler(handle: Handler, base_url: Callable[[], str]) -> type[BaseH
             try:
                 response = handle(request)
                 content = response.read()
+            except DropConnection:
+                # Linger 0 makes close() send a RST, as a crashed peer or a middlebox would.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
             except Exception as exc:  # a crashing fake must show up as a 500, not a hung client
                 response = httpx.Response(500, text=f"fake crashed: {type(exc).__name__}: {exc}")
                 content = response.read()
@@ -39,9 +51,12 @@ def _request_handler(handle: Handler, base_url: Callable[[], str]) -> type[BaseH
                 if key.lower() not in _HOP_BY_HOP:
                     self.send_header(key, value)
             self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(content)
+            try:
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up waiting (a timeout test): nobody to answer
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 

@@ -1,0 +1,51 @@
+"""The store's place on disk must be private: a folder others can write is refused, a too-open file is made 0600.
+
+Opt-outs are personal data and a legal record. A folder every local user can write lets anyone
+delete, swap or plant the database (or its -wal, -shm and .lock files) before this daemon opens it;
+that is refused rather than warned about, with the fix in the message. A store file that group or
+others can read (a restored backup, a copy) is set back to 0600, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from state.errors import StoreError
+
+_COMPANIONS = ("", "-wal", "-shm")
+
+
+def check_store_location(path: Path) -> list[str]:
+    """StoreError if the store's folder is world-writable; else warnings for files it made private."""
+    folder = path.parent
+    try:
+        mode = folder.stat().st_mode
+    except FileNotFoundError:
+        return []  # the store creates it (with the process umask) when it first opens
+    except OSError as exc:
+        raise StoreError(f"cannot check the store's folder {folder}: {exc.strerror or exc}") from None
+    if mode & stat.S_IWOTH:
+        raise StoreError(
+            f"the store's folder {folder} is writable by every user (mode {oct(stat.S_IMODE(mode))}): anyone on "
+            f"this machine could replace or delete the opt-out store. Run 'chmod o-w {folder}' or set [store] "
+            "path to a private folder")
+    warnings = []
+    for suffix in _COMPANIONS:
+        file = path.with_name(path.name + suffix)
+        try:
+            file_mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot check the store file {file}: {exc.strerror or exc}") from None
+        if file_mode & 0o077:
+            try:
+                os.chmod(file, 0o600)
+            except OSError as exc:
+                raise StoreError(f"the store file {file} is open to group or others (mode {oct(file_mode)}) and "
+                                 f"cannot be made private: {exc.strerror or exc}") from None
+            warnings.append(f"the store file {file} was open to group or others (mode {oct(file_mode)}); "
+                            "it is now 0600")
+    return warnings
