@@ -236,7 +236,8 @@ def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
             lines.append(f"key '{key}': required, but missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            shown = "" if isinstance(error.get("input"), (dict, list)) else f", got {error.get('input')!r}"
+            shown = ("" if isinstance(error.get("input"), (dict, list)) or ", got " in message
+                     else f", got {error.get('input')!r}")
             lines.append(f"key '{key}': {message}{shown}")
     return lines
 
