@@ -415,6 +415,8 @@ class SesAdapter:
         endpoint = f"GET {ACCOUNT}"
         account = self._parse(self.http.request("GET", ACCOUNT, endpoint=endpoint), Account, endpoint)
         reasons = (account.SuppressionAttributes or {}).get("SuppressedReasons") or []
+        # Shown as text whatever shape it has: an odd answer here must be reported, not crash the check.
+        reasons = [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
         lines = [f"region {self.settings.region}: credentials valid; sending "
                  f"{'enabled' if account.SendingEnabled else 'not enabled'}",
                  "account suppression list adds automatically on: " + (", ".join(reasons) or "nothing"),
