@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -55,6 +55,12 @@ def resolve_path(value: Any, info: ValidationInfo) -> Any:
 
 
 SettingsPath = Annotated[Path, BeforeValidator(resolve_path)]
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most `size` items (vendor batch limits)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class AdapterSettings(BaseModel):

@@ -57,7 +57,7 @@ from state.models import (
     to_utc_iso,
 )
 
-from .base import Capabilities, Duration
+from .base import Capabilities, Duration, chunks
 from .http import (
     Clock,
     HttpAdapterSettings,
@@ -324,9 +324,6 @@ def _ms_to_iso(ms: int) -> str:
     return to_utc_iso(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # -- the adapter ---------------------------------------------------------------------------------
@@ -532,7 +529,7 @@ class HubSpotAdapter:
         path = f"{V4}/statuses/batch/unsubscribe-all/read"
         endpoint = f"POST {path}"
         out: set[str] = set()
-        for chunk in _chunks(addresses, self._chunk_size):
+        for chunk in chunks(addresses, self._chunk_size):
             answer = self._parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
                                                    json={"inputs": list(chunk)}), BulkWideEnvelope, endpoint)
             for result in answer.results:
@@ -546,7 +543,7 @@ class HubSpotAdapter:
         path = f"{V4}/statuses/batch/read"
         endpoint = f"POST {path}"
         out: dict[str, set[int]] = {}
-        for chunk in _chunks(addresses, self._chunk_size):
+        for chunk in chunks(addresses, self._chunk_size):
             answer = self._parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
                                                    json={"inputs": list(chunk)}), BulkStatusesEnvelope, endpoint)
             for result in answer.results:
@@ -736,7 +733,7 @@ class HubSpotAdapter:
         self.http.new_cycle()
         endpoint = f"POST {SEARCH}"
         found: dict[str, list[str]] = {}
-        for chunk in _chunks(sorted(set(addresses)), self.settings.search_in_values):
+        for chunk in chunks(sorted(set(addresses)), self.settings.search_in_values):
             wanted = set(chunk)
             after: str | None = None
             while True:

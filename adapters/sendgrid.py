@@ -71,7 +71,7 @@ from state.models import (
     to_utc_iso,
 )
 
-from .base import Capabilities, Duration
+from .base import Capabilities, Duration, chunks
 from .http import (
     Clock,
     HttpAdapterSettings,
@@ -231,9 +231,6 @@ def _iso(seconds: int | None) -> str | None:
     return to_utc_iso(datetime.fromtimestamp(seconds, timezone.utc))
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class SendGridAdapter:
@@ -334,7 +331,7 @@ class SendGridAdapter:
         if start is not None:
             # No time filter at SendGrid for this list: keep the window's part (undated items always).
             items = [i for i in items if i.created_at is None or i.created_at >= start]
-        for chunk in _chunks(items, self.settings.page_size):
+        for chunk in chunks(items, self.settings.page_size):
             page = Page()
             for item in chunk:
                 self._convert("groups", item, page, seen_up_to, report_unmapped)
