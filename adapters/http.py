@@ -36,6 +36,15 @@ _LOG = logging.getLogger("optout_sync")
 
 Model = TypeVar("Model", bound=BaseModel)
 
+# Who wants to hear of retries and 429s (the daemon's metrics): called as observer(kind, adapter)
+# with kind "retry" or "rate_limited". Adapters do not know the connector, so it registers here.
+OBSERVERS: list[Callable[[str, str], None]] = []
+
+
+def _notify(kind: str, adapter: str) -> None:
+    for observer in list(OBSERVERS):
+        observer(kind, adapter)
+
 
 def project_version() -> str:
     """The installed optout-sync version, read without importing `connector` (dependencies point one way)."""
@@ -392,7 +401,7 @@ class HttpClient:
             stop=stop_after_attempt(self._max_attempts) | stop_when_budget_spent(self.budget),
             wait=wait_vendor(self._backoff),
             sleep=self._sleep_from_budget,
-            before_sleep=lambda state: _LOG.info(
+            before_sleep=lambda state: _notify("retry", self.adapter) or _LOG.info(
                 "http_retry", extra={"fields": {"adapter": self.adapter, "endpoint": endpoint,
                                                 "attempt": state.attempt_number,
                                                 "wait_s": round(state.upcoming_sleep, 3),
@@ -469,6 +478,8 @@ class HttpClient:
         category = self._scrub(info.category) if info.category else None
         correlation = self._scrub(info.correlation_id) if info.correlation_id else None
         status = response.status_code
+        if status == 429:
+            _notify("rate_limited", self.adapter)
         if status in RETRY_STATUSES or status >= 500:
             raise VendorTransientError(self.adapter, endpoint, message, status=status, category=category,
                                        correlation_id=correlation,

@@ -17,6 +17,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from adapters import http
 from state.errors import OptOutSyncError
 from state.models import utc_now
 from state.store import Store
@@ -45,6 +46,8 @@ class Daemon:
         self.wakes = {a.name: threading.Event() for a in settings.adapters}
         self.threads: list[threading.Thread] = []
         self.metrics = Metrics(self.wakes)
+        self._observer = lambda kind, adapter: (self.metrics.count_http_retry(adapter) if kind == "retry"
+                                                else self.metrics.count_rate_limited(adapter))
         self.server: StatusServer | None = None
         self.monitor: threading.Thread | None = None
         self.monitor_wake = threading.Event()
@@ -61,6 +64,7 @@ class Daemon:
     def run(self) -> int:
         """Start the workers, the monitor and the server, and wait for a stop signal; the exit code."""
         lock = StoreLock(self.settings.store.path).acquire()
+        http.OBSERVERS.append(self._observer)
         try:
             with open_store(self.settings) as store:  # fail early on an unusable store
                 self.metrics.observe_applies(store)  # apply latency counts from here on
@@ -88,6 +92,7 @@ class Daemon:
             log_event("stopped", abandoned=",".join(abandoned) or None)
             return 0
         finally:
+            http.OBSERVERS.remove(self._observer)
             if self.server is not None:
                 self.server.stop()
             lock.release()

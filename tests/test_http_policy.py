@@ -266,3 +266,22 @@ def test_the_token_never_appears_in_errors_or_repr():
     with pytest.raises(VendorTransientError) as caught:
         failing.request("GET", "/x", endpoint="GET /x")
     assert SECRET not in str(caught.value)
+
+
+def test_retries_and_429s_reach_the_registered_observers():
+    """The daemon's metrics hear of every retry and every 429 through adapters.http.OBSERVERS."""
+    from adapters import http as http_module
+
+    heard: list[tuple[str, str]] = []
+    observer = lambda kind, adapter: heard.append((kind, adapter))  # noqa: E731
+    replies = iter([httpx.Response(429, headers={"Retry-After": "1"}, json={"message": "slow down"}),
+                    httpx.Response(503, json={"message": "busy"}),
+                    httpx.Response(200, json={"ok": True})])
+    client, clock, seen = make_client(lambda request: next(replies))
+    http_module.OBSERVERS.append(observer)
+    try:
+        client.request("GET", "/x", endpoint="GET /x")
+    finally:
+        http_module.OBSERVERS.remove(observer)
+    assert len(seen) == 3
+    assert heard == [("rate_limited", "vendor"), ("retry", "vendor"), ("retry", "vendor")]
