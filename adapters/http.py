@@ -19,7 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
@@ -35,6 +35,12 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOG = logging.getLogger("optout_sync")
 
 Model = TypeVar("Model", bound=BaseModel)
+
+class VendorAnswer(BaseModel):
+    """Base of the models a vendor's JSON is parsed into: unknown fields ignored, ids as text."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
 
 # Who wants to hear of retries and 429s (the daemon's metrics): called as observer(kind, adapter)
 # with kind "retry" or "rate_limited". Adapters do not know the connector, so it registers here.

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError, TransientError
@@ -59,6 +59,7 @@ from state.models import (
 
 from .base import Capabilities, Duration, chunks
 from .http import (
+    VendorAnswer,
     Clock,
     HttpAdapterSettings,
     HttpClient,
@@ -156,8 +157,7 @@ class HubSpotSettings(HttpAdapterSettings):
 # -- HubSpot's answers, as far as this adapter relies on them ---------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
 
 
 class StandardError(_Answer):

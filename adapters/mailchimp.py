@@ -60,7 +60,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError, TransientError
@@ -79,6 +79,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    VendorAnswer,
     Clock,
     HttpAdapterSettings,
     HttpClient,
@@ -145,8 +146,7 @@ class MailchimpSettings(HttpAdapterSettings):
 # -- Mailchimp's answers, as far as this adapter relies on them ---------------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
 
 
 class Member(_Answer):

@@ -48,7 +48,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import TransientError
@@ -67,6 +67,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    VendorAnswer,
     Clock,
     HttpAdapterSettings,
     HttpClient,
@@ -133,8 +134,7 @@ class MailgunSettings(HttpAdapterSettings):
 # -- Mailgun's answers, as far as this adapter relies on them ------------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
 
 
 class Paging(_Answer):

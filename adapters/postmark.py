@@ -47,7 +47,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError, TransientError
@@ -66,6 +66,7 @@ from state.models import (
 
 from .base import Capabilities
 from .http import (
+    VendorAnswer,
     Clock,
     HttpAdapterSettings,
     HttpClient,
@@ -138,8 +139,7 @@ class PostmarkSettings(HttpAdapterSettings):
 # -- Postmark's answers, as far as this adapter relies on them ------------------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
 
 
 class Suppression(_Answer):

@@ -54,7 +54,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr, field_validator
+from pydantic import BaseModel, Field, RootModel, SecretStr, field_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError, TransientError
@@ -73,6 +73,7 @@ from state.models import (
 
 from .base import Capabilities, Duration, chunks
 from .http import (
+    VendorAnswer,
     Clock,
     HttpAdapterSettings,
     HttpClient,
@@ -126,8 +127,7 @@ class SendGridSettings(HttpAdapterSettings):
 # -- SendGrid's answers, as far as this adapter relies on them ------------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
 
 
 class Unsubscribe(_Answer):
