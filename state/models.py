@@ -1,6 +1,9 @@
 """The data that flows between adapters, the engine and the store.
 
-Plain slotted dataclasses: a sync moves millions of these, so they stay small.
+Plain slotted dataclasses: a sync moves millions of these, so they stay small
+and cheap to build. OptOut and ApplyResult are treated as immutable but not
+declared frozen: a frozen dataclass's __init__ costs five times as much, and a
+reconcile builds one per row of a full read.
 """
 
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ def to_utc_iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class OptOut:
     """One address out of one scope, as a source reported it.
 
@@ -81,7 +84,7 @@ PERMANENT = "permanent"      # refused for good (invalid address, vendor rule)
 TRANSIENT = "transient"      # may work later (timeout, 5xx, 429)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ApplyResult:
     """The outcome of applying (or removing) one opt-out at one sink."""
 
