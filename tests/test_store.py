@@ -28,6 +28,22 @@ def test_a_new_store_is_private_in_wal_mode_and_fully_migrated(tmp_path):
         assert stat.S_IMODE(os.stat(path.parent / name).st_mode) == 0o600, name
 
 
+def test_a_new_store_gets_large_pages_and_an_existing_store_keeps_its_own(tmp_path):
+    with Store(tmp_path / "new.db") as store:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE before_us (x)")
+    conn.close()
+    with Store(old) as store:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        store.ingest_page("a", Page([OptOut("x@y.io")]))
+        store.promote("a")
+        assert store.suppression("x@y.io")["reason"] == "unsubscribed"
+
+
 def test_migrations_run_once_and_a_newer_store_is_refused(tmp_path):
     path = tmp_path / "store.db"
     Store(path).close()

@@ -336,6 +336,8 @@ REVIEWED_SQL_PARTS = {
     "_stronger_sql('excluded', table)": "rank CASEs over constants; table as above",
     "_stronger_sql('n', 'suppressions')": "rank CASEs built from the REASON_RANK/ORIGIN_RANK constants",
     "_stronger_sql('n', 's')": "rank CASEs built from the REASON_RANK/ORIGIN_RANK constants",
+    "PAGE_SIZE": "module constant: the page size of a new store (an integer)",
+    "upsert": "a literal ON CONFLICT clause with _stronger_sql('excluded', table) as above",
     "' AND '.join(where)": "literal conditions with '?' placeholders; values are parameters",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
