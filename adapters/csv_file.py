@@ -9,7 +9,6 @@ file and memory holds only the batch.
 from __future__ import annotations
 
 import csv
-import heapq
 import os
 import tempfile
 from collections.abc import Iterator
@@ -56,11 +55,11 @@ class CsvFileAdapter:
 
     def read_all(self) -> Iterator[Page]:
         """The file's rows as opt-outs, in pages; malformed rows are listed as rejected."""
-        page = Page()
+        page, size, parse = Page(), self.settings.page_size, self._parse
         for number, row in self._rows():
-            item = self._parse(number, row)
-            (page.optouts if isinstance(item, OptOut) else page.rejected).append(item)
-            if len(page.optouts) + len(page.rejected) >= self.settings.page_size:
+            item = parse(number, row)
+            (page.optouts if type(item) is OptOut else page.rejected).append(item)
+            if len(page.optouts) + len(page.rejected) >= size:
                 yield page
                 page = Page()
         if page.optouts or page.rejected:
@@ -99,43 +98,50 @@ class CsvFileAdapter:
                     yield number, row
 
     def _parse(self, number: int, row: list[str]) -> OptOut | Rejected:
-        where = f"{self.settings.path.name} row {number}"
-        padded = row + [""] * (len(HEADER) - len(row))
-        email, scope, reason, origin, occurred_at = padded[:5]
+        # Runs once per row of a full read: the row's location is spelled out only for a rejection.
+        email, count = row[0], len(row)
         try:
             address = normalise_address(email)
         except InvalidAddress as exc:
-            return Rejected(where, email, f"invalid address {email!r}: {exc}")
-        reason = reason if reason in REASONS else "manual"
-        origin = origin if origin in ORIGINS else "user"
-        return OptOut(address, scope or GLOBAL_SCOPE, reason, origin, occurred_at or None)
+            return Rejected(f"{self.settings.path.name} row {number}", email, f"invalid address {email!r}: {exc}")
+        scope = row[1] if count > 1 and row[1] else GLOBAL_SCOPE
+        reason = row[2] if count > 2 and row[2] in REASONS else "manual"
+        origin = row[3] if count > 3 and row[3] in ORIGINS else "user"
+        return OptOut(address, scope, reason, origin, row[4] if count > 4 and row[4] else None)
 
     def _rewrite(self, batch: list[OptOut], remove: bool) -> list[ApplyResult]:
         wanted = {(o.address, o.scope): o for o in batch}
         present: set[tuple[str, str]] = set()
+        # The sorted batch is merged into the sorted file in one pass: an incoming row is written
+        # just before the first file row that sorts after it; a key already in the file is kept once.
+        incoming = [] if remove else sorted(wanted)
+        position, pending = 0, len(incoming)
         path = self.settings.path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
                 writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(HEADER)
-                existing = ((row[0], row[1] if len(row) > 1 else GLOBAL_SCOPE, row) for _, row in self._rows())
-                if remove:
-                    merged = existing
-                else:
-                    incoming = ((o.address, o.scope, _row(o))
-                                for o in sorted(wanted.values(), key=lambda o: (o.address, o.scope)))
-                    merged = heapq.merge(existing, incoming, key=lambda t: (t[0], t[1]))
+                writerow = writer.writerow
+                writerow(HEADER)
                 last_key = None
-                for address, scope, row in merged:
-                    key = (address, scope)
+                for _, row in self._rows():
+                    key = (row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
+                    while position < pending and incoming[position] <= key:
+                        here = incoming[position]
+                        if here == key or here == last_key:
+                            present.add(here)  # the file holds it already
+                        else:
+                            writerow(_row(wanted[here]))
+                            last_key = here
+                        position += 1
                     if key == last_key or (remove and key in wanted):
-                        present.add(key)  # the file held it already
-                        last_key = key
+                        present.add(key)
                         continue
-                    writer.writerow(row)
+                    writerow(row)
                     last_key = key
+                for key in incoming[position:]:
+                    writerow(_row(wanted[key]))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp_name, path)

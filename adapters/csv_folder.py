@@ -96,17 +96,18 @@ class CsvFolderAdapter:
             state = self._resume_state(path, known.get(relative))
             if state is None:
                 continue
-            for item in self._read_file(path, state):
-                if isinstance(item, OptOut):
-                    page.optouts.append(item)
-                else:
-                    page.rejected.append(item)
+            for items in self._read_file(path, state):
                 seen[relative] = state
-                if len(page.optouts) + len(page.rejected) >= self.settings.page_size:
-                    _seal(state, path)
-                    page.cursor = _dump_cursor({**known, **seen})
-                    yield page
-                    page = Page()
+                while items:
+                    room = self.settings.page_size - len(page.optouts) - len(page.rejected)
+                    for item in items[:room]:
+                        (page.optouts if type(item) is OptOut else page.rejected).append(item)
+                    items = items[room:]
+                    if len(page.optouts) + len(page.rejected) >= self.settings.page_size:
+                        _seal(state, path)
+                        page.cursor = _dump_cursor({**known, **seen})
+                        yield page
+                        page = Page()
             seen[relative] = _seal(state, path)
         present = {p.name for p in self._files()}
         merged = {name: st for name, st in {**known, **seen}.items() if name in present}
@@ -161,8 +162,10 @@ class CsvFolderAdapter:
                 return known if stat.st_size > known.offset else None
         return _FileState(stat.st_dev, stat.st_ino, 0, "", 0, 1, ",", [], mtime_ns=stat.st_mtime_ns)
 
-    def _read_file(self, path: Path, state: _FileState) -> Iterator[OptOut | Rejected]:
+    def _read_file(self, path: Path, state: _FileState) -> Iterator[list[OptOut | Rejected]]:
+        """The file's items, one list per batch of records, yielded before its offset is advanced."""
         settled = time.time() - path.stat().st_mtime >= self.settings.settle_seconds
+        name = path.name
         with path.open("rb") as handle:
             if state.offset == 0:
                 first = handle.readline()
@@ -170,22 +173,25 @@ class CsvFolderAdapter:
                 state.delimiter = sniff_delimiter(header_text)
             columns = None
             for batch in read_batches(handle, state.offset, state.next_row, state.delimiter, settled):
-                for number, fields in batch.records:
-                    # The first non-blank record is the header, even after blank lines (blank
-                    # records are not yielded, so row 1 is not always there to be the header).
-                    if not state.columns:
-                        state.columns = [c.strip().lower() for c in fields]
-                        problem = self._header_problem(state.columns)
-                        if problem:
-                            # Reported once; nothing of the file is consumed, so fixing the
-                            # settings or the file has it read in full.
-                            state.blocked = True
-                            yield Rejected(f"{path.name} row {number}", ",".join(fields), problem)
-                            return
-                        state.blocked = False
-                        continue
+                records = batch.records
+                # The first non-blank record is the header, even after blank lines (blank
+                # records are not yielded, so row 1 is not always there to be the header).
+                if records and not state.columns:
+                    number, fields = records[0]
+                    state.columns = [c.strip().lower() for c in fields]
+                    problem = self._header_problem(state.columns)
+                    if problem:
+                        # Reported once; nothing of the file is consumed, so fixing the
+                        # settings or the file has it read in full.
+                        state.blocked = True
+                        yield [Rejected(f"{name} row {number}", ",".join(fields), problem)]
+                        return
+                    state.blocked = False
+                    records = records[1:]
+                if records:
                     columns = columns or self._columns(state.columns)
-                    yield self._row(f"{path.name} row {number}", fields, columns)
+                    row = self._row
+                    yield [row(f"{name} row {number}", fields, columns) for number, fields in records]
                 # Offsets are known per batch: a page cut inside one is re-read after a crash (harmless).
                 _advance(state, batch.end_offset, batch.next_number)
 
@@ -213,29 +219,30 @@ class CsvFolderAdapter:
                         find(s.occurred_at_column))
 
     def _row(self, where: str, fields: list[str], columns: _Columns) -> OptOut | Rejected:
-        def cell(index: int | None) -> str:
-            return fields[index].strip() if index is not None and index < len(fields) else ""
-
-        if columns.email >= len(fields):
+        # Runs once per row of every file: optional columns are looked at only where they exist.
+        count = len(fields)
+        if columns.email >= count:
             return Rejected(where, ",".join(fields),
-                            f"row has {len(fields)} field(s); the email column is number {columns.email + 1}")
+                            f"row has {count} field(s); the email column is number {columns.email + 1}")
         raw = fields[columns.email]
         try:
             address = normalise_address(raw)
         except InvalidAddress as exc:
             return Rejected(where, raw, f"invalid address {raw.strip()!r}: {exc}")
-        scope = cell(columns.scope) or GLOBAL_SCOPE
-        if scope.lower() in ("*", "all"):
-            scope = GLOBAL_SCOPE
-        elif scope not in self.topics:
-            return Rejected(where, raw, f"unknown topic {scope!r}; defined topics: {sorted(self.topics) or 'none'}")
-        reason = cell(columns.reason).lower() or self.settings.default_reason
+        scope = _cell(fields, columns.scope, count) or GLOBAL_SCOPE
+        if scope != GLOBAL_SCOPE:
+            if scope.lower() == "all":
+                scope = GLOBAL_SCOPE
+            elif scope not in self.topics:
+                return Rejected(where, raw,
+                                f"unknown topic {scope!r}; defined topics: {sorted(self.topics) or 'none'}")
+        reason = _cell(fields, columns.reason, count).lower() or self.settings.default_reason
         if reason not in REASONS:
             return Rejected(where, raw, f"unknown reason {reason!r}; expected one of {', '.join(REASONS)}")
-        origin = cell(columns.origin).lower() or self.settings.default_origin
+        origin = _cell(fields, columns.origin, count).lower() or self.settings.default_origin
         if origin not in ORIGINS:
             return Rejected(where, raw, f"unknown origin {origin!r}; expected one of {', '.join(ORIGINS)}")
-        occurred_text = cell(columns.occurred_at)
+        occurred_text = _cell(fields, columns.occurred_at, count)
         occurred_at = None
         if occurred_text:
             try:
@@ -243,6 +250,11 @@ class CsvFolderAdapter:
             except ValueError:
                 return Rejected(where, raw, f"occurred_at {occurred_text!r} is not an ISO date or date-time")
         return OptOut(address, scope, reason, origin, occurred_at, {"file": where})
+
+
+def _cell(fields: list[str], index: int | None, count: int) -> str:
+    """A field stripped of white space, or "" where the column is absent or the row short."""
+    return fields[index].strip() if index is not None and index < count else ""
 
 
 def parse_moment(text: str) -> str:

@@ -184,3 +184,27 @@ def test_batches_across_chunk_boundaries_return_every_record_once(rows, chunk, d
     for index, batch in enumerate(batches):
         rest = list(read_batches(io.BytesIO(data), batch.end_offset, batch.next_number, delimiter, True, chunk))
         assert [n for b in rest for n, _ in b.records] == [n for b in batches[index + 1:] for n, _ in b.records]
+
+
+keys = st.tuples(st.sampled_from(["a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io", "f@x.io"]),
+                 st.sampled_from(["*", "news"]))
+
+
+@hyp_settings(max_examples=150, deadline=None)
+@given(held=st.sets(keys), batch=st.lists(keys, max_size=8), remove=st.booleans())
+def test_csv_file_merge_keeps_the_file_sorted_and_reports_exactly_what_it_held(tmp_path_factory, held, batch,
+                                                                               remove):
+    """Apply gives the sorted union, remove the difference; each item says whether the file held it."""
+    path = tmp_path_factory.mktemp("merge") / "out.csv"
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
+    if held:
+        sink.apply([OptOut(a, s) for a, s in held])
+    results = (sink.remove if remove else sink.apply)([OptOut(a, s) for a, s in batch])
+    on_file = [(row[0], row[1]) for row in list(csv.reader(path.open()))[1:]] if path.exists() else []
+    expected = set(held) - set(batch) if remove else set(held) | set(batch)
+    assert on_file == sorted(expected)
+    was_held = [(r.optout.address, r.optout.scope) in held for r in results]
+    if remove:
+        assert [r.outcome for r in results] == [APPLIED if h else ALREADY for h in was_held]
+    else:
+        assert [r.outcome for r in results] == [ALREADY if h else APPLIED for h in was_held]
