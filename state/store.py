@@ -138,7 +138,7 @@ class IngestCounts:
         self.rejected += other.rejected
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PendingEvent:
     """A suppression event not yet applied to a given sink, with the opt-out as it stands now."""
 
@@ -148,7 +148,7 @@ class PendingEvent:
     recorded_at: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PushOutcome:
     """One item of a push batch as the store records it.
 
@@ -473,32 +473,24 @@ class Store:
         the events and the highest seq examined, so the watermark can move past the
         events that were left out.
         """
+        # One statement: `done` marks events already applied to this sink (events_by_ref index).
         rows = self.conn.execute(
             "SELECT e.seq, e.source, e.recorded_at, s.address, s.scope, s.reason, s.origin,"
-            " s.occurred_at, s.details"
+            " s.occurred_at, s.details, EXISTS (SELECT 1 FROM events a WHERE a.ref_seq = e.seq"
+            " AND a.target = ? AND a.kind = 'applied') AS done"
             " FROM events e LEFT JOIN suppressions s ON s.seq = e.seq"
             " WHERE e.kind = 'suppressed' AND e.seq > ? ORDER BY e.seq LIMIT ?",
-            (after_seq, limit),
+            (adapter, after_seq, limit),
         ).fetchall()
         if not rows:
             return [], after_seq
-        scanned_to = rows[-1][0]
-        seqs = [row[0] for row in rows if row[3] is not None and row[1] != adapter]
-        done = set()
-        if seqs:
-            # Chunked so the IN list stays under SQLite's variable limit.
-            for start in range(0, len(seqs), 500):
-                chunk = seqs[start:start + 500]
-                done.update(r[0] for r in self.conn.execute(
-                    f"SELECT ref_seq FROM events WHERE target = ? AND kind = 'applied'"
-                    f" AND ref_seq IN ({','.join('?' * len(chunk))})", (adapter, *chunk)))
         pending = [
-            PendingEvent(row[0], OptOut(row[3], row[4], row[5], row[6], row[7], _details_from(row[8])),
-                         row[1], row[2])
-            for row in rows
-            if row[3] is not None and row[1] != adapter and row[0] not in done
+            PendingEvent(seq, OptOut(address, scope, reason, origin, occurred_at, _details_from(details)),
+                         source, recorded_at)
+            for seq, source, recorded_at, address, scope, reason, origin, occurred_at, details, done in rows
+            if address is not None and source != adapter and not done
         ]
-        return pending, scanned_to
+        return pending, rows[-1][0]
 
     def record_push(self, adapter: str, outcomes: list[PushOutcome], watermark: int | None) -> None:
         """Record per-item outcomes of one push batch and move the watermark, in one transaction."""
