@@ -20,7 +20,6 @@ from state.lifts import LEGAL_BASES
 from state.models import REASONS
 
 from . import __version__, commands, operator
-from .daemon import Daemon
 from .logs import log_event, mask_addresses, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
 
@@ -92,6 +91,10 @@ def main(ctx: click.Context, config: str | None, log_format: str | None, show_ad
 @_edge
 def run(obj: Context, grace: float) -> None:
     """Run the daemon: every adapter on its own interval, until SIGTERM or Ctrl-C."""
+    # Imported here: the daemon brings the metrics, the status server and the HTTP stack,
+    # which no other command needs.
+    from .daemon import Daemon
+
     sys.exit(Daemon(obj.settings(), grace=grace).run())
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
@@ -116,13 +117,37 @@ def export(settings: Settings, out: TextIO, *, reasons: list[str] | None = None,
     writer.writerow(EXPORT_HEADER)
     filters = dict(reasons=reasons, scope=scope, source=source, since=since_text, until=until_text)
     with open_store(settings) as store:
-        # One read transaction, so the count and the rows agree; csv writes None as an empty cell.
-        store.conn.execute("BEGIN")
+        # One statement is one read snapshot, so the rows counted are the rows written.
+        return _write_rows(writer, out, store.iter_suppressions(**filters), len(EXPORT_HEADER))
+
+
+# Rows per chunk: enough to make the per-chunk Python code negligible, few enough that a
+# chunk is freed before the cyclic garbage collector scans it (from about 5,000 it does).
+_EXPORT_CHUNK = 1_000
+
+
+def _write_rows(writer, out: TextIO, rows: Iterator[tuple], width: int) -> int:
+    """Write `rows` to `out` exactly as `writer` (csv.writer on `out`, "," and "\\n") would; the count.
+
+    A chunk whose cells are all text with nothing csv would quote is joined in C
+    (",".join per row, one write per chunk), with no Python code per row; any other
+    chunk (NULL cells, commas, quotes, line breaks) goes through csv.writer.
+    """
+    written = 0
+    while chunk := list(islice(rows, _EXPORT_CHUNK)):
+        written += len(chunk)
         try:
-            written = next(store.iter_suppressions(**filters, count=True))[0]
-            writer.writerows(store.iter_suppressions(**filters))
-        finally:
-            store.conn.execute("COMMIT")
+            text = "\n".join(map(",".join, chunk)) + "\n"
+        except TypeError:  # a NULL (or non-text) cell: csv.writer writes it
+            writer.writerows(chunk)
+            continue
+        # Only our own separators, and no quote or CR (which some Python versions quote):
+        # then no cell needed quoting, and the text is byte for byte what csv.writer writes.
+        if (text.count(",") == (width - 1) * len(chunk) and text.count("\n") == len(chunk)
+                and '"' not in text and "\r" not in text):
+            out.write(text)
+        else:
+            writer.writerows(chunk)
     return written
 
 
