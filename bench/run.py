@@ -73,13 +73,18 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+# As installed, Python modules run from cached bytecode; a machine that sets PYTHONDONTWRITEBYTECODE
+# (some sandboxes do) would have every measured command compile the project again (about 50 ms).
+_INSTALLED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def measured(command: list[str], cwd: Path, stdin=None) -> tuple[float, float, str]:
     """Run a command; (wall seconds, peak RSS in MB of that process alone, stdout)."""
     report_read, report_write = os.pipe()
     try:
         proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(report_write), *command], cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin, text=True,
-                                pass_fds=(report_write,))
+                                pass_fds=(report_write,), env=_INSTALLED_ENV)
     finally:
         os.close(report_write)
     out_parts: list[str] = []

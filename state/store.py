@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from .errors import StoreError
 from .models import (
     ALREADY,
@@ -199,7 +197,6 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._depth = 0
         self._temp_ready = False
 
@@ -672,7 +669,7 @@ class Store:
     def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
                           source: str | None = None, since: str | None = None,
                           until: str | None = None, count: bool = False) -> Iterator[tuple]:
-        """Stream (address, scope, reason, origin, source, occurred_at) rows, by address.
+        """Stream (address, scope, reason, origin, source, occurred_at or '') rows, by address.
 
         `since` (inclusive) and `until` (exclusive) compare with when the opt-out
         happened, or, where the source did not say, when it was recorded. With
@@ -692,7 +689,8 @@ class Store:
         if until:
             where.append("COALESCE(occurred_at, recorded_at) < ?")
             params.append(until)
-        columns = "count(*)" if count else "address, scope, reason, origin, source, occurred_at"
+        # An unknown occurred_at is '' (as a CSV shows it), so every cell of a row is text.
+        columns = "count(*)" if count else "address, scope, reason, origin, source, COALESCE(occurred_at, '')"
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
