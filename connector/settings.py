@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters import registry
 from adapters.base import AdapterSettings, Duration, SettingsPath
@@ -101,10 +100,14 @@ def listen_address(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class Settings(BaseSettings):
-    """Everything the daemon is configured with."""
+class Settings(BaseModel):
+    """Everything the daemon is configured with.
 
-    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX)
+    A plain model: the loader below merges the file and the environment itself, since
+    environment variables address adapters by name, which settings sources cannot express.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
@@ -113,12 +116,6 @@ class Settings(BaseSettings):
     topics: dict[str, str] = Field(default_factory=dict)
     adapters: list[AdapterSettings] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        # The loader merges file and environment itself (adapters are addressed by name).
-        return (init_settings,)
 
     @field_validator("topics")
     @classmethod
@@ -202,7 +199,7 @@ def validate_settings(raw: dict[str, Any], path: Path) -> Settings:
         raise ConfigError(f"{path}: invalid settings:\n  " + "\n  ".join(problems))
     settings.adapters = adapters
     settings.source = path
-    # BaseSettings does not pass the validation context on, so its own paths are anchored here.
+    # The store and log paths are anchored here, beside the adapters' (validated with a context).
     base = context["base_dir"]
     settings.store.path = base / settings.store.path
     if settings.logging.file is not None:
