@@ -67,14 +67,13 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
         for count, row in enumerate(source.rows(), start=1):
             if progress is not None and count % 50_000 == 0:
                 progress(count)
-            where = f"row {row.number}"
             if row.problem or row.raw is None:
-                yield Rejected(where, row.raw or "", row.problem or "row is too short")
+                yield Rejected(f"row {row.number}", row.raw or "", row.problem or "row is too short")
                 continue
             try:
                 yield normalise_address(row.raw)
             except InvalidAddress as exc:
-                yield Rejected(where, row.raw, f"invalid address {row.raw.strip()!r}: {exc}")
+                yield Rejected(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}")
 
     try:
         with open_store(settings) as store:
