@@ -132,21 +132,35 @@ def address(i: int) -> str:
 # -- benchmarks --------------------------------------------------------------------------------
 
 
-def bench_import(work: Path, rows: int) -> list[Row]:
+# Timings on a shared machine move by tens of per cent from run to run, so the quick commands
+# (import, export, push) run this many rounds, ours and the baseline interleaved, and the best
+# round of each is compared (as timeit does). --quick runs one round.
+ROUNDS = 3
+
+
+def bench_import(work: Path, rows: int, rounds: int) -> list[Row]:
     data = work / "import.csv"
     make_import_csv(data, rows)
     settings = write_settings(work)
     _, _, preview = measured([*cli(), "--config", str(settings), "import", str(data)], work)
     count = int(preview.rsplit("--confirm", 1)[1].split()[0])
-    wall, rss, _ = measured([*cli(), "--config", str(settings), "import", str(data), "--confirm", str(count)], work)
     script = work / "baseline.sql"
     script.write_text(
         "CREATE TABLE raw(name TEXT, email TEXT, signed_up TEXT);\n.mode csv\n"
         f".import --skip 1 '{data}' raw\nCREATE TABLE t(address TEXT);\n"
         "CREATE UNIQUE INDEX t_address ON t(address);\n"
         "INSERT OR IGNORE INTO t SELECT lower(trim(email)) FROM raw;\n")
-    with script.open() as stdin:
-        base, _, _ = measured(["sqlite3", str(work / "baseline.db")], work, stdin=stdin)
+    walls, bases, rss = [], [], 0.0
+    for _ in range(rounds):
+        for leftover in work.glob("*.db*"):
+            leftover.unlink()
+        wall, peak, _ = measured([*cli(), "--config", str(settings), "import", str(data), "--confirm", str(count)],
+                                 work)
+        walls.append(wall)
+        rss = max(rss, peak)
+        with script.open() as stdin:
+            bases.append(measured(["sqlite3", str(work / "baseline.db")], work, stdin=stdin)[0])
+    wall, base = min(walls), min(bases)
     return [Row("import", f"{rows:,} rows, --confirm", wall, base, "s", "<= 2x baseline", wall <= 2 * base),
             Row("import", "peak RSS", rss, None, "MB", "<= 150 MB", rss <= 150)]
 
@@ -212,16 +226,19 @@ def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
     return wall_in + wall_out, base, max(rss_in, rss_out)
 
 
-def bench_export(work: Path, n: int) -> list[Row]:
+def bench_export(work: Path, n: int, rounds: int) -> list[Row]:
     settings = write_settings(work)
     build_store(work, settings, n)
-    wall, _, _ = measured([*cli(), "--config", str(settings), "export", "-o", str(work / "out.csv")], work)
-    with (work / "base.csv").open("w") as out:
-        started = time.perf_counter()
-        subprocess.run(["sqlite3", "-csv", "-header", str(work / "store.db"),
-                        "SELECT address AS email, scope, reason, origin, source, occurred_at FROM suppressions"
-                        " ORDER BY address, scope"], stdout=out, check=True)
-        base = time.perf_counter() - started
+    walls, bases = [], []
+    for _ in range(rounds):
+        walls.append(measured([*cli(), "--config", str(settings), "export", "-o", str(work / "out.csv")], work)[0])
+        with (work / "base.csv").open("w") as out:
+            started = time.perf_counter()
+            subprocess.run(["sqlite3", "-csv", "-header", str(work / "store.db"),
+                            "SELECT address AS email, scope, reason, origin, source, occurred_at FROM suppressions"
+                            " ORDER BY address, scope"], stdout=out, check=True)
+            bases.append(time.perf_counter() - started)
+    wall, base = min(walls), min(bases)
     return [Row("export", f"{n:,} suppressions", wall, base, "s", "<= 2x baseline", wall <= 2 * base)]
 
 
@@ -258,6 +275,16 @@ def bench_push(work: Path, n: int, batch: int, server_latency: float) -> list[Ro
                 "%", "<= 20 %", overhead <= 0.20),
             Row("push", "engine time per 1,000 opt-outs", (wall - sink.time_in_apply) / n * 1000 * 1000, None,
                 "ms", "-", True)]
+
+
+def bench_push_rounds(work: Path, n: int, batch: int, server_latency: float, rounds: int) -> list[Row]:
+    """bench_push `rounds` times: the round with the least engine time, unless a round missed ceil(N/B)."""
+    results = []
+    for round_number in range(rounds):
+        (work / str(round_number)).mkdir()
+        results.append(bench_push(work / str(round_number), n, batch, server_latency))
+    wrong = [rows for rows in results if not rows[0].met]
+    return wrong[0] if wrong else min(results, key=lambda rows: rows[1].ours)
 
 
 def bench_propagation(work: Path, trials: int, interval: float) -> list[Row]:
@@ -360,11 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     size = 20_000 if quick else 1_000_000
+    rounds = 1 if quick else ROUNDS
     plan = {
-        "import": lambda w: bench_import(w, size),
+        "import": lambda w: bench_import(w, size, rounds),
         "reconcile": lambda w: reconcile_rows(w, size, quick),
-        "export": lambda w: bench_export(w, size),
-        "push": lambda w: bench_push(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05),
+        "export": lambda w: bench_export(w, size, rounds),
+        "push": lambda w: bench_push_rounds(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05, rounds),
         "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
         "idle": lambda w: bench_idle(w, 5 if quick else 60),
     }
