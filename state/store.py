@@ -356,7 +356,7 @@ class Store:
         rows = [(o.address, o.scope, o.reason, o.origin, o.occurred_at and canonical_time(o.occurred_at),
                  o.details) for o in optouts]
         # The whole page goes in as one JSON array through json_each: one C-level encode and one
-        # statement instead of a Python-level bind per row (4x faster on a full read).
+        # statement instead of a bound statement per row (a third less time on a 1M-row full read).
         payload = json.dumps(rows, separators=(",", ":"))
         if "\\u0000" not in payload:  # ->> would cut a text at a NUL character
             self._write(

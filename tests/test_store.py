@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -165,3 +166,21 @@ def test_every_generated_valid_address_is_accepted_and_idempotent(address):
         return
     assert normalise_address(normalised) == normalised
     assert normalised == address.strip().lower()
+
+
+@pytest.mark.parametrize("note", ["plain", "with a NUL \x00 inside", "ünïcödé ✓"])
+def test_a_page_keeps_every_field_exactly_whichever_way_it_is_loaded(tmp_path, note):
+    """A page goes in as one JSON array, or row by row when a text holds a NUL; both keep every field."""
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("a", Page([
+            OptOut("x@y.io", "*", "hard_bounce", "system", "2026-01-02T03:04:05Z", {"note": note, "n": 1}),
+            OptOut("x@y.io", "*", "unsubscribed", "recipient", None, {"weaker": True}),  # same page: stronger wins
+            OptOut("z@y.io", "*", "imported", "user", None, None),
+        ]))
+        store.promote("a")
+        first, second = store.suppression("x@y.io"), store.suppression("z@y.io")
+    assert (first["reason"], first["origin"], first["occurred_at"]) == (
+        "hard_bounce", "system", "2026-01-02T03:04:05.000000+00:00")
+    assert json.loads(first["details"]) == {"note": note, "n": 1}
+    assert (second["reason"], second["origin"], second["occurred_at"], second["details"]) == (
+        "imported", "user", None, None)
