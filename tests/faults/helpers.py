@@ -43,6 +43,13 @@ def set_handler(adapter, handler) -> None:
         adapter.http._client._transport = httpx.MockTransport(handler)
 
 
+def seeded(kit: Kit, count: int = 35, **one_options):
+    """one(kit, **one_options) with `count` opt-outs seeded at its vendor: (fake, injector, adapter, clock)."""
+    fake, injector, adapter, clock = one(kit, **one_options)
+    seed_vendor(kit, fake, clock, count=count)
+    return fake, injector, adapter, clock
+
+
 def seed_vendor(kit: Kit, fake, clock: FakeClock, count: int = 35) -> set[tuple[str, str]]:
     """`count` opt-outs of every kind made at the vendor; the (address, scope) pairs it reports."""
     addresses = [f"seed{i}@example.com" for i in range(count)]

@@ -19,7 +19,7 @@ from state.models import OptOut, Page
 from state.store import Store
 from tests.fakes.serve import serve
 
-from .helpers import FAST, new_optouts, one, read_set, seed_vendor, set_handler
+from .helpers import FAST, new_optouts, one, read_set, seed_vendor, seeded, set_handler
 from .injector import FaultInjector
 from .vendors import KITS, TOPICS
 
@@ -33,8 +33,7 @@ TRANSIENT_KINDS = ("500", "502", "503", "slow", "reset", "malformed_json", "trun
 def baseline(name: str) -> tuple[set, int]:
     """What a fault-free read of a seeded vendor gives, and how many requests it takes."""
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     return read_set(adapter), injector.seen
 
 
@@ -46,8 +45,7 @@ def baseline(name: str) -> tuple[set, int]:
 def test_a_transient_fault_is_retried_with_jittered_backoff_and_loses_nothing(name, kind):
     expected, requests = baseline(name)
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     injector.force(kind)
     assert read_set(adapter) == expected
     assert injector.seen == requests + 1 and injector.injected[kind] == 1
@@ -60,8 +58,7 @@ def test_backoff_is_exponential_and_jittered(name):
     kit = KITS[name]
     waits = []
     for attempt_seed in range(2):
-        fake, injector, adapter, clock = one(kit, max_attempts=5, backoff_initial=2, backoff_max=100)
-        seed_vendor(kit, fake, clock, count=3)
+        fake, injector, adapter, clock = seeded(kit, 3, max_attempts=5, backoff_initial=2, backoff_max=100)
         injector.force("503", "503", "503", "503")
         read_set(adapter)
         assert len(clock.sleeps) == 4
@@ -104,8 +101,7 @@ def test_the_vendors_rate_limit_is_kept_client_side(name):
 @pytest.mark.parametrize("name", HEADED)
 def test_the_vendors_rate_limit_headers_hold_a_client_set_too_fast(name):
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit, pages=False)  # 100,000 calls allowed client-side
-    seed_vendor(kit, fake, clock, count=3)
+    fake, injector, adapter, clock = seeded(kit, 3, pages=False)  # 100,000 calls allowed client-side
     kit.limit_fake(fake, 5)
     while len(fake.statuses) < 20:
         read_set(adapter)
@@ -153,8 +149,7 @@ def test_retry_time_is_capped_per_cycle_and_the_rest_is_parked(name, tmp_path):
 @pytest.mark.parametrize("name", ALL)
 def test_a_permanent_4xx_is_never_retried(name, status):
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock, count=3)
+    fake, injector, adapter, clock = seeded(kit, 3)
     answered = []
 
     def refuse_first(request: httpx.Request) -> httpx.Response:
@@ -175,8 +170,7 @@ def test_a_permanent_4xx_is_never_retried(name, status):
 def test_408_409_425_and_429_are_retried(name, status):
     expected, requests = baseline(name)
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     answered = []
 
     def once(request: httpx.Request) -> httpx.Response:
@@ -198,8 +192,7 @@ def test_a_wrong_shape_is_a_clear_error_naming_adapter_and_endpoint(name, varian
     """A reshaped answer is an error naming adapter and endpoint, unless only a field the adapter ignores changed."""
     expected, _ = baseline(name)
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     injector.force("wrong_shape")
     injector.rng.seed(variant)  # a different reshaping per case
     try:
@@ -218,8 +211,7 @@ def test_a_wrong_shape_is_a_clear_error_naming_adapter_and_endpoint(name, varian
 def test_a_broken_answer_to_a_write_is_an_error_or_a_result_never_a_crash(name, kind):
     kit = KITS[name]
     for variant in range(6):
-        fake, injector, adapter, clock = one(kit, max_attempts=1)
-        seed_vendor(kit, fake, clock, count=1)
+        fake, injector, adapter, clock = seeded(kit, 1, max_attempts=1)
         injector.rng.seed(variant)
         injector.set(rate=1.0, kinds=(kind,))
         batch = new_optouts()
@@ -238,8 +230,7 @@ def test_a_broken_answer_to_a_write_is_an_error_or_a_result_never_a_crash(name, 
 @pytest.mark.parametrize("name", PAGED)
 def test_a_cursor_that_never_moves_is_stopped_within_a_few_pages(name):
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock, count=60)
+    fake, injector, adapter, clock = seeded(kit, 60)
     if kit.profile.first_page(httpx.Request("GET", "https://x.test/")) is None and name == "ses":
         # Signed requests cannot be rewritten: every later page names its own NextToken again instead.
         injector.set(rate=1.0, kinds=("repeat_cursor",))
@@ -267,8 +258,7 @@ def test_a_cursor_that_never_moves_is_stopped_within_a_few_pages(name):
 def test_a_cursor_that_repeats_once_is_an_error_or_loses_nothing(name, skip):
     expected, _ = baseline(name)
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     injector.set(rate=1.0, kinds=("repeat_cursor",))
     injector.refuse_non_pages, injector.pages_to_skip, injector.limit = False, skip, 1
     try:
@@ -284,8 +274,7 @@ def test_a_cursor_that_repeats_once_is_an_error_or_loses_nothing(name, skip):
 def test_pages_with_fewer_items_than_promised_lose_and_invent_nothing(name):
     expected, _ = baseline(name)
     kit = KITS[name]
-    fake, injector, adapter, clock = one(kit)
-    seed_vendor(kit, fake, clock)
+    fake, injector, adapter, clock = seeded(kit)
     injector.set(rate=1.0, kinds=("short_page",))
     injector.refuse_non_pages = False
     got = read_set(adapter)
