@@ -151,6 +151,38 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS suppressions_by_occurred;
     """,
+    # 4: hardening. The store's identity (so a daemon notices its file was deleted or replaced),
+    # an in-flight mark per pushed event (written before the vendor call, so a re-send after a
+    # crash that the vendor answers "already held" still counts as this daemon's apply), what an
+    # adapter learnt about its vendor that outlives the process (HubSpot's batch endpoints), and
+    # for failures the rejected value and an audited dismissal.
+    """
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO store_meta (key, value) VALUES
+        ('store_id', lower(hex(randomblob(16)))),
+        ('created_at', strftime('%Y-%m-%dT%H:%M:%S', 'now') || '.000000+00:00');
+
+    CREATE TABLE inflight (
+        adapter   TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        marked_at TEXT NOT NULL,
+        PRIMARY KEY (adapter, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE adapter_memory (
+        adapter    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (adapter, key)
+    ) WITHOUT ROWID;
+
+    ALTER TABLE failures ADD COLUMN value TEXT;
+    ALTER TABLE failures ADD COLUMN dismissed_reason TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
