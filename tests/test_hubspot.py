@@ -64,8 +64,11 @@ def test_hubspot_is_a_registered_type_and_validates_from_settings(tmp_path):
     assert registry.ADAPTER_TYPES["hubspot"] is HubSpotAdapter
     assert config.token.get_secret_value() == TOKEN
     assert config.batch_size == 100 and config.base_url == "https://api.hubapi.com"
-    assert (config.rate_limit_requests, config.rate_limit_period) == (100, 10.0)
-    assert (config.search_rate_limit_requests, config.search_rate_limit_period) == (4, 1.0)
+    # A documented share (40 %) of the smallest burst limit, 100 per 10 s, which other integrations share.
+    assert (config.rate_limit_requests, config.rate_limit_period) == (40, 10.0)
+    # HubSpot's 4 searches per second, with a quarter of a second's margin for arrival jitter.
+    assert (config.search_rate_limit_requests, config.search_rate_limit_period) == (4, 1.25)
+    assert config.timeline_window is None and config.batch_recheck_every == 86_400
     assert TOKEN not in repr(config) and TOKEN not in str(settings.model_dump())
 
 
@@ -232,6 +235,56 @@ def test_hubspot_rate_headers_pace_the_client_before_any_429():
     assert sum(clock.sleeps) >= 20  # two holds of the 10-second window
 
 
+TEN_SECONDLY_BODY = {"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+                     "errorType": "RATE_LIMIT", "correlationId": "c033cdaa-2c40-4a64-ae48-b4cec88dad24",
+                     "policyName": "TEN_SECONDLY_ROLLING", "requestId": "3d3e35b7-0dae-4b9f-a6e3-9c230cbcf8dd"}
+SECONDLY_BODY = {**TEN_SECONDLY_BODY, "message": "You have reached your secondly limit.", "policyName": "SECONDLY"}
+
+
+def test_a_full_ten_second_window_is_waited_out_whole_not_retried_each_second():
+    fake = FakeHubSpot(TOKEN, rate_limit=2, rate_headers=False)  # a 429 body only, as the usage guidelines show
+    fake, adapter, clock = hubspot(fake, batch_endpoints=False)
+    results = adapter.apply([OptOut(f"u{i}@example.com") for i in range(3)])
+    assert [r.outcome for r in results] == [APPLIED] * 3
+    assert clock.sleeps == [10.0]  # one wait of the rolling window, not five 1-second tries
+    assert len(fake.calls("/unsubscribe-all")) == 4 and fake.statuses.count(429) == 1
+
+
+def test_a_full_search_second_is_waited_out_for_one_second():
+    fake = FakeHubSpot(TOKEN, search_rate_limit=1)
+    fake, adapter, clock = hubspot(fake, search_in_values=1)
+    for address in ("a@example.com", "b@example.com"):
+        fake.add_contact(address)
+    found = adapter.find_contact_ids(["a@example.com", "b@example.com"])
+    assert set(found) == {"a@example.com", "b@example.com"}
+    assert clock.sleeps == [1.0] and len(fake.calls("/contacts/search")) == 3 and fake.statuses.count(429) == 1
+
+
+@pytest.mark.parametrize("body, headers, waits", [
+    (TEN_SECONDLY_BODY, {}, [10.0, 10.0]),
+    ({k: v for k, v in TEN_SECONDLY_BODY.items() if k != "policyName"}, {}, [10.0, 10.0]),  # message only
+    (TEN_SECONDLY_BODY, {"Retry-After": "3"}, [3.0, 3.0]),  # HubSpot's own wait wins
+    (TEN_SECONDLY_BODY, {"X-HubSpot-RateLimit-Interval-Milliseconds": "5000"}, [5.0, 5.0]),
+    (SECONDLY_BODY, {}, [1.0, 1.0]),
+    ({k: v for k, v in SECONDLY_BODY.items() if k != "policyName"}, {}, [1.0, 1.0]),
+])
+def test_each_kind_of_429_body_gets_the_wait_its_limit_needs(body, headers, waits):
+    fake, adapter, clock = hubspot(batch_endpoints=False)
+    fake.fail(429, times=2, path="/unsubscribe-all", body=body, headers=headers)
+    assert [r.outcome for r in adapter.apply([OptOut("a@example.com")])] == [APPLIED]
+    assert clock.sleeps == waits and len(fake.calls("/unsubscribe-all")) == 3
+    assert fake.opted_out_of_all("a@example.com")
+
+
+def test_a_daily_limit_body_is_not_retried_in_this_cycle():
+    fake, adapter, clock = hubspot(batch_endpoints=False)
+    fake.fail(429, times=5, path="/unsubscribe-all",
+              body={**TEN_SECONDLY_BODY, "message": "You have reached your daily limit.", "policyName": "DAILY"})
+    with pytest.raises(TransientError):
+        adapter.apply([OptOut("a@example.com")])
+    assert clock.sleeps == [] and len(fake.calls("/unsubscribe-all")) == 1
+
+
 def test_5xx_is_retried_and_recovers():
     fake, adapter, _ = hubspot()
     fake.fail(503, times=2, path=BATCH_WIDE)
@@ -392,8 +445,35 @@ def test_overlap_reads_have_no_duplicate_effects_in_the_store(tmp_path):
         assert store.count_suppressions() == 1
 
 
-def test_first_read_starts_at_the_initial_lookback_in_daily_windows():
-    fake, adapter, _ = hubspot(initial_lookback="3d")
+def test_first_read_of_an_empty_portal_is_one_timeline_call():
+    fake, adapter, _ = hubspot()  # the default 30-day look-back
+    pages = list(adapter.read_changes(None))
+    calls = fake.calls("/timeline")
+    assert len(calls) == 1  # not one call per day of the look-back
+    assert calls[0].params["startTimestamp"] == str(fake.now_ms() - 30 * 86_400_000)
+    assert calls[0].params["endTimestamp"] == str(fake.now_ms())
+    assert [p.optouts for p in pages] == [[]] and pages[-1].cursor == str(fake.now_ms())
+
+
+def test_first_read_pages_through_the_look_back_with_the_timelines_offset():
+    fake, adapter, _ = hubspot(timeline_page_size=3)
+    day = 86_400_000
+    addresses = [f"u{i}@example.com" for i in range(8)]
+    for i, address in enumerate(addresses):  # spread over the look-back, one outside it
+        fake.recipient_unsubscribes_all(address, at=fake.now_ms() - (i * 4 + 3) * day)
+    pages = list(adapter.read_changes(None))
+    read = [o.address for p in pages for o in p.optouts]
+    assert sorted(read) == sorted(addresses[:-1])  # u7 is 31 days old
+    calls = fake.calls("/timeline")
+    assert len(calls) == 3  # 7 changes in pages of 3, following hasMore/offset
+    assert "offset" not in calls[0].params and calls[1].params["offset"] and calls[2].params["offset"]
+    assert {c.params["startTimestamp"] for c in calls} == {str(fake.now_ms() - 30 * day)}
+    # The cursor moves only with the last page, so a crash part-way re-reads the look-back.
+    assert [p.cursor for p in pages] == [None, None, str(fake.now_ms())]
+
+
+def test_timeline_window_still_splits_a_long_read_when_set():
+    fake, adapter, _ = hubspot(initial_lookback="3d", timeline_window="1d")
     fake.recipient_unsubscribes_all("old@example.com", at=fake.now_ms() - 5 * 86_400_000)
     fake.recipient_unsubscribes_all("recent@example.com", at=fake.now_ms() - 2 * 86_400_000)
     pages = list(adapter.read_changes(None))
