@@ -666,3 +666,107 @@ def test_reconcile_reapplies_what_hubspot_lost_and_ingests_what_the_cursor_misse
     assert report.missing_at_source == 1 and report.pushed == 1
     assert fake.opted_out_of_all("lost@example.com")
     assert store.suppression("old@example.com")["origin"] == "recipient"
+
+
+# -- what the adapter remembers across processes (its memory, kept in the store by the engine) -------------
+
+
+NO_BATCH_WRITE = ALL_SCOPES - {"communication_preferences.statuses.batch.write"}
+
+
+def _push_world(tmp_path, memory_world):
+    settings, store, _, built = memory_world([{"name": "inbox", "role": "read"}], topics=TOPICS)
+    settings = validate_settings({"store": {"path": str(tmp_path / "store.db")}, "topics": TOPICS, "adapters": [
+        {"name": "inbox", "type": "memory", "role": "read"},
+        {"name": "hubspot", "type": "hubspot", "role": "write", "token": TOKEN}]}, tmp_path / "settings.toml")
+    return settings, store, built["inbox"]
+
+
+def _process(settings, store, inbox, fake, clock):
+    """A new daemon process: a fresh adapter (and engine) on the same store and the same HubSpot account."""
+    _, adapter, _ = hubspot(fake, clock)
+    return adapter, Engine(settings, store, {"inbox": inbox, "hubspot": adapter})
+
+
+def _push(engine, inbox, *addresses):
+    for address in addresses:
+        inbox.opt_out(OptOut(address, reason="imported", origin="user"))
+    engine.pull("inbox", CycleReport("inbox"))
+    report = engine.cycle("hubspot")
+    assert report.error is None, report.error
+    return report
+
+
+def test_a_refused_batch_call_is_remembered_so_a_new_process_sends_none(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _, engine = _process(settings, store, inbox, fake, clock)
+    _push(engine, inbox, "a@example.com")
+    assert [r.path for r in fake.requests] == [BATCH_WIDE, "/communication-preferences/v4/statuses/a@example.com/"
+                                               "unsubscribe-all"]  # one 403, then the single call
+    assert store.adapter_memory("hubspot") == {"batch_write_refused_at": str(int(clock.now))}
+    fake.requests.clear()
+    clock.advance(3600)
+    _, engine = _process(settings, store, inbox, fake, clock)
+    report = _push(engine, inbox, "b@example.com", "c@example.com")
+    assert report.pushed == 2 and fake.opted_out_of_all("b@example.com") and fake.opted_out_of_all("c@example.com")
+    assert not fake.calls("/statuses/batch/") and 403 not in fake.statuses[-2:]
+    assert len(fake.requests) == 2  # the two single calls, nothing more
+
+
+def test_a_remembered_refusal_is_asked_again_after_a_day(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "a@example.com")
+    clock.advance(86_400)
+    fake.scopes = set(ALL_SCOPES)  # the account was upgraded meanwhile
+    fake.requests.clear()
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "b@example.com", "c@example.com")
+    assert [len(r.body["inputs"]) for r in fake.requests] == [2]  # one batch call again
+    assert store.adapter_memory("hubspot") == {}
+
+
+def test_a_single_call_refused_too_drops_the_remembered_answer(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "a@example.com")
+    assert store.adapter_memory("hubspot")
+    # The token's scopes changed: even the single call is refused now. What was learnt about the
+    # old scopes no longer holds, so the next process asks the batch endpoint again.
+    fake.scopes = {"content"}
+    inbox.opt_out(OptOut("b@example.com", reason="imported", origin="user"))
+    engine = _process(settings, store, inbox, fake, clock)[1]
+    engine.pull("inbox", CycleReport("inbox"))
+    report = engine.cycle("hubspot")
+    assert isinstance(report.error, PermanentError) and "403" in str(report.error)
+    assert store.adapter_memory("hubspot") == {}
+    fake.scopes = set(ALL_SCOPES)
+    fake.requests.clear()
+    engine = _process(settings, store, inbox, fake, clock)[1]
+    assert engine.cycle("hubspot").error is None
+    assert [r.path for r in fake.requests] == [BATCH_WIDE] and fake.opted_out_of_all("b@example.com")
+
+
+def test_a_refused_batch_read_is_remembered_for_the_next_reconcile(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=ALL_SCOPES - {"communication_preferences.statuses.batch.read"}, clock=clock)
+    fake.recipient_unsubscribes_all("r@example.com", at=fake.now_ms() - 1000)
+    assert _process(settings, store, inbox, fake, clock)[1].reconcile("hubspot").error is None
+    assert len(fake.calls("/statuses/batch/unsubscribe-all/read")) == 1
+    fake.requests.clear()
+    assert _process(settings, store, inbox, fake, clock)[1].reconcile("hubspot").error is None
+    assert not fake.calls("/statuses/batch/") and fake.calls("/timeline")
+
+
+def test_a_dry_run_does_not_save_what_the_adapter_learnt(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=ALL_SCOPES - {"communication_preferences.statuses.batch.read"}, clock=clock)
+    fake.recipient_unsubscribes_all("r@example.com", at=fake.now_ms() - 1000)
+    adapter, engine = _process(settings, store, inbox, fake, clock)
+    assert engine.reconcile("hubspot", dry_run=True).error is None
+    assert adapter.memory.get("batch_read_refused_at") and store.adapter_memory("hubspot") == {}
