@@ -2,12 +2,14 @@
 
 Facts come from ../shared/specs/hubspot.md; every limit it marks unconfirmed is a setting.
 
-Incremental read: the v1 subscription timeline (newest first), read in windows
-from the saved millisecond cursor minus an overlap (offsets are short-lived and
-changes can show up late); the cursor moves to a window's end only once the
-whole window is read. Opt-outs in the overlap are read again (the store makes
-repeats harmless); history lines (re-subscribes) and listed problems there are
-not repeated.
+Incremental read: the v1 subscription timeline (newest first), read from the
+saved millisecond cursor minus an overlap (changes can show up late) to now, as
+one window paged with the timeline's own `offset`/`hasMore` (a first run of an
+empty portal is one call); `timeline_window` can split a long read into
+windows. The cursor moves to a window's end only once the whole window is read,
+since newest-first pages cannot move it part-way. Opt-outs in the overlap are
+read again (the store makes repeats harmless); history lines (re-subscribes)
+and listed problems there are not repeated.
 
 Full read (reconcile): the same timeline from the beginning, with each page's
 opt-outs confirmed against current v4 statuses (batch reads) so that what is
@@ -22,10 +24,50 @@ are reported as the timeline gives them.
 
 Writes: v4 unsubscribe-all (all email) and v4 status writes with
 statusState=UNSUBSCRIBED (topics), batch endpoints while the token has the batch
-scopes (a 403 switches to one call per address, once), batch size halved on a
-400 naming a limit. It never subscribes, never creates a contact and never calls
+scopes (a 403 switches to one call per address), batch size halved on a 400
+naming a limit. It never subscribes, never creates a contact and never calls
 v3. A lift can remove topic opt-outs only (statusState=NOT_SPECIFIED); HubSpot
 has no undo for an unsubscribe from all email.
+
+What it remembers (its `memory`, kept in the store by the engine): a 403 on a
+batch read or write, with its time, so a new process goes straight to single
+calls instead of spending another 403. It asks again once `batch_recheck_every`
+(1 day) has passed (an account upgraded to Enterprise gets batches back), and
+forgets the answer when a single call is refused too (401/403): the token or
+its scopes changed, so the old answer says nothing.
+
+Quota facts (C = confirmed, with where; I = inferred, hence a setting):
+- C: burst limit 100 per 10 s (Free/Starter), 190 (Professional, Enterprise),
+  250 with the capacity pack; daily 250k/650k/1M (developers.hubspot.com/apisbytier,
+  changelog "Increasing our API limits"). The limit is per app per account for
+  OAuth apps (changelog "New and improved HubSpot API limits").
+- I: that the account's other integrations draw on the same burst budget (the
+  daily limit is account-wide; third-party guides say the burst is too). So
+  the default pacing is 40 % of the smallest limit: 40 per 10 s.
+- C: CRM search allows 4 requests per second (changelog "CRM Search API rate limit
+  increase"; "Burst limits are increasing..." says search "will remain limited to 4
+  requests per second") and is outside the 10-second bucket (the search operation's
+  x-hubspot-rate-limit-exemptions, per ../shared/specs/hubspot.md). Later
+  third-party sources say 5 per second per account: not confirmed, so 4.
+- I: that HubSpot counts a call when it arrives. Searches are paced at 4 per
+  1.25 s when sent, leaving 0.25 s for network jitter.
+- C: a 429 body looks like {"status":"error","message":"You have reached your
+  daily limit.","errorType":"RATE_LIMIT","correlationId":..,"policyName":"DAILY",
+  "requestId":..}, and "the message and policyName will indicate which limit you
+  hit" (the usage guidelines, as quoted on community.hubspot.com). HubSpot's own
+  Node client (@hubspot/api-client RetryDecorator) retries policyName
+  TEN_SECONDLY_ROLLING after 10 s and the message "You have reached your secondly
+  limit." (search) after 1 s. So a 429 is classified by policyName, else by its
+  message; the ten-secondly limit is waited out whole (Retry-After, else
+  X-HubSpot-RateLimit-Interval-Milliseconds, else 10 s), the secondly one for
+  1 s, and the daily one parks until the next cycle.
+- I: the policyName value SECONDLY for search, and whether Retry-After is ever
+  sent (honoured when present).
+- C: the timeline pages with `offset` and `limit`, newest first; `offset` is
+  opaque and "not meant to be long-lived"; startTimestamp/endTimestamp bound it
+  (developers.hubspot.com/docs/methods/email/get_subscriptions_timeline). I: the
+  largest `limit` (timeline_page_size 100) and how long an offset lives
+  (timeline_window can keep each read short).
 """
 
 from __future__ import annotations

@@ -6,6 +6,14 @@ v1 timeline newest first with hasMore/offset; contacts search with `after`
 paging, a 200 page limit and a 400 at 10,000; batch archive; switchable rate
 limits with HubSpot's 429 bodies; the Error shape on every non-2xx answer.
 Choices the spec marks [INFERRED] are constructor arguments.
+
+Rate limits follow HubSpot's documentation, not the adapter: a rolling 10-second
+bucket and a separate 1-second search bucket, each counting a call when it
+arrives (`latency` delays arrival), and 429 bodies as the usage guidelines show
+them (`errorType` RATE_LIMIT, `policyName` TEN_SECONDLY_ROLLING, SECONDLY or
+DAILY, with the matching message); rate-limit headers on non-search answers
+only, and Retry-After only when asked for. The timeline pages newest first with
+an opaque `offset` and `hasMore` inside startTimestamp/endTimestamp.
 """
 
 from __future__ import annotations
