@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -123,6 +123,56 @@ class Capabilities:
     remove: bool = False
     batch_size: int = 1000
     scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+class AdapterMemory:
+    """Facts an adapter learnt about its vendor that should outlive the process (text keys and values).
+
+    An adapter that wants one sets `self.memory = AdapterMemory()`. The engine fills
+    it from the store before each cycle and saves what changed after it, so the
+    adapter remembers (which endpoints its token may use, say) without touching the
+    database. Without an engine (`check`, tests) it is just a dict for this process.
+    """
+
+    def __init__(self, values: Mapping[str, str] | None = None):
+        self._values: dict[str, str] = dict(values or {})
+        self._changed: set[str] = set()
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self._values.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def set(self, key: str, value: str) -> None:
+        """Remember `value` under `key` (saved after the cycle if it changed)."""
+        if self._values.get(key) != value:
+            self._values[key] = str(value)
+            self._changed.add(key)
+
+    def forget(self, key: str) -> None:
+        """Drop `key` (deleted from the store after the cycle)."""
+        if key in self._values:
+            del self._values[key]
+            self._changed.add(key)
+
+    def load(self, stored: Mapping[str, str]) -> None:
+        """Take the stored values; what changed here and is not saved yet stays as it is."""
+        pending = self.unsaved()
+        self._values = dict(stored)
+        for key, value in pending.items():
+            if value is None:
+                self._values.pop(key, None)
+            else:
+                self._values[key] = value
+
+    def unsaved(self) -> dict[str, str | None]:
+        """Changed keys not saved yet, with their new values (None: forgotten)."""
+        return {key: self._values.get(key) for key in self._changed}
+
+    def mark_saved(self) -> None:
+        """The store now holds every change."""
+        self._changed.clear()
 
 
 @runtime_checkable

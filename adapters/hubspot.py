@@ -2,12 +2,14 @@
 
 Facts come from ../shared/specs/hubspot.md; every limit it marks unconfirmed is a setting.
 
-Incremental read: the v1 subscription timeline (newest first), read in windows
-from the saved millisecond cursor minus an overlap (offsets are short-lived and
-changes can show up late); the cursor moves to a window's end only once the
-whole window is read. Opt-outs in the overlap are read again (the store makes
-repeats harmless); history lines (re-subscribes) and listed problems there are
-not repeated.
+Incremental read: the v1 subscription timeline (newest first), read from the
+saved millisecond cursor minus an overlap (changes can show up late) to now, as
+one window paged with the timeline's own `offset`/`hasMore` (a first run of an
+empty portal is one call); `timeline_window` can split a long read into
+windows. The cursor moves to a window's end only once the whole window is read,
+since newest-first pages cannot move it part-way. Opt-outs in the overlap are
+read again (the store makes repeats harmless); history lines (re-subscribes)
+and listed problems there are not repeated.
 
 Full read (reconcile): the same timeline from the beginning, with each page's
 opt-outs confirmed against current v4 statuses (batch reads) so that what is
@@ -22,10 +24,50 @@ are reported as the timeline gives them.
 
 Writes: v4 unsubscribe-all (all email) and v4 status writes with
 statusState=UNSUBSCRIBED (topics), batch endpoints while the token has the batch
-scopes (a 403 switches to one call per address, once), batch size halved on a
-400 naming a limit. It never subscribes, never creates a contact and never calls
+scopes (a 403 switches to one call per address), batch size halved on a 400
+naming a limit. It never subscribes, never creates a contact and never calls
 v3. A lift can remove topic opt-outs only (statusState=NOT_SPECIFIED); HubSpot
 has no undo for an unsubscribe from all email.
+
+What it remembers (its `memory`, kept in the store by the engine): a 403 on a
+batch read or write, with its time, so a new process goes straight to single
+calls instead of spending another 403. It asks again once `batch_recheck_every`
+(1 day) has passed (an account upgraded to Enterprise gets batches back), and
+forgets the answer when a single call is refused too (401/403): the token or
+its scopes changed, so the old answer says nothing.
+
+Quota facts (C = confirmed, with where; I = inferred, hence a setting):
+- C: burst limit 100 per 10 s (Free/Starter), 190 (Professional, Enterprise),
+  250 with the capacity pack; daily 250k/650k/1M (developers.hubspot.com/apisbytier,
+  changelog "Increasing our API limits"). The limit is per app per account for
+  OAuth apps (changelog "New and improved HubSpot API limits").
+- I: that the account's other integrations draw on the same burst budget (the
+  daily limit is account-wide; third-party guides say the burst is too). So
+  the default pacing is 40 % of the smallest limit: 40 per 10 s.
+- C: CRM search allows 4 requests per second (changelog "CRM Search API rate limit
+  increase"; "Burst limits are increasing..." says search "will remain limited to 4
+  requests per second") and is outside the 10-second bucket (the search operation's
+  x-hubspot-rate-limit-exemptions, per ../shared/specs/hubspot.md). Later
+  third-party sources say 5 per second per account: not confirmed, so 4.
+- I: that HubSpot counts a call when it arrives. Searches are paced at 4 per
+  1.25 s when sent, leaving 0.25 s for network jitter.
+- C: a 429 body looks like {"status":"error","message":"You have reached your
+  daily limit.","errorType":"RATE_LIMIT","correlationId":..,"policyName":"DAILY",
+  "requestId":..}, and "the message and policyName will indicate which limit you
+  hit" (the usage guidelines, as quoted on community.hubspot.com). HubSpot's own
+  Node client (@hubspot/api-client RetryDecorator) retries policyName
+  TEN_SECONDLY_ROLLING after 10 s and the message "You have reached your secondly
+  limit." (search) after 1 s. So a 429 is classified by policyName, else by its
+  message; the ten-secondly limit is waited out whole (Retry-After, else
+  X-HubSpot-RateLimit-Interval-Milliseconds, else 10 s), the secondly one for
+  1 s, and the daily one parks until the next cycle.
+- I: the policyName value SECONDLY for search, and whether Retry-After is ever
+  sent (honoured when present).
+- C: the timeline pages with `offset` and `limit`, newest first; `offset` is
+  opaque and "not meant to be long-lived"; startTimestamp/endTimestamp bound it
+  (developers.hubspot.com/docs/methods/email/get_subscriptions_timeline). I: the
+  largest `limit` (timeline_page_size 100) and how long an offset lives
+  (timeline_window can keep each read short).
 """
 
 from __future__ import annotations
@@ -57,7 +99,7 @@ from state.models import (
     to_utc_iso,
 )
 
-from .base import Capabilities, Duration, chunks
+from .base import AdapterMemory, Capabilities, Duration, chunks
 from .http import (
     VendorAnswer,
     Clock,
@@ -115,11 +157,20 @@ class HubSpotSettings(HttpAdapterSettings):
     # HubSpot publishes no batch maximum: 100 is a guess, halved on a 400 naming a limit.
     batch_size: int = Field(default=100, ge=1, le=1000)
     batch_endpoints: bool = True
+    # How long a remembered "no batch scopes" holds before one batch call asks again.
+    batch_recheck_every: Duration = DAY
+    # 40 % of the smallest burst limit (100 per 10 s, Free/Starter), which the account's
+    # other integrations also draw on; see docs/adapters.md.
+    rate_limit_requests: int = Field(default=40, ge=1)
+    rate_limit_period: Duration = 10.0
+    # HubSpot allows 4 searches a second, counted when they arrive: 4 per 1.25 s sent
+    # leaves a quarter of a second for network jitter.
     search_rate_limit_requests: int = Field(default=4, ge=1)
-    search_rate_limit_period: Duration = 1.0
+    search_rate_limit_period: Duration = 1.25
     overlap: Duration = 600.0
     initial_lookback: Duration | None = 30 * DAY
-    timeline_window: Duration = DAY
+    # None: one window from the cursor to now, paged with the timeline's own offset.
+    timeline_window: Duration | None = None
     timeline_page_size: int = Field(default=100, ge=1, le=1000)
     full_read_from: int = Field(default=0, ge=0)  # ms since epoch where a full read starts
     full_read_confirm: bool = True
@@ -274,8 +325,40 @@ class ArchiveResult:
 # -- error and rate-limit reading ---------------------------------------------------------------
 
 
+# HubSpot's rate-limit policies, as a 429 body names them in `policyName` (see the module docstring).
+TEN_SECONDLY = "TEN_SECONDLY_ROLLING"
+SECONDLY = "SECONDLY"
+DAILY = "DAILY"
+TEN_SECONDLY_WAIT = 10.0  # the rolling burst window: after this long every call that filled it has left it
+SECONDLY_WAIT = 1.0       # the search API's window
+
+
+def rate_limit_policy(body: dict) -> str | None:
+    """Which HubSpot limit a 429 body names: its `policyName`, else read from its message; None if neither says."""
+    policy = str(body.get("policyName") or "").strip().upper()
+    if policy in (TEN_SECONDLY, SECONDLY, DAILY):
+        return policy
+    # Older answers and some endpoints give only the message ("You have reached your
+    # ten_secondly_rolling limit." / "... secondly limit." / "... daily limit."). The
+    # ten-secondly test comes first: its message also contains the word "secondly".
+    message = str(body.get("message") or "").lower()
+    if "ten_secondly" in message or "ten secondly" in message:
+        return TEN_SECONDLY
+    if "daily" in message:
+        return DAILY
+    if "secondly" in message:
+        return SECONDLY
+    return policy or None
+
+
 def hubspot_error(response: httpx.Response, now: float) -> VendorError:
-    """HubSpot's Error body (message, category, correlationId, errors[]), and how long a 429 asks to wait."""
+    """HubSpot's Error body (message, category, correlationId, errors[]), and how long a 429 asks to wait.
+
+    A 429 is classified by the limit its body names: the rolling 10-second burst
+    limit is waited out whole (Retry-After, else the window HubSpot's headers
+    give, else 10 s), the search API's per-second limit for 1 s, and the daily
+    limit is not retried in this cycle.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -289,15 +372,14 @@ def hubspot_error(response: httpx.Response, now: float) -> VendorError:
     retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     retry = True
     if response.status_code == 429:
-        policy = str(body.get("policyName") or "")
-        if policy == "DAILY":
+        policy = rate_limit_policy(body)
+        if policy == DAILY:
             retry = False  # the daily quota resets at midnight in the account's time zone; park, do not spin
-        elif retry_after is None:
+        elif retry_after is None and policy == TEN_SECONDLY:
             interval = _number(response.headers.get("x-hubspot-ratelimit-interval-milliseconds"))
-            if policy == "TEN_SECONDLY_ROLLING" and interval:
-                retry_after = interval / 1000
-            elif "secondly" in message.lower():
-                retry_after = 1.0
+            retry_after = interval / 1000 if interval else TEN_SECONDLY_WAIT
+        elif retry_after is None and policy == SECONDLY:
+            retry_after = SECONDLY_WAIT
     correlation = body.get("correlationId") or body.get("requestId")
     return VendorError(message, str(category) if category else None, str(correlation) if correlation else None,
                        retry_after, retry)
@@ -353,9 +435,9 @@ class HubSpotAdapter:
             secrets=[token])
         self.clock = self.http.clock
         self._chunk_size = settings.batch_size
-        # None: not known yet; detected once, from a 403 on the first batch call.
-        self._batch_write: bool | None = None if settings.batch_endpoints else False
-        self._batch_read: bool | None = None if settings.batch_endpoints else False
+        # Remembered across processes (the engine loads and saves it): a 403 on a batch call,
+        # so that a new process does not spend another 403 finding out again.
+        self.memory = AdapterMemory()
         self._legal = {key: value for key, value in (("legalBasis", settings.legal_basis),
                                                      ("legalBasisExplanation", settings.legal_basis_explanation))
                        if value}
@@ -404,8 +486,11 @@ class HubSpotAdapter:
                 yield Page(optouts)
 
     def _windows(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        width = max(1, int(self.settings.timeline_window * 1000))
         end = max(start, end)
+        if not self.settings.timeline_window:
+            yield start, end  # one window; the timeline's offset pages through it
+            return
+        width = max(1, int(self.settings.timeline_window * 1000))
         while start <= end:
             stop = min(start + width - 1, end)
             yield start, stop
@@ -501,7 +586,7 @@ class HubSpotAdapter:
 
     def _confirmed(self, optouts: list[OptOut]) -> list[OptOut]:
         """Keep the timeline's unsubscribes that v4 says still hold (all of them without batch reads)."""
-        if not optouts or not self.settings.full_read_confirm or self._batch_read is False:
+        if not optouts or not self.settings.full_read_confirm or not self._batch_allowed("read"):
             return optouts
         wide_candidates = sorted({o.address for o in optouts if o.scope == GLOBAL_SCOPE and _is_status(o)})
         topic_candidates = sorted({o.address for o in optouts if o.scope != GLOBAL_SCOPE})
@@ -511,9 +596,9 @@ class HubSpotAdapter:
         except VendorPermanentError as exc:
             if exc.status != 403 or isinstance(exc, UnexpectedAnswer):
                 raise
-            self._batch_read = False
+            self._batch_refused("read")
             return optouts
-        self._batch_read = True
+        self._batch_granted("read")
         kept = []
         for optout in optouts:
             if not _is_status(optout):
@@ -596,7 +681,7 @@ class HubSpotAdapter:
               single_call: Callable[[OptOut], ApplyResult]) -> None:
         pending = list(indexes)
         while pending:
-            if self._batch_write is False:
+            if not self._batch_allowed("write"):
                 self._send_singly(batch, pending, results, single_call)
                 return
             chunk = pending[:self._chunk_size]
@@ -606,7 +691,7 @@ class HubSpotAdapter:
                 raise
             except VendorPermanentError as exc:
                 if exc.status == 403:
-                    self._batch_write = False  # no batch scopes (Marketing Hub Enterprise): one call each
+                    self._batch_refused("write")  # no batch scopes (Marketing Hub Enterprise): one call each
                     continue
                 if exc.status == 400 and _LIMIT_WORDS.search(exc.vendor_message) and self._chunk_size > 1:
                     self._chunk_size = max(1, self._chunk_size // 2)
@@ -621,7 +706,7 @@ class HubSpotAdapter:
                 for index in pending:
                     results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
                 return
-            self._batch_write = True
+            self._batch_granted("write")
             unreported = []
             for index, outcome in zip(chunk, outcomes):
                 if outcome is None:
@@ -642,8 +727,13 @@ class HubSpotAdapter:
             except UnexpectedAnswer:
                 raise
             except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
+                if exc.status in (401, 403):
+                    # Even the single call is refused: the token or its scopes changed, so what
+                    # was learnt about the batch endpoints no longer holds; the next cycle asks again.
+                    self._forget_batch_answers()
                     raise  # bad credentials or scopes: the adapter, not this address
+                if exc.status is None:
+                    raise
                 results[index] = ApplyResult(optout, PERMANENT, str(exc))
             except RetryBudgetSpent as exc:
                 for rest in indexes[position:]:
@@ -820,7 +910,7 @@ class HubSpotAdapter:
             self.http.request("POST", path, endpoint=f"POST {path}", params=self._unit_params(), json={"inputs": []})
         except VendorPermanentError as exc:
             if exc.status == 403:
-                self._batch_read = self._batch_write = False
+                self._batch_refused("read")
                 return "batch endpoints: not allowed for this token (one call per address; slower)"
             return f"batch endpoints: could not tell ({exc.vendor_message})"
         return "batch endpoints: available"
@@ -828,6 +918,25 @@ class HubSpotAdapter:
     def close(self) -> None:
         """Close the HTTP connections."""
         self.http.close()
+
+    # -- what this token may call (remembered across processes) ---------------------------------------
+
+    def _batch_allowed(self, kind: str) -> bool:
+        """False while a 403 on a batch `kind` ("read"/"write") call is remembered and not yet due a re-check."""
+        if not self.settings.batch_endpoints:
+            return False
+        refused_at = _number(self.memory.get(f"batch_{kind}_refused_at"))
+        return refused_at is None or self.clock.time() - refused_at >= self.settings.batch_recheck_every
+
+    def _batch_refused(self, kind: str) -> None:
+        self.memory.set(f"batch_{kind}_refused_at", str(int(self.clock.time())))
+
+    def _batch_granted(self, kind: str) -> None:
+        self.memory.forget(f"batch_{kind}_refused_at")
+
+    def _forget_batch_answers(self) -> None:
+        for kind in ("read", "write"):
+            self.memory.forget(f"batch_{kind}_refused_at")
 
     # -- small helpers -----------------------------------------------------------------------------
 

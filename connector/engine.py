@@ -3,7 +3,9 @@
 Pull ingests pages with their cursor in one transaction each; push applies
 suppression events after the adapter's watermark in batches and records the
 outcomes with the new watermark in one transaction; reconcile diffs a full
-read with the store in SQL. Opt-outs only ever spread.
+read with the store in SQL. Opt-outs only ever spread. An adapter's memory
+(what it learnt about its vendor, e.g. HubSpot's batch scopes) is loaded from
+the store before each of these and saved after it, so adapters never touch it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr
 
-from adapters.base import Adapter, AdapterSettings
+from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
 from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
@@ -25,6 +27,26 @@ from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 from .settings import Settings
 
 SCAN_WINDOW = 2000
+
+
+@contextmanager
+def memory_kept(adapter: Adapter, store: Store, name: str, *, save: bool = True) -> Iterator[None]:
+    """Load an adapter's `memory` (AdapterMemory) from the store, and save what changed afterwards.
+
+    Nothing for adapters without one. A dry run loads but does not save.
+    """
+    memory = getattr(adapter, "memory", None)
+    if not isinstance(memory, AdapterMemory):
+        yield
+        return
+    memory.load(store.adapter_memory(name))
+    try:
+        yield
+    finally:
+        changes = memory.unsaved()
+        if save and changes:
+            store.save_adapter_memory(name, changes)
+            memory.mark_saved()
 
 
 def retry_budget_held(adapter: Adapter) -> AbstractContextManager:
@@ -84,7 +106,7 @@ class Engine:
     def cycle(self, name: str, *, dry_run: bool = False, push_only: bool = False) -> CycleReport:
         """Pull then push one adapter; the run is recorded (unless dry), an error is in the report."""
         report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run)
-        with retry_budget_held(self.adapters[name]):
+        with self._kept(name, dry_run), retry_budget_held(self.adapters[name]):
             return self._recorded(report, lambda: self._pull_and_push(report, push_only))
 
     def _pull_and_push(self, report: CycleReport, push_only: bool) -> None:
@@ -107,6 +129,7 @@ class Engine:
         reports = {name: CycleReport(name, dry_run=dry_run) for name in names}
         with ExitStack() as budgets, self.store.rolled_back() if dry_run else nullcontext():
             for name in names:
+                budgets.enter_context(self._kept(name, dry_run))
                 budgets.enter_context(retry_budget_held(self.adapters[name]))
             for name in names:
                 self._timed(reports[name], lambda: self.pull(name, reports[name]))
@@ -243,7 +266,7 @@ class Engine:
         The run is recorded (unless dry); an error is in the report.
         """
         report = CycleReport(name, phase="reconcile", dry_run=dry_run)
-        with retry_budget_held(self.adapters[name]):
+        with self._kept(name, dry_run), retry_budget_held(self.adapters[name]):
             return self._recorded(report, lambda: self._reconcile(name, report))
 
     def _reconcile(self, name: str, report: CycleReport) -> None:
@@ -299,6 +322,9 @@ class Engine:
         return age.total_seconds() >= config.reconcile_every
 
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def _kept(self, name: str, dry_run: bool) -> AbstractContextManager:
+        return memory_kept(self.adapters[name], self.store, name, save=not dry_run)
 
     def _timed(self, report: CycleReport, work: Callable[[], None]) -> None:
         started = time.monotonic()

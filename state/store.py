@@ -664,6 +664,24 @@ class Store:
             "SELECT count(*) FROM failures WHERE adapter = ? AND resolved_at IS NULL", (adapter,)
         ).fetchone()[0]
 
+    # -- adapter memory -----------------------------------------------------------
+
+    def adapter_memory(self, adapter: str) -> dict[str, str]:
+        """What an adapter learnt about its vendor and asked to keep (key -> value)."""
+        return dict(self.conn.execute("SELECT key, value FROM adapter_memory WHERE adapter = ?", (adapter,)))
+
+    def save_adapter_memory(self, adapter: str, changes: dict[str, str | None]) -> None:
+        """Store changed memory values of an adapter in one transaction; a None value forgets its key."""
+        now = utc_now()
+        with self.transaction():
+            for key, value in changes.items():
+                if value is None:
+                    self._write("DELETE FROM adapter_memory WHERE adapter = ? AND key = ?", (adapter, key))
+                else:
+                    self._write("INSERT INTO adapter_memory (adapter, key, value, updated_at) VALUES (?,?,?,?)"
+                                " ON CONFLICT (adapter, key) DO UPDATE SET value = excluded.value,"
+                                " updated_at = excluded.updated_at", (adapter, key, value, now))
+
     # -- reads for people -------------------------------------------------------
 
     def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,

@@ -6,6 +6,8 @@ recorded, never merely that code ran.
 
 from __future__ import annotations
 
+import random
+
 import httpx
 import pytest
 from pydantic import ValidationError
@@ -64,8 +66,11 @@ def test_hubspot_is_a_registered_type_and_validates_from_settings(tmp_path):
     assert registry.ADAPTER_TYPES["hubspot"] is HubSpotAdapter
     assert config.token.get_secret_value() == TOKEN
     assert config.batch_size == 100 and config.base_url == "https://api.hubapi.com"
-    assert (config.rate_limit_requests, config.rate_limit_period) == (100, 10.0)
-    assert (config.search_rate_limit_requests, config.search_rate_limit_period) == (4, 1.0)
+    # A documented share (40 %) of the smallest burst limit, 100 per 10 s, which other integrations share.
+    assert (config.rate_limit_requests, config.rate_limit_period) == (40, 10.0)
+    # HubSpot's 4 searches per second, with a quarter of a second's margin for arrival jitter.
+    assert (config.search_rate_limit_requests, config.search_rate_limit_period) == (4, 1.25)
+    assert config.timeline_window is None and config.batch_recheck_every == 86_400
     assert TOKEN not in repr(config) and TOKEN not in str(settings.model_dump())
 
 
@@ -232,6 +237,56 @@ def test_hubspot_rate_headers_pace_the_client_before_any_429():
     assert sum(clock.sleeps) >= 20  # two holds of the 10-second window
 
 
+TEN_SECONDLY_BODY = {"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+                     "errorType": "RATE_LIMIT", "correlationId": "c033cdaa-2c40-4a64-ae48-b4cec88dad24",
+                     "policyName": "TEN_SECONDLY_ROLLING", "requestId": "3d3e35b7-0dae-4b9f-a6e3-9c230cbcf8dd"}
+SECONDLY_BODY = {**TEN_SECONDLY_BODY, "message": "You have reached your secondly limit.", "policyName": "SECONDLY"}
+
+
+def test_a_full_ten_second_window_is_waited_out_whole_not_retried_each_second():
+    fake = FakeHubSpot(TOKEN, rate_limit=2, rate_headers=False)  # a 429 body only, as the usage guidelines show
+    fake, adapter, clock = hubspot(fake, batch_endpoints=False)
+    results = adapter.apply([OptOut(f"u{i}@example.com") for i in range(3)])
+    assert [r.outcome for r in results] == [APPLIED] * 3
+    assert clock.sleeps == [10.0]  # one wait of the rolling window, not five 1-second tries
+    assert len(fake.calls("/unsubscribe-all")) == 4 and fake.statuses.count(429) == 1
+
+
+def test_a_full_search_second_is_waited_out_for_one_second():
+    fake = FakeHubSpot(TOKEN, search_rate_limit=1)
+    fake, adapter, clock = hubspot(fake, search_in_values=1)
+    for address in ("a@example.com", "b@example.com"):
+        fake.add_contact(address)
+    found = adapter.find_contact_ids(["a@example.com", "b@example.com"])
+    assert set(found) == {"a@example.com", "b@example.com"}
+    assert clock.sleeps == [1.0] and len(fake.calls("/contacts/search")) == 3 and fake.statuses.count(429) == 1
+
+
+@pytest.mark.parametrize("body, headers, waits", [
+    (TEN_SECONDLY_BODY, {}, [10.0, 10.0]),
+    ({k: v for k, v in TEN_SECONDLY_BODY.items() if k != "policyName"}, {}, [10.0, 10.0]),  # message only
+    (TEN_SECONDLY_BODY, {"Retry-After": "3"}, [3.0, 3.0]),  # HubSpot's own wait wins
+    (TEN_SECONDLY_BODY, {"X-HubSpot-RateLimit-Interval-Milliseconds": "5000"}, [5.0, 5.0]),
+    (SECONDLY_BODY, {}, [1.0, 1.0]),
+    ({k: v for k, v in SECONDLY_BODY.items() if k != "policyName"}, {}, [1.0, 1.0]),
+])
+def test_each_kind_of_429_body_gets_the_wait_its_limit_needs(body, headers, waits):
+    fake, adapter, clock = hubspot(batch_endpoints=False)
+    fake.fail(429, times=2, path="/unsubscribe-all", body=body, headers=headers)
+    assert [r.outcome for r in adapter.apply([OptOut("a@example.com")])] == [APPLIED]
+    assert clock.sleeps == waits and len(fake.calls("/unsubscribe-all")) == 3
+    assert fake.opted_out_of_all("a@example.com")
+
+
+def test_a_daily_limit_body_is_not_retried_in_this_cycle():
+    fake, adapter, clock = hubspot(batch_endpoints=False)
+    fake.fail(429, times=5, path="/unsubscribe-all",
+              body={**TEN_SECONDLY_BODY, "message": "You have reached your daily limit.", "policyName": "DAILY"})
+    with pytest.raises(TransientError):
+        adapter.apply([OptOut("a@example.com")])
+    assert clock.sleeps == [] and len(fake.calls("/unsubscribe-all")) == 1
+
+
 def test_5xx_is_retried_and_recovers():
     fake, adapter, _ = hubspot()
     fake.fail(503, times=2, path=BATCH_WIDE)
@@ -392,8 +447,35 @@ def test_overlap_reads_have_no_duplicate_effects_in_the_store(tmp_path):
         assert store.count_suppressions() == 1
 
 
-def test_first_read_starts_at_the_initial_lookback_in_daily_windows():
-    fake, adapter, _ = hubspot(initial_lookback="3d")
+def test_first_read_of_an_empty_portal_is_one_timeline_call():
+    fake, adapter, _ = hubspot()  # the default 30-day look-back
+    pages = list(adapter.read_changes(None))
+    calls = fake.calls("/timeline")
+    assert len(calls) == 1  # not one call per day of the look-back
+    assert calls[0].params["startTimestamp"] == str(fake.now_ms() - 30 * 86_400_000)
+    assert calls[0].params["endTimestamp"] == str(fake.now_ms())
+    assert [p.optouts for p in pages] == [[]] and pages[-1].cursor == str(fake.now_ms())
+
+
+def test_first_read_pages_through_the_look_back_with_the_timelines_offset():
+    fake, adapter, _ = hubspot(timeline_page_size=3)
+    day = 86_400_000
+    addresses = [f"u{i}@example.com" for i in range(8)]
+    for i, address in enumerate(addresses):  # spread over the look-back, one outside it
+        fake.recipient_unsubscribes_all(address, at=fake.now_ms() - (i * 4 + 3) * day)
+    pages = list(adapter.read_changes(None))
+    read = [o.address for p in pages for o in p.optouts]
+    assert sorted(read) == sorted(addresses[:-1])  # u7 is 31 days old
+    calls = fake.calls("/timeline")
+    assert len(calls) == 3  # 7 changes in pages of 3, following hasMore/offset
+    assert "offset" not in calls[0].params and calls[1].params["offset"] and calls[2].params["offset"]
+    assert {c.params["startTimestamp"] for c in calls} == {str(fake.now_ms() - 30 * day)}
+    # The cursor moves only with the last page, so a crash part-way re-reads the look-back.
+    assert [p.cursor for p in pages] == [None, None, str(fake.now_ms())]
+
+
+def test_timeline_window_still_splits_a_long_read_when_set():
+    fake, adapter, _ = hubspot(initial_lookback="3d", timeline_window="1d")
     fake.recipient_unsubscribes_all("old@example.com", at=fake.now_ms() - 5 * 86_400_000)
     fake.recipient_unsubscribes_all("recent@example.com", at=fake.now_ms() - 2 * 86_400_000)
     pages = list(adapter.read_changes(None))
@@ -464,6 +546,30 @@ def test_contact_lookup_follows_search_paging_on_the_search_bucket():
     searches = fake.calls("/contacts/search")
     assert [c.body.get("after") for c in searches] == [None, "100", "200"]
     assert sum(clock.sleeps) == pytest.approx(0.0)  # 3 searches fit the 4-per-second bucket
+
+
+def _clean_up_lookup(**settings):
+    """A clean-up's contact lookup of 300 addresses, 10 per search, over a network whose delay varies 0-200 ms."""
+    jitter = random.Random(13)
+    fake = FakeHubSpot(TOKEN, search_rate_limit=4, latency=lambda n: jitter.uniform(0.0, 0.2))
+    fake, adapter, clock = hubspot(fake, search_in_values=10, **settings)
+    addresses = [f"c{i:03d}@example.com" for i in range(300)]
+    for address in addresses:
+        fake.add_contact(address)
+    found = adapter.find_contact_ids(addresses)
+    assert sorted(found) == addresses
+    return fake
+
+
+def test_a_clean_up_of_many_searches_meets_no_429_despite_network_jitter():
+    fake = _clean_up_lookup()
+    assert len(fake.calls("/contacts/search")) == 30 and 429 not in fake.statuses
+
+
+def test_searches_paced_at_exactly_four_a_second_arrive_in_full_windows():
+    # The fake counts searches when they arrive: the old pacing, measured when sent, meets 429s.
+    fake = _clean_up_lookup(search_rate_limit_period="1s")
+    assert fake.statuses.count(429) > 0
 
 
 def test_archive_contacts_in_batches_halving_on_a_limit():
@@ -560,3 +666,107 @@ def test_reconcile_reapplies_what_hubspot_lost_and_ingests_what_the_cursor_misse
     assert report.missing_at_source == 1 and report.pushed == 1
     assert fake.opted_out_of_all("lost@example.com")
     assert store.suppression("old@example.com")["origin"] == "recipient"
+
+
+# -- what the adapter remembers across processes (its memory, kept in the store by the engine) -------------
+
+
+NO_BATCH_WRITE = ALL_SCOPES - {"communication_preferences.statuses.batch.write"}
+
+
+def _push_world(tmp_path, memory_world):
+    settings, store, _, built = memory_world([{"name": "inbox", "role": "read"}], topics=TOPICS)
+    settings = validate_settings({"store": {"path": str(tmp_path / "store.db")}, "topics": TOPICS, "adapters": [
+        {"name": "inbox", "type": "memory", "role": "read"},
+        {"name": "hubspot", "type": "hubspot", "role": "write", "token": TOKEN}]}, tmp_path / "settings.toml")
+    return settings, store, built["inbox"]
+
+
+def _process(settings, store, inbox, fake, clock):
+    """A new daemon process: a fresh adapter (and engine) on the same store and the same HubSpot account."""
+    _, adapter, _ = hubspot(fake, clock)
+    return adapter, Engine(settings, store, {"inbox": inbox, "hubspot": adapter})
+
+
+def _push(engine, inbox, *addresses):
+    for address in addresses:
+        inbox.opt_out(OptOut(address, reason="imported", origin="user"))
+    engine.pull("inbox", CycleReport("inbox"))
+    report = engine.cycle("hubspot")
+    assert report.error is None, report.error
+    return report
+
+
+def test_a_refused_batch_call_is_remembered_so_a_new_process_sends_none(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _, engine = _process(settings, store, inbox, fake, clock)
+    _push(engine, inbox, "a@example.com")
+    assert [r.path for r in fake.requests] == [BATCH_WIDE, "/communication-preferences/v4/statuses/a@example.com/"
+                                               "unsubscribe-all"]  # one 403, then the single call
+    assert store.adapter_memory("hubspot") == {"batch_write_refused_at": str(int(clock.now))}
+    fake.requests.clear()
+    clock.advance(3600)
+    _, engine = _process(settings, store, inbox, fake, clock)
+    report = _push(engine, inbox, "b@example.com", "c@example.com")
+    assert report.pushed == 2 and fake.opted_out_of_all("b@example.com") and fake.opted_out_of_all("c@example.com")
+    assert not fake.calls("/statuses/batch/") and 403 not in fake.statuses[-2:]
+    assert len(fake.requests) == 2  # the two single calls, nothing more
+
+
+def test_a_remembered_refusal_is_asked_again_after_a_day(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "a@example.com")
+    clock.advance(86_400)
+    fake.scopes = set(ALL_SCOPES)  # the account was upgraded meanwhile
+    fake.requests.clear()
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "b@example.com", "c@example.com")
+    assert [len(r.body["inputs"]) for r in fake.requests] == [2]  # one batch call again
+    assert store.adapter_memory("hubspot") == {}
+
+
+def test_a_single_call_refused_too_drops_the_remembered_answer(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=NO_BATCH_WRITE, clock=clock)
+    _push(_process(settings, store, inbox, fake, clock)[1], inbox, "a@example.com")
+    assert store.adapter_memory("hubspot")
+    # The token's scopes changed: even the single call is refused now. What was learnt about the
+    # old scopes no longer holds, so the next process asks the batch endpoint again.
+    fake.scopes = {"content"}
+    inbox.opt_out(OptOut("b@example.com", reason="imported", origin="user"))
+    engine = _process(settings, store, inbox, fake, clock)[1]
+    engine.pull("inbox", CycleReport("inbox"))
+    report = engine.cycle("hubspot")
+    assert isinstance(report.error, PermanentError) and "403" in str(report.error)
+    assert store.adapter_memory("hubspot") == {}
+    fake.scopes = set(ALL_SCOPES)
+    fake.requests.clear()
+    engine = _process(settings, store, inbox, fake, clock)[1]
+    assert engine.cycle("hubspot").error is None
+    assert [r.path for r in fake.requests] == [BATCH_WIDE] and fake.opted_out_of_all("b@example.com")
+
+
+def test_a_refused_batch_read_is_remembered_for_the_next_reconcile(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=ALL_SCOPES - {"communication_preferences.statuses.batch.read"}, clock=clock)
+    fake.recipient_unsubscribes_all("r@example.com", at=fake.now_ms() - 1000)
+    assert _process(settings, store, inbox, fake, clock)[1].reconcile("hubspot").error is None
+    assert len(fake.calls("/statuses/batch/unsubscribe-all/read")) == 1
+    fake.requests.clear()
+    assert _process(settings, store, inbox, fake, clock)[1].reconcile("hubspot").error is None
+    assert not fake.calls("/statuses/batch/") and fake.calls("/timeline")
+
+
+def test_a_dry_run_does_not_save_what_the_adapter_learnt(tmp_path, memory_world):
+    settings, store, inbox = _push_world(tmp_path, memory_world)
+    clock = FakeClock()
+    fake = FakeHubSpot(TOKEN, scopes=ALL_SCOPES - {"communication_preferences.statuses.batch.read"}, clock=clock)
+    fake.recipient_unsubscribes_all("r@example.com", at=fake.now_ms() - 1000)
+    adapter, engine = _process(settings, store, inbox, fake, clock)
+    assert engine.reconcile("hubspot", dry_run=True).error is None
+    assert adapter.memory.get("batch_read_refused_at") and store.adapter_memory("hubspot") == {}

@@ -6,6 +6,14 @@ v1 timeline newest first with hasMore/offset; contacts search with `after`
 paging, a 200 page limit and a 400 at 10,000; batch archive; switchable rate
 limits with HubSpot's 429 bodies; the Error shape on every non-2xx answer.
 Choices the spec marks [INFERRED] are constructor arguments.
+
+Rate limits follow HubSpot's documentation, not the adapter: a rolling 10-second
+bucket and a separate 1-second search bucket, each counting a call when it
+arrives (`latency` delays arrival), and 429 bodies as the usage guidelines show
+them (`errorType` RATE_LIMIT, `policyName` TEN_SECONDLY_ROLLING, SECONDLY or
+DAILY, with the matching message); rate-limit headers on non-search answers
+only, and Retry-After only when asked for. The timeline pages newest first with
+an opaque `offset` and `hasMore` inside startTimestamp/endTimestamp.
 """
 
 from __future__ import annotations
@@ -91,7 +99,8 @@ class FakeHubSpot:
                  timeline_max_limit: int = 1000, rate_limit: int | None = None,
                  search_rate_limit: int | None = None, daily_limit: int | None = None,
                  retry_after: str | None = None, rate_headers: bool = True,
-                 invalid_addresses: set[str] | None = None, clock: Callable[[], float] = time.time):
+                 invalid_addresses: set[str] | None = None, clock: Callable[[], float] = time.time,
+                 latency: Callable[[int], float] | None = None):
         self.token = token
         self.portal_id = portal_id
         self.definitions = definitions if definitions is not None else [
@@ -112,6 +121,12 @@ class FakeHubSpot:
         self.rate_headers = rate_headers
         self.invalid_addresses = {a.lower() for a in invalid_addresses or ()}
         self.clock = clock
+        # One-way network delay of the n-th request (from 0): HubSpot counts a call against its
+        # limits when it arrives, not when it was sent. Arrivals keep their order, as they do for
+        # a client that waits for each answer before it sends the next call.
+        self.latency = latency
+        self._arrivals = 0
+        self._last_arrival = float("-inf")
         self.prefs: dict[str, AddressPrefs] = {}
         self.contacts: dict[str, dict] = {}
         self.timeline: list[dict] = []
@@ -286,8 +301,14 @@ class FakeHubSpot:
             body.update(errors=errors, numErrors=len(errors))
         return httpx.Response(207 if errors else 200, json=body)
 
+    def _arrival(self) -> float:
+        delay = self.latency(self._arrivals) if self.latency else 0.0
+        self._arrivals += 1
+        self._last_arrival = max(self._last_arrival, self.clock() + delay)
+        return self._last_arrival
+
     def _rate_limit(self, is_search: bool) -> None:
-        now = self.clock()
+        now = self._arrival()
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         if self.daily_limit is not None:
             self._daily += 1
