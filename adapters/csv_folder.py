@@ -168,6 +168,9 @@ class CsvFolderAdapter:
         name = path.name
         with path.open("rb") as handle:
             if state.offset == 0:
+                # At the start of the file its first record is the header, whatever the state
+                # holds: a page cut inside the first batch saves the columns with offset 0.
+                state.columns = []
                 first = handle.readline()
                 header_text, _ = decode(first)
                 state.delimiter = sniff_delimiter(header_text)
