@@ -172,6 +172,9 @@ class Engine:
         adapter, config = self.adapters[name], self.settings.adapter(name)
         if not (config.writes and adapter.capabilities.write):
             return
+        prepare = getattr(adapter, "prepare", None)  # optional: a sink that makes itself ready to be read
+        if prepare is not None and not report.dry_run:
+            prepare()
         batch_size = adapter.capabilities.batch_size
         start = scan_from = self.store.checkpoint(name).applied_seq
         batch: list[tuple[PendingEvent, OptOut]] = []

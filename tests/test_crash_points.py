@@ -88,3 +88,50 @@ def test_a_process_killed_after_a_page_resumes_without_taking_the_header_as_data
     with Store(tmp_path / "store.db") as store:
         pull(store, inbox(tmp_path / "in"))
         assert_exactly_the_file(store)
+
+
+# -- csv_file: stale temporary files and the file from the first cycle ------------------
+
+from adapters.csv_file import CsvFileAdapter, CsvFileSettings  # noqa: E402
+from connector.engine import Engine  # noqa: E402
+from connector.settings import validate_settings  # noqa: E402
+
+import fcntl  # noqa: E402
+
+
+def test_a_sink_sweeps_only_its_own_stale_temporary_files_at_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = [out / ".suppressions.csv.k3j_x9a0.tmp", out / ".suppressions.csv.abcdefgh.tmp"]
+    others = [out / ".other.csv.k3j_x9a0.tmp",            # another sink's, in the same folder
+              out / ".suppressions.csv.k3j_x9a0.tmp.keep", out / "suppressions.csv.k3j_x9a0.tmp",
+              out / ".suppressions.csv.k3j.tmp", out / ".suppressions.csv.x.k3j_x9a0.tmp", out / "notes.tmp"]
+    live = out / ".suppressions.csv.livelive.tmp"         # a rewrite in progress elsewhere (a lift)
+    for path in ours + others + [live]:
+        path.write_text("email\nhalf@x.io\n")
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        sink = CsvFileAdapter(CsvFileSettings(name="sink", path=out / "suppressions.csv"), {})
+        assert all(p.exists() for p in ours)            # building the adapter (as `check` does) changes nothing
+        sink.prepare()
+    finally:
+        os.close(holder)
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in others) and live.exists()
+    assert (out / "suppressions.csv").read_text() == "email,scope,reason,origin,occurred_at\n"
+
+
+def test_the_sink_file_exists_with_its_header_after_a_first_cycle_with_nothing_to_push(tmp_path):
+    settings = validate_settings({"store": {"path": str(tmp_path / "store.db")}, "adapters": [
+        {"name": "sink", "type": "csv_file", "path": str(tmp_path / "out" / "suppressions.csv")}]},
+        tmp_path / "settings.toml")
+    sink = CsvFileAdapter(settings.adapter("sink"), {})
+    with Store(settings.store.path) as store:
+        engine = Engine(settings, store, {"sink": sink})
+        dry = engine.cycle("sink", dry_run=True)
+        assert dry.error is None and not (tmp_path / "out").exists()   # a dry run creates nothing
+        report = engine.cycle("sink")
+    assert report.error is None and report.pushed == 0
+    assert (tmp_path / "out" / "suppressions.csv").read_text() == "email,scope,reason,origin,occurred_at\n"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["suppressions.csv"]
