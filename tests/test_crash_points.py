@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,3 +136,117 @@ def test_the_sink_file_exists_with_its_header_after_a_first_cycle_with_nothing_t
     assert report.error is None and report.pushed == 0
     assert (tmp_path / "out" / "suppressions.csv").read_text() == "email,scope,reason,origin,occurred_at\n"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["suppressions.csv"]
+
+
+# -- push: a kill between the vendor call and its record ------------------------------------
+
+from connector import operator  # noqa: E402
+from connector.commands import build_adapters, sync_once  # noqa: E402
+from connector.settings import load_settings  # noqa: E402
+from state.errors import PermanentError  # noqa: E402
+from state.models import OptOut  # noqa: E402
+
+from . import memory_adapter  # noqa: E402
+from .conftest import write_settings  # noqa: E402
+
+
+class ProcessDied(BaseException):
+    """Stands for a SIGKILL: no handler in the engine runs, nothing after it is recorded."""
+
+
+def memory_settings(tmp_path: Path):
+    path = write_settings(tmp_path, [{"name": "crm", "type": "memory"}, {"name": "esp", "type": "memory"}])
+    return load_settings(path, environ={})
+
+
+def sync_dying_after_the_vendor_call(settings, sink: str) -> None:
+    """One sync whose push to `sink` really applies at the vendor, then the process dies."""
+    adapters = build_adapters(settings)
+    really_apply = adapters[sink].apply
+
+    def apply_then_die(batch):
+        really_apply(batch)
+        raise ProcessDied()
+
+    adapters[sink].apply = apply_then_die
+    with Store(settings.store.path) as store:
+        with pytest.raises(ProcessDied):
+            Engine(settings, store, adapters).sync_once()
+
+
+def lift_everywhere(settings, address: str):
+    return operator.lift(settings, address, scope="*", legal_basis="consent", explanation="asked us",
+                         propagate=True)
+
+
+def test_a_resend_after_a_kill_during_the_vendor_call_counts_as_our_apply_and_the_lift_reaches_it(tmp_path):
+    settings = memory_settings(tmp_path)
+    build_adapters(settings)["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    sync_dying_after_the_vendor_call(settings, "esp")
+    esp = memory_adapter.VENDORS["esp"]
+    assert ("ann@x.io", "*") in esp.held                        # the vendor has it; the store has no record
+
+    sync_once(settings)                                          # the restarted daemon re-sends: "already"
+    assert len(esp.apply_calls) == 2
+    with Store(settings.store.path) as store:
+        applied = [e for e in store.events_for("ann@x.io") if e["kind"] == "applied"]
+        assert [(e["target"], json.loads(e["details"])["outcome"]) for e in applied] == [("esp", "applied")]
+        assert store.conn.execute("SELECT count(*) FROM inflight").fetchone()[0] == 0
+
+    outcome = lift_everywhere(settings, "ann@x.io")
+    assert outcome.propagated == {"esp": "removed"}
+    assert ("ann@x.io", "*") not in esp.held
+    assert ("ann@x.io", "*") in memory_adapter.VENDORS["crm"].held   # the source is never touched
+
+
+def test_a_lift_before_the_resend_still_reaches_the_sink_the_killed_push_wrote_to(tmp_path):
+    settings = memory_settings(tmp_path)
+    build_adapters(settings)["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    sync_dying_after_the_vendor_call(settings, "esp")
+    outcome = lift_everywhere(settings, "ann@x.io")
+    assert outcome.applied_at == ["esp"] and outcome.propagated == {"esp": "removed"}
+    assert ("ann@x.io", "*") not in memory_adapter.VENDORS["esp"].held
+
+
+def test_an_already_held_opt_out_is_still_not_ours_even_after_a_failed_call(tmp_path):
+    settings = memory_settings(tmp_path)
+    adapters = build_adapters(settings)
+    adapters["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    adapters["esp"].held[("ann@x.io", "*")] = OptOut("ann@x.io")     # esp had it on its own
+    adapters["esp"].raise_permanent = True                           # 401: the call fails, the process lives
+    with Store(settings.store.path) as store:
+        report = Engine(settings, store, adapters).sync_once()[1]
+    assert isinstance(report.error, PermanentError)
+
+    sync_once(settings)                                              # credentials fixed: "already"
+    with Store(settings.store.path) as store:
+        applied = [e for e in store.events_for("ann@x.io") if e["kind"] == "applied"]
+        assert [json.loads(e["details"])["outcome"] for e in applied] == ["already"]
+    outcome = lift_everywhere(settings, "ann@x.io")
+    assert outcome.applied_at == [] and outcome.propagated == {}
+    assert ("ann@x.io", "*") in memory_adapter.VENDORS["esp"].held   # not ours to remove
+
+
+def test_a_reconcile_reapply_killed_after_the_vendor_call_is_ours_for_the_lift(tmp_path):
+    settings = memory_settings(tmp_path)
+    adapters = build_adapters(settings)
+    adapters["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    adapters["esp"].held[("ann@x.io", "*")] = OptOut("ann@x.io")     # esp had it on its own at first
+    sync_once(settings)
+    esp = memory_adapter.VENDORS["esp"]
+    del esp.held[("ann@x.io", "*")]                                  # drift: then it was gone there
+    adapters = build_adapters(settings)
+    really_apply = adapters["esp"].apply
+
+    def apply_then_die(batch):
+        really_apply(batch)
+        raise ProcessDied()
+
+    adapters["esp"].apply = apply_then_die
+    with Store(settings.store.path) as store:
+        with pytest.raises(ProcessDied):
+            Engine(settings, store, adapters).reconcile("esp")        # our re-apply put it back
+    assert ("ann@x.io", "*") in esp.held
+    outcome = lift_everywhere(settings, "ann@x.io")
+    assert outcome.propagated == {"esp": "removed"}
+    assert ("ann@x.io", "*") not in esp.held
