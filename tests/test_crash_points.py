@@ -250,3 +250,59 @@ def test_a_reconcile_reapply_killed_after_the_vendor_call_is_ours_for_the_lift(t
     outcome = lift_everywhere(settings, "ann@x.io")
     assert outcome.propagated == {"esp": "removed"}
     assert ("ann@x.io", "*") not in esp.held
+
+
+# -- csv_folder: a last line without its line end -----------------------------------------
+
+def read_all_new(adapter: CsvFolderAdapter, cursor: str | None):
+    optouts, rejected = [], []
+    for page in adapter.read_changes(cursor):
+        optouts += page.optouts
+        rejected += page.rejected
+        cursor = page.cursor
+    return [o.address for o in optouts], rejected, cursor
+
+
+@pytest.mark.parametrize("first, rest", [("ann@example.co", "m\n"), ("ann@exam", "ple.com\n")])
+def test_a_last_line_completed_after_the_settle_time_is_read_again_complete(tmp_path, first, rest):
+    adapter = inbox(tmp_path, page_size=100)
+    path = tmp_path / "a.csv"
+    path.write_text("email\nbob@x.io\n" + first)          # the writer pauses mid-line, past settle_seconds
+    addresses, rejected, cursor = read_all_new(adapter, None)
+    assert addresses[0] == "bob@x.io"
+    assert read_all_new(adapter, cursor)[:2] == ([], [])   # nothing new while it stays as it is
+    with path.open("a") as handle:
+        handle.write(rest)
+    addresses, rejected, cursor = read_all_new(inbox(tmp_path, page_size=100), cursor)
+    assert addresses == ["ann@example.com"]                 # the completed row, not its tail
+    assert [(r.where, r.value) for r in rejected] == [("a.csv row 3", first)]
+    assert "read again" in rejected[0].reason and "unfinished" in rejected[0].reason
+    assert read_all_new(adapter, cursor)[:2] == ([], [])
+
+
+def test_a_last_line_never_completed_is_read_once(tmp_path):
+    adapter = inbox(tmp_path, page_size=100)
+    path = tmp_path / "a.csv"
+    path.write_text("email\nann@example.com")
+    addresses, rejected, cursor = read_all_new(adapter, None)
+    assert (addresses, rejected) == (["ann@example.com"], [])
+    for _ in range(3):
+        addresses, rejected, cursor = read_all_new(inbox(tmp_path, page_size=100), cursor)
+        assert (addresses, rejected) == ([], [])
+    with path.open("a") as handle:
+        handle.write("\nbob@x.io\n")                        # later: its line end and one more row
+    addresses, rejected, cursor = read_all_new(adapter, cursor)
+    assert (addresses, rejected) == (["bob@x.io"], [])
+
+
+def test_an_unfinished_last_line_never_leaves_its_tail_as_a_rejected_row_in_the_store(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("email\nbob@x.io\nann@exam")
+    with Store(tmp_path / "store.db") as store:
+        pull(store, inbox(tmp_path))
+        with path.open("a") as handle:
+            handle.write("ple.com\n")
+        pull(store, inbox(tmp_path))
+        store.promote("inbox")
+        assert {row[0] for row in store.iter_suppressions()} == {"bob@x.io", "ann@example.com"}
+        assert not [f for f in store.failures("inbox") if "ple.com" in f["message"] and "ann@" not in f["message"]]
