@@ -306,3 +306,44 @@ def test_an_unfinished_last_line_never_leaves_its_tail_as_a_rejected_row_in_the_
         store.promote("inbox")
         assert {row[0] for row in store.iter_suppressions()} == {"bob@x.io", "ann@example.com"}
         assert not [f for f in store.failures("inbox") if "ple.com" in f["message"] and "ann@" not in f["message"]]
+
+
+KILLED_PUSH = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from connector.commands import build_adapters
+from connector.engine import Engine
+from connector.settings import load_settings
+from state.store import Store
+settings = load_settings(Path({settings!r}), environ={{}})
+adapters = build_adapters(settings)
+really_apply = adapters["sink"].apply
+
+def apply_then_die(batch):
+    really_apply(batch)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+adapters["sink"].apply = apply_then_die
+with Store(settings.store.path) as store:
+    Engine(settings, store, adapters).sync_once()
+"""
+
+
+def test_a_daemon_killed_between_the_sink_write_and_its_record_still_lifts_there(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("email\nann@x.io\n")
+    path = write_settings(tmp_path, [
+        {"name": "inbox", "type": "csv_folder", "path": "in", "settle_seconds": 0},
+        {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv"}])
+    script = KILLED_PUSH.format(root=str(Path(__file__).parent.parent), settings=str(path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    sink_file = tmp_path / "out" / "suppressions.csv"
+    assert "ann@x.io" in sink_file.read_text()
+
+    settings = load_settings(path, environ={})
+    sync_once(settings)                                   # the restarted daemon: the file says "already"
+    outcome = lift_everywhere(settings, "ann@x.io")
+    assert outcome.propagated == {"sink": "removed"}
+    assert sink_file.read_text() == "email,scope,reason,origin,occurred_at\n"
