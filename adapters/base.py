@@ -177,7 +177,11 @@ class AdapterMemory:
 
 @runtime_checkable
 class Adapter(Protocol):
-    """One external system (or file) that holds opt-outs."""
+    """One external system (or file) that holds opt-outs.
+
+    A sink may also define `prepare()`, which the engine calls before each push
+    (never in a dry run), even when nothing is pending.
+    """
 
     settings_model: ClassVar[type[AdapterSettings]]
     name: str

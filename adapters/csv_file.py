@@ -9,7 +9,9 @@ file and memory holds only the batch.
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +51,7 @@ class CsvFileAdapter:
         scopes = set(topics) if settings.scope is None else ({settings.scope} - {GLOBAL_SCOPE})
         self.capabilities = Capabilities(read_changes=False, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(scopes))
+        self._swept = False
 
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         raise TypeError(f"adapter {self.name!r} (csv_file) is a sink; it has no changes to read")
@@ -73,6 +76,18 @@ class CsvFileAdapter:
         """Drop the batch's (address, scope) rows from the file (the audited lift only)."""
         return self._rewrite(batch, remove=True)
 
+    def prepare(self) -> None:
+        """Before a push: sweep this sink's stale temporary files (once), and create the file if missing.
+
+        The file exists, with its header, from the first cycle on, so a reader finds
+        it even before any opt-out has arrived.
+        """
+        if not self._swept:
+            self._sweep_temporaries()
+            self._swept = True
+        if not self.settings.path.exists():
+            self._rewrite([], remove=False)
+
     def check(self) -> list[str]:
         """Say where the file is and whether its folder can be written."""
         folder = self.settings.path.parent
@@ -85,6 +100,34 @@ class CsvFileAdapter:
         """Nothing is held open between calls."""
 
     # -- internals ---------------------------------------------------------------
+
+    def _sweep_temporaries(self) -> list[Path]:
+        """Remove the temporary files a killed rewrite of this sink left; the paths removed.
+
+        Only names this sink gives its own (`.<file name>.<8 characters>.tmp` beside
+        the file) are candidates, and one still locked by a running rewrite stays.
+        """
+        path = self.settings.path
+        own = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+        if not path.parent.is_dir():
+            return []
+        removed = []
+        for candidate in path.parent.iterdir():
+            if not own.fullmatch(candidate.name) or candidate.is_symlink() or not candidate.is_file():
+                continue
+            try:
+                fd = os.open(candidate, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                candidate.unlink()
+                removed.append(candidate)
+            except (BlockingIOError, FileNotFoundError):
+                pass  # a rewrite in progress (another process, such as a lift), or already gone
+            finally:
+                os.close(fd)
+        return removed
 
     def _rows(self) -> Iterator[tuple[int, list[str]]]:
         path = self.settings.path
@@ -118,8 +161,11 @@ class CsvFileAdapter:
         position, pending = 0, len(incoming)
         path = self.settings.path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The name is one _sweep_temporaries knows as this sink's; the lock tells it the rewrite is alive.
         fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        held = os.dup(fd)  # holds the lock (shared by both descriptors) until the rename is done
         try:
+            fcntl.flock(held, fcntl.LOCK_EX)
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
                 writer = csv.writer(out, lineterminator="\n")
                 writerow = writer.writerow
@@ -148,6 +194,8 @@ class CsvFileAdapter:
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
+        finally:
+            os.close(held)
         if remove:
             return [ApplyResult(o, APPLIED if (o.address, o.scope) in present else ALREADY) for o in batch]
         return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]

@@ -4,6 +4,11 @@ New files and rows appended to known files are read incrementally: the cursor
 holds, per file, its identity (device, inode, a hash of its first bytes) and
 the byte offset after the last complete record. A rewritten file is read
 again from the start; the store makes the repeats harmless.
+
+A last line without its line end is read once the file has been unchanged for
+`settle_seconds`, but the offset never passes it: should the writer only have
+paused, the completed line is read again, and the unfinished reading is listed
+as a failure so that a person can check it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class _FileState:
     tail_hash: str = ""
     mtime_ns: int = 0
     blocked: bool = False  # the header names no email column: wait for a change
+    partial_len: int = 0   # bytes after `offset`: a last line without its line end, already read
+    partial_hash: str = ""
 
 
 @dataclass(slots=True)
@@ -158,7 +165,10 @@ class CsvFolderAdapter:
                     or (_head_hash(path, known.head_len) == known.head_hash
                         and _tail_hash(path, known.offset) == known.tail_hash)):
                 # Unchanged before the offset: only appended rows are new.
-                known.mtime_ns = stat.st_mtime_ns
+                touched, known.mtime_ns = stat.st_mtime_ns != known.mtime_ns, stat.st_mtime_ns
+                if (known.partial_len and stat.st_size == known.offset + known.partial_len
+                        and (not touched or _range_hash(path, known.offset, known.partial_len) == known.partial_hash)):
+                    return None  # only the unfinished last line, already read and unchanged
                 return known if stat.st_size > known.offset else None
         return _FileState(stat.st_dev, stat.st_ino, 0, "", 0, 1, ",", [], mtime_ns=stat.st_mtime_ns)
 
@@ -168,10 +178,14 @@ class CsvFolderAdapter:
         name = path.name
         with path.open("rb") as handle:
             if state.offset == 0:
+                # At the start of the file its first record is the header, whatever the state
+                # holds: a page cut inside the first batch saves the columns with offset 0.
+                state.columns = []
                 first = handle.readline()
                 header_text, _ = decode(first)
                 state.delimiter = sniff_delimiter(header_text)
             columns = None
+            unfinished = _unfinished_line(handle, state) if state.partial_len else None
             for batch in read_batches(handle, state.offset, state.next_row, state.delimiter, settled):
                 records = batch.records
                 # The first non-blank record is the header, even after blank lines (blank
@@ -188,12 +202,38 @@ class CsvFolderAdapter:
                         return
                     state.blocked = False
                     records = records[1:]
-                if records:
+                notes: list[OptOut | Rejected] = []
+                if unfinished is not None:  # the first batch starts with the line read unfinished
+                    records, notes = self._after_unfinished(name, state.next_row, records, unfinished)
+                    state.partial_len, state.partial_hash, unfinished = 0, "", None
+                if records or notes:
                     columns = columns or self._columns(state.columns)
                     row = self._row
-                    yield [row(f"{name} row {number}", fields, columns) for number, fields in records]
-                # Offsets are known per batch: a page cut inside one is re-read after a crash (harmless).
-                _advance(state, batch.end_offset, batch.next_number)
+                    yield notes + [row(f"{name} row {number}", fields, columns) for number, fields in records]
+                if batch.complete:
+                    # Offsets are known per batch: a page cut inside one is re-read after a crash (harmless).
+                    _advance(state, batch.end_offset, batch.next_number)
+                elif records:
+                    # A last line without its line end: read, but not passed, so that a writer who only
+                    # paused has the completed line read again.
+                    state.partial_len = batch.end_offset - state.offset
+                    state.partial_hash = _range_hash(path, state.offset, state.partial_len)
+
+    def _after_unfinished(self, name: str, number: int, records: list[tuple[int, list[str]]],
+                          unfinished: tuple[bool, str]) -> tuple[list[tuple[int, list[str]]], list[Rejected]]:
+        """The records after a line read unfinished, and a note when that line has changed since.
+
+        `unfinished` is (only its line end was added, the text it had when it was read); in the
+        first case the row is not read twice.
+        """
+        ended, text = unfinished
+        if ended:
+            return [r for r in records if r[0] != number], []
+        return records, [Rejected(
+            f"{name} row {number}", text,
+            f"this row was read unfinished as {text!r} (no line end, file unchanged for "
+            f"{self.settings.settle_seconds:g} s) and is read again now that it changed; check the "
+            "unfinished reading with 'optout-sync history' and lift it if it is not a real opt-out")]
 
     def _header_problem(self, header: list[str]) -> str | None:
         if self._columns(header) is not None:
@@ -280,6 +320,23 @@ def _seal(state: _FileState, path: Path) -> _FileState:
     return state
 
 
+def _unfinished_line(handle, state: _FileState) -> tuple[bool, str]:
+    """What became of the line read without its line end: (it only got its line end, its old text)."""
+    handle.seek(state.offset)
+    data = handle.read(state.partial_len + 2)
+    head, rest = data[:state.partial_len], data[state.partial_len:]
+    if hashlib.sha256(head).hexdigest() != state.partial_hash:
+        return False, ""  # replaced: its old text is gone
+    ended = (rest.startswith(b"\n") or rest.startswith(b"\r\n")) and head.count(b'"') % 2 == 0
+    return ended, decode(head)[0].strip()
+
+
+def _range_hash(path: Path, offset: int, length: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return hashlib.sha256(handle.read(length)).hexdigest()
+
+
 def _head_hash(path: Path, length: int) -> str:
     with path.open("rb") as handle:
         return hashlib.sha256(handle.read(length)).hexdigest()
@@ -304,5 +361,6 @@ def _dump_cursor(files: dict[str, _FileState]) -> str:
         "dev": st.dev, "ino": st.ino, "head_len": st.head_len, "head_hash": st.head_hash,
         "offset": st.offset, "next_row": st.next_row, "delimiter": st.delimiter, "columns": st.columns,
         "tail_hash": st.tail_hash, "mtime_ns": st.mtime_ns, "blocked": st.blocked,
+        "partial_len": st.partial_len, "partial_hash": st.partial_hash,
     } for name, st in sorted(files.items())}}, separators=(",", ":"))
 

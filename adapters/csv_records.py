@@ -17,11 +17,15 @@ DELIMITERS = (",", ";", "\t")
 
 @dataclass(slots=True)
 class RecordBatch:
-    """Complete records read in one go: (row number, fields) each, and the byte offset after them."""
+    """Records read in one go: (row number, fields) each, and the byte offset after them.
+
+    `complete` is False for a last record without its line end (taken because the file settled).
+    """
 
     records: list[tuple[int, list[str]]]
     end_offset: int
     next_number: int
+    complete: bool = True
 
 
 def decode(data: bytes) -> tuple[str, bool]:
@@ -80,7 +84,7 @@ def read_batches(handle: BinaryIO, start_offset: int, first_number: int, delimit
                 records.append((number, fields))
             number += 1  # blank rows still count, so row numbers match a spreadsheet's
         offset += cut
-        yield RecordBatch(records, offset, number)
+        yield RecordBatch(records, offset, number, complete=bool(data))
         if not data:
             return
 

@@ -195,6 +195,9 @@ class Engine:
         adapter, config = self.adapters[name], self.settings.adapter(name)
         if not (config.writes and adapter.capabilities.write):
             return
+        prepare = getattr(adapter, "prepare", None)  # optional: a sink that makes itself ready to be read
+        if prepare is not None and not report.dry_run:
+            prepare()
         batch_size = adapter.capabilities.batch_size
         start = scan_from = self.store.checkpoint(name).applied_seq
         batch: list[tuple[PendingEvent, OptOut]] = []
@@ -238,19 +241,26 @@ class Engine:
             return True
         results: list[ApplyResult] = []
         error: BaseException | None = None
+        resent: set[int] = set()
         if batch:
+            seqs = [event.seq for event, _ in batch]
+            resent = self.store.mark_inflight(name, seqs)  # committed before the call: see Store.mark_inflight
             try:
                 results = self._scrubbed(name, adapter.apply([sent for _, sent in batch]))
             except TransientError as exc:
                 error = exc
                 results = [ApplyResult(sent, TRANSIENT, str(exc)) for _, sent in batch]
+            except Exception:
+                self.store.clear_inflight(name, seqs)  # a mark outlives its call only if the process dies
+                raise
             if len(results) != len(batch):
+                self.store.clear_inflight(name, seqs)
                 raise PermanentError(f"adapter {name!r} returned {len(results)} results for {len(batch)} items")
         outcomes = [PushOutcome(event.seq, event.optout, result) for (event, _), result in zip(batch, results)]
         parked = [o.seq for o in outcomes if o.result.outcome == TRANSIENT]
         # The watermark never passes an event that is not applied yet.
         watermark = min(parked) - 1 if parked else handled_to
-        self.store.record_push(name, outcomes + skipped, watermark)
+        self.store.record_push(name, outcomes + skipped, watermark, resent)
         report.pushed += sum(1 for o in outcomes if o.result.ok)
         report.failed += sum(1 for o in outcomes if not o.result.ok and o.result.outcome != TRANSIENT)
         report.parked += len(parked)
@@ -301,9 +311,15 @@ class Engine:
                 continue
             # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
             sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
-            results = self._scrubbed(name, adapter.apply([o for _, o in sent]))
+            seqs = [seq for seq, _ in rows]
+            resent = self.store.mark_inflight(name, seqs)
+            try:
+                results = self._scrubbed(name, adapter.apply([o for _, o in sent]))
+            except Exception:
+                self.store.clear_inflight(name, seqs)
+                raise
             self.store.record_applied(name, [(seq, original, result)
-                                             for (seq, original), result in zip(rows, results)])
+                                             for (seq, original), result in zip(rows, results)], resent)
             report.pushed += sum(1 for r in results if r.ok)
             report.parked += sum(1 for r in results if r.outcome == TRANSIENT)
             report.failed += sum(1 for r in results if not r.ok and r.outcome != TRANSIENT)

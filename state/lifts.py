@@ -60,14 +60,17 @@ def lift(store: Store, address: str, scope: str, legal_basis: str, explanation: 
 def holders(store: Store, address: str, scope: str) -> tuple[str | None, list[str]]:
     """Where an opt-out still is: the adapter it came from, and the sinks this daemon applied it to."""
     source = store.conn.execute(
-        "SELECT source FROM events WHERE address = ? AND scope = ? AND kind = 'suppressed'"
+        "SELECT source, seq FROM events WHERE address = ? AND scope = ? AND kind = 'suppressed'"
         " ORDER BY seq DESC LIMIT 1", (address, scope)).fetchone()
     # Only sinks where our apply took effect; a sink that already held it got it elsewhere.
-    applied = [r[0] for r in store.conn.execute(
+    applied = {r[0] for r in store.conn.execute(
         "SELECT DISTINCT target FROM events WHERE address = ? AND scope = ? AND kind = 'applied'"
-        " AND target IS NOT NULL AND json_extract(details, '$.outcome') = 'applied' ORDER BY target",
-        (address, scope))]
-    return (source[0] if source else None), applied
+        " AND target IS NOT NULL AND json_extract(details, '$.outcome') = 'applied'",
+        (address, scope))}
+    if source:
+        # And sinks a send of it was made to by a process that died before recording the outcome.
+        applied.update(r[0] for r in store.conn.execute("SELECT adapter FROM inflight WHERE seq = ?", (source[1],)))
+    return (source[0] if source else None), sorted(applied)
 
 
 def record_removal(store: Store, address: str, scope: str, target: str, ok: bool, message: str) -> None:

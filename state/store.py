@@ -14,7 +14,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import StoreError
@@ -489,11 +489,43 @@ class Store:
         ]
         return pending, rows[-1][0]
 
-    def record_push(self, adapter: str, outcomes: list[PushOutcome], watermark: int | None) -> None:
-        """Record per-item outcomes of one push batch and move the watermark, in one transaction."""
+    def mark_inflight(self, adapter: str, seqs: list[int]) -> set[int]:
+        """Record, committed, that these events are about to be sent to a sink (just before the call).
+
+        Should the process die before the outcomes are recorded, the marks say the sink
+        may hold them through us. Returns the seqs a dead process had marked already:
+        give them to `record_push` as `resent`.
+        """
+        payload = json.dumps(seqs)
+        with self.transaction():
+            earlier = {row[0] for row in self.conn.execute(
+                "SELECT seq FROM inflight WHERE adapter = ? AND seq IN (SELECT value FROM json_each(?))",
+                (adapter, payload))}
+            # An earlier mark keeps its time (OR IGNORE): it is the same send, repeated.
+            self._write("INSERT OR IGNORE INTO inflight (adapter, seq, marked_at)"
+                        " SELECT ?, value, ? FROM json_each(?)", (adapter, utc_now(), payload))
+        return earlier
+
+    def clear_inflight(self, adapter: str, seqs: list[int]) -> None:
+        """Drop the marks of a send the process saw fail as a whole (nothing to record)."""
+        with self.transaction():
+            self._write("DELETE FROM inflight WHERE adapter = ? AND seq IN (SELECT value FROM json_each(?))",
+                        (adapter, json.dumps(seqs)))
+
+    def record_push(self, adapter: str, outcomes: list[PushOutcome], watermark: int | None,
+                    resent: set[int] | frozenset[int] = frozenset()) -> None:
+        """Record per-item outcomes of one push batch and move the watermark, in one transaction.
+
+        The batch's in-flight marks go in the same transaction. An "already" for a seq in
+        `resent` (marked by a send whose process died) is recorded as our apply: that send put it there.
+        """
         now = utc_now()
         events, resolved, failures = [], [], []
         for item in outcomes:
+            if item.seq in resent and item.result is not None and item.result.outcome == ALREADY:
+                item = replace(item, result=replace(
+                    item.result, outcome=APPLIED,
+                    message="applied by a send interrupted before its outcome was recorded"))
             o = item.optout
             if item.result is None:
                 events.append((now, "skipped", o.address, o.scope, o.reason, o.origin, adapter,
@@ -527,13 +559,17 @@ class Store:
                 self.conn.executemany(
                     "UPDATE failures SET resolved_at = ? WHERE adapter = ? AND ref_seq = ? AND resolved_at IS NULL",
                     resolved)
+            if outcomes:
+                self._write("DELETE FROM inflight WHERE adapter = ? AND seq IN (SELECT value FROM json_each(?))",
+                            (adapter, json.dumps([item.seq for item in outcomes])))
             if watermark is not None:
                 self._write("UPDATE checkpoints SET applied_seq = max(applied_seq, ?) WHERE adapter = ?",
                             (watermark, adapter))
 
-    def record_applied(self, adapter: str, results: list[tuple[int, OptOut, ApplyResult]]) -> None:
+    def record_applied(self, adapter: str, results: list[tuple[int, OptOut, ApplyResult]],
+                       resent: set[int] | frozenset[int] = frozenset()) -> None:
         """Record outcomes of a reconcile re-apply (no watermark change): (seq, stored opt-out, result)."""
-        self.record_push(adapter, [PushOutcome(seq, optout, r) for seq, optout, r in results], None)
+        self.record_push(adapter, [PushOutcome(seq, optout, r) for seq, optout, r in results], None, resent)
 
     def pending_summary(self, adapter: str, applied_seq: int) -> tuple[int, str | None]:
         """How many suppression events this sink still needs, and when the oldest was recorded."""

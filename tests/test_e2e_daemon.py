@@ -51,6 +51,8 @@ def test_dropped_csv_reaches_the_sink_within_one_interval_and_sigterm_exits_0(tm
     with Daemon(settings) as daemon:
         wait_for(lambda: "started" in daemon.log())
         time.sleep(1.2)  # the first cycles have run on an empty folder
+        # The sink file is there, header only, before any opt-out arrived (as the quick start shows).
+        assert (tmp_path / "out" / "suppressions.csv").read_text() == "email,scope,reason,origin,occurred_at\n"
         drop(tmp_path / "inbox", "list.csv", ["Ann@Example.com,,unsubscribed", "bob@example.com,newsletter,",
                                               "broken-address,,"])
         dropped = time.monotonic()

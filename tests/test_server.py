@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import json
 import shlex
+import shutil
 import socket
 import time
 import urllib.error
@@ -118,11 +119,13 @@ def test_metrics_follow_an_optout_through_the_real_process_and_health_is_200(tmp
 def test_a_failing_sink_makes_readyz_503_and_raises_the_lag_alarm_once_per_max_lag(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
-    (tmp_path / "blocked").write_text("a file where the sink's folder should be\n")
     settings = served_settings(tmp_path, port, sink_path="blocked/suppressions.csv", stale_after="1.5s",
                                max_lag="2s")
     with Daemon(settings) as daemon:
         wait_for(lambda: answers(base + "readyz") == 200)  # nothing to push yet: the sink succeeds
+        wait_for(lambda: (tmp_path / "blocked" / "suppressions.csv").exists())
+        shutil.rmtree(tmp_path / "blocked")
+        (tmp_path / "blocked").write_text("a file where the sink's folder should be\n")
 
         drop(tmp_path / "inbox", "list.csv", ["ann@example.com,,"])
         wait_for(lambda: answers(base + "readyz") == 503)
