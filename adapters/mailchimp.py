@@ -15,7 +15,9 @@ found with the search tool; [SETTING] = not confirmed, so a setting):
   `members` and `total_items` [LIB]. A member has `email_address`, `status`
   (subscribed, unsubscribed, cleaned, pending, transactional, archived),
   `last_changed`, `unsubscribe_reason` [LIB]. `unsubscribed` -> unsubscribed by the
-  recipient (no origin field exists; the reason is kept in details), `cleaned`
+  recipient (no origin field exists, so an admin's unsubscribe reads the same: the safe,
+  unliftable reading; the webhook's `source` user/admin/api would tell; the reason is kept
+  in details), `cleaned`
   (hard-bounced) -> hard_bounce by the system, for all email.
 - GET /lists/{list_id}/abuse-reports pages with count/offset, items {id,
   campaign_id, email_address, date}, no time filter [LIB]: spam complaints, for

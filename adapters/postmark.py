@@ -31,7 +31,9 @@ user (the account's own people or API, this daemon included); Admin -> manual by
 (Postmark's staff acting for the account: neither the recipient nor an automatic report).
 
 Writes: a topic opt-out suppresses the topic's stream; an all-email opt-out suppresses every
-stream this adapter knows, since a suppression covers one stream only. Postmark's answer
+stream this adapter knows, since a suppression covers one stream only. Each write reports that it
+reads back as `manual` (held_as) and, for an all-email one, in which topic streams (fanned_out):
+the store takes those read-backs as the write's echo, not as topic opt-outs of their own. Postmark's answer
 does not say whether an address was suppressed already: Suppressed is APPLIED. A lift
 deletes only origin-Customer manual suppressions (the only kind this daemon creates); the
 others were made by the recipient, by a bounce or complaint, or by Postmark's staff, and are
