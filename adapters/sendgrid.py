@@ -321,9 +321,8 @@ class SendGridAdapter:
                 raise UnexpectedAnswer(self.name, endpoint, f"the page at offset {offset} repeats the previous "
                                        "page", status=200)
             yield items
-            # `limit` is the page size [DOC]: a shorter page is the last one, so no empty page is
-            # asked for. Should SendGrid ever cap a page below `limit`, the rest is read by the
-            # next cycle's overlap or the periodic reconcile.
+            # `limit` is the page size [DOC], and `page_size` stays within SendGrid's documented
+            # maximum (500): a shorter page is the last one, so no empty page is asked for.
             if len(items) < self.settings.page_size:
                 return
             offset += len(items)
