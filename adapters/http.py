@@ -173,6 +173,8 @@ class VendorError:
     correlation_id: str | None = None
     retry_after: float | None = None
     retry: bool = True
+    # The vendor says "try later" with a status that usually means a refusal (AWS throttling is a 400).
+    transient: bool = False
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -486,7 +488,7 @@ class HttpClient:
         status = response.status_code
         if status == 429:
             _notify("rate_limited", self.adapter)
-        if status in RETRY_STATUSES or status >= 500:
+        if status in RETRY_STATUSES or status >= 500 or info.transient:
             raise VendorTransientError(self.adapter, endpoint, message, status=status, category=category,
                                        correlation_id=correlation,
                                        retry_after=info.retry_after if info.retry_after is not None else pause,

@@ -793,7 +793,12 @@ class HubSpotAdapter:
     def _wide_outcome(self, optout: OptOut, statuses: list[PublicStatus]) -> ApplyResult:
         if statuses and all(s.setStatusSuccessReason == "NO_STATUS_CHANGE" for s in statuses):
             return ApplyResult(optout, ALREADY, "HubSpot: NO_STATUS_CHANGE")
-        return ApplyResult(optout, APPLIED)
+        # Unsubscribe-all also sets each subscription type it changed to UNSUBSCRIBED: reading one
+        # of those back is this write's echo, not a topic opt-out of its own.
+        fanned = tuple(sorted({self._topic_of[str(s.subscriptionId)] for s in statuses
+                               if str(s.subscriptionId) in self._topic_of
+                               and s.setStatusSuccessReason != "NO_STATUS_CHANGE"}))
+        return ApplyResult(optout, APPLIED, fanned_out=fanned)
 
     def _topic_outcome(self, optout: OptOut, status: PublicStatus, state: str) -> ApplyResult:
         if status.status != state:

@@ -15,7 +15,9 @@ found with the search tool; [SETTING] = not confirmed, so a setting):
   `members` and `total_items` [LIB]. A member has `email_address`, `status`
   (subscribed, unsubscribed, cleaned, pending, transactional, archived),
   `last_changed`, `unsubscribe_reason` [LIB]. `unsubscribed` -> unsubscribed by the
-  recipient (no origin field exists; the reason is kept in details), `cleaned`
+  recipient (no origin field exists, so an admin's unsubscribe reads the same: the safe,
+  unliftable reading; the webhook's `source` user/admin/api would tell; the reason is kept
+  in details), `cleaned`
   (hard-bounced) -> hard_bounce by the system, for all email.
 - GET /lists/{list_id}/abuse-reports pages with count/offset, items {id,
   campaign_id, email_address, date}, no time filter [LIB]: spam complaints, for
@@ -29,7 +31,9 @@ found with the search tool; [SETTING] = not confirmed, so a setting):
   found as members are sent, unless `create_members`. Between the look-up and
   the batch (seconds) a member deleted at Mailchimp would be re-created; that
   is reported. An `archived` member is not billed and not mailed; updating it
-  would unarchive it, so it is only written with `create_members`.
+  would unarchive it (and bill it again), so an archived member is never written,
+  with or without `create_members`: it holds the opt-out (ALREADY). The member
+  look-up answers `status: "archived"` for one [LIB: the member status enum].
 - Undoing an unsubscribe means re-subscribing, which needs the person's consent:
   `remove` refuses every item.
 - Errors are application/problem+json {type, title, status, detail, instance}
@@ -424,6 +428,10 @@ class MailchimpAdapter:
         if done and all(r.outcome == TRANSIENT for r in done):
             # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
             raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
+        if self.settings.scope != GLOBAL_SCOPE:
+            # An all-email opt-out written to a topic's audience reads back as that topic's: our echo.
+            done = [ApplyResult(r.optout, r.outcome, r.message, fanned_out=(self.settings.scope,))
+                    if r.outcome == APPLIED and r.optout.scope == GLOBAL_SCOPE else r for r in done]
         return done
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
@@ -457,15 +465,16 @@ class MailchimpAdapter:
             status = seen[optout.address]
             if status in DONE:
                 results[index] = ApplyResult(optout, ALREADY, f"Mailchimp member is {status} already")
+            elif status == "archived":
+                # Checked before create_members: writing would unarchive the member and bill it again.
+                results[index] = ApplyResult(optout, ALREADY, (
+                    "archived at Mailchimp (not mailed, not billed): holds the opt-out; left archived"))
             elif status in WRITABLE or self.settings.create_members:
                 to_send.append(index)
             elif status is None:
                 results[index] = ApplyResult(optout, PERMANENT, (
                     f"not a member of audience {self.settings.list_id}; create_members is off, so no contact was "
                     "created (Mailchimp would bill it)"))
-            elif status == "archived":
-                results[index] = ApplyResult(optout, PERMANENT, (
-                    "archived at Mailchimp (not mailed, not billed); left archived since create_members is off"))
             else:
                 results[index] = ApplyResult(optout, PERMANENT, f"Mailchimp member has status {status!r}; "
                                                                 "not changed")

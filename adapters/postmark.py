@@ -31,7 +31,9 @@ user (the account's own people or API, this daemon included); Admin -> manual by
 (Postmark's staff acting for the account: neither the recipient nor an automatic report).
 
 Writes: a topic opt-out suppresses the topic's stream; an all-email opt-out suppresses every
-stream this adapter knows, since a suppression covers one stream only. Postmark's answer
+stream this adapter knows, since a suppression covers one stream only. Each write reports that it
+reads back as `manual` (held_as) and, for an all-email one, in which topic streams (fanned_out):
+the store takes those read-backs as the write's echo, not as topic opt-outs of their own. Postmark's answer
 does not say whether an address was suppressed already: Suppressed is APPLIED. A lift
 deletes only origin-Customer manual suppressions (the only kind this daemon creates); the
 others were made by the recipient, by a bounce or complaint, or by Postmark's staff, and are
@@ -395,6 +397,8 @@ class PostmarkAdapter:
                     parked = True
                     break
         results = [refused[i] or self._combine(batch[i], per_item[i]) for i in range(len(batch))]
+        if not delete:
+            results = [self._as_held(r) for r in results]
         if results and all(r.outcome == TRANSIENT for r in results):
             # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
             raise TransientError(f"{self.name}: no item of the batch could be sent: {results[0].message}")
@@ -474,6 +478,19 @@ class PostmarkAdapter:
             for index in indexes:
                 per_item[index].append(ApplyResult(batch[index], outcome.outcome, outcome.message))
         return True
+
+    def _as_held(self, result: ApplyResult) -> ApplyResult:
+        """Say how Postmark will list a suppression we made, so that reading it back is known as our echo.
+
+        It lists it as ManualSuppression by Customer (read as `manual`) in every stream it went to:
+        an all-email opt-out reads back once per topic stream too (`fanned_out`).
+        """
+        if result.outcome != APPLIED:
+            return result
+        scope = result.optout.scope
+        fanned = tuple(self._scope_of[s] for s in self._targets(result.optout)
+                       if self._scope_of[s] not in (scope, GLOBAL_SCOPE)) if scope == GLOBAL_SCOPE else ()
+        return ApplyResult(result.optout, result.outcome, result.message, held_as="manual", fanned_out=fanned)
 
     @staticmethod
     def _combine(optout: OptOut, outcomes: list[ApplyResult]) -> ApplyResult:

@@ -10,7 +10,9 @@ generated client library, [SETTING] = not confirmed, so a setting):
   https://api.eu.sendgrid.com [DOC].
 - GET /v3/suppression/unsubscribes, /bounces, /spam_reports: `start_time` and
   `end_time` are unix seconds, both inclusive, and `limit`/`offset` page the
-  list [DOC]; at most 500 per query for bounces [DOC], so `page_size` <= 500.
+  list [DOC]; `limit` sets the page size and a longer list takes further requests
+  [DOC: "Retrieve all Global Suppressions"], so a page shorter than `limit` ends
+  the list; at most 500 per query for bounces [DOC], so `page_size` <= 500.
   Items: unsubscribes {email, created} [LIB]; bounces {email, created, reason,
   status} where `status` is the enhanced SMTP code [DOC schema]; spam reports
   {email, created} (an `ip`, kept when present). The order is not documented.
@@ -312,8 +314,6 @@ class SendGridAdapter:
                 params["end_time"] = end
             items = self._parse(self.http.request("GET", path, endpoint=endpoint, params=params), model,
                                 endpoint).root
-            # Only an empty page ends a list: a page may hold fewer items than asked for
-            # without being the last, and stopping there would lose the rest.
             if not items:
                 return
             if items == previous:
@@ -321,6 +321,10 @@ class SendGridAdapter:
                 raise UnexpectedAnswer(self.name, endpoint, f"the page at offset {offset} repeats the previous "
                                        "page", status=200)
             yield items
+            # `limit` is the page size [DOC], and `page_size` stays within SendGrid's documented
+            # maximum (500): a shorter page is the last one, so no empty page is asked for.
+            if len(items) < self.settings.page_size:
+                return
             offset += len(items)
             previous = items
 

@@ -15,7 +15,10 @@ What this relies on from the SES v2 API reference ([DOC]):
   429. `GET|DELETE /v2/email/suppression/addresses/{EmailAddress}` (NotFoundException 404);
   `GET /v2/email/account` is read-only and gives the account's SuppressionAttributes.
 - [DOC] Errors name their type in the `x-amzn-ErrorType` header (or `__type`) and carry a
-  `message`; `x-amzn-RequestId` identifies the call. The call rate SES allows for these
+  `message`; `x-amzn-RequestId` identifies the call. [DOC] Throttling can arrive as HTTP 400
+  (AWS API references list `ThrottlingException` with status 400 for some services; others use
+  `Throttling` or `RequestLimitExceeded`): the codes botocore's standard retry mode retries
+  ([LIB] botocore/retries/standard.py) are transient here whatever the status. The call rate SES allows for these
   operations is not stated there: `rate_limit_requests` / `rate_limit_period` are settings.
 
 Mapping: BOUNCE -> hard_bounce, COMPLAINT -> spam_complaint, scope `*`, origin system.
@@ -160,8 +163,38 @@ class UnexpectedAnswer(VendorPermanentError):
     """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
 
 
+# AWS error codes that mean "slow down" or "try again", whatever the HTTP status (throttling often
+# arrives as a 400): the codes botocore's standard retry mode retries. Read from botocore where it
+# keeps them (botocore/retries/standard.py: ThrottledRetryableChecker._THROTTLED_ERROR_CODES and
+# TransientRetryableChecker._TRANSIENT_ERROR_CODES); the copy (botocore 1.44) stands in if a botocore
+# release moves them.
+_AWS_RETRY_CODES_COPY = (
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled",
+    "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
+    "RequestTimeout", "RequestTimeoutException",
+)
+
+
+def _aws_retry_codes() -> frozenset[str]:
+    try:
+        from botocore.retries.standard import ThrottledRetryableChecker, TransientRetryableChecker
+        found = (list(ThrottledRetryableChecker._THROTTLED_ERROR_CODES)
+                 + list(TransientRetryableChecker._TRANSIENT_ERROR_CODES))
+    except (ImportError, AttributeError, TypeError):
+        found = []
+    return frozenset(found) | frozenset(_AWS_RETRY_CODES_COPY)
+
+
+AWS_RETRY_CODES = _aws_retry_codes()
+
+
 def ses_error(response: httpx.Response, now: float) -> VendorError:
-    """The AWS error type (x-amzn-ErrorType or `__type`), its message, request id and Retry-After."""
+    """The AWS error type (x-amzn-ErrorType or `__type`), its message, request id and Retry-After.
+
+    A throttling code is transient whatever the status: AWS sends `Throttling` and the like as 400.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -171,7 +204,8 @@ def ses_error(response: httpx.Response, now: float) -> VendorError:
     kind = kind.split(":")[0].split("#")[-1] or None
     message = str(body.get("message") or body.get("Message") or response.reason_phrase or "no message")
     return VendorError(message, kind, response.headers.get("x-amzn-requestid"),
-                       parse_retry_after(response.headers.get("retry-after"), now))
+                       parse_retry_after(response.headers.get("retry-after"), now),
+                       transient=kind in AWS_RETRY_CODES)
 
 
 class SigV4Transport(httpx.BaseTransport):
@@ -346,7 +380,8 @@ class SesAdapter:
                     continue
                 self.http.request("PUT", ADDRESSES, endpoint=f"PUT {ADDRESSES}",
                                   json={"EmailAddress": optout.address, "Reason": wanted})
-                results[position] = ApplyResult(optout, APPLIED, f"SES reason {wanted}")
+                # Read back, the entry is a bounce or complaint: our echo, not news (held_as).
+                results[position] = ApplyResult(optout, APPLIED, f"SES reason {wanted}", held_as=REASONS[wanted])
             except VendorPermanentError as exc:
                 if exc.status in (401, 403) or exc.status is None:
                     raise  # credentials or permissions: the adapter, not this address

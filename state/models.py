@@ -91,6 +91,13 @@ class ApplyResult:
     optout: OptOut
     outcome: str
     message: str = ""
+    # How the sink will report an apply that took effect, where the opt-out as sent does not say:
+    # `held_as` is the reason it records (a Postmark suppression is always `manual`; an SES entry is a
+    # bounce or complaint); None means an unsubscribe, which is how most sinks hold any opt-out.
+    held_as: str | None = None
+    # Further scopes the write reached besides the one sent (an all-email opt-out written to every
+    # topic stream): their read-backs are echoes of this apply, not new opt-outs.
+    fanned_out: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -82,13 +82,24 @@ def _shift_time(text: str | None, seconds: float) -> str | None:
 def _echo_sql(table: str, source_sql: str) -> str:
     """SQL that is true when a row of `table` is a sink reporting back what this daemon applied to it.
 
-    Such an echo (undated, or dated no later than our apply) must neither create a suppression
-    (an unmapped topic sent as all-email comes back as an all-email opt-out) nor change who
-    made one (a user's import comes back from some vendors as a recipient unsubscribe).
+    Such an echo must neither create a suppression (an unmapped topic sent as all-email comes
+    back as an all-email opt-out; an all-email opt-out written to every topic stream comes back
+    once per stream) nor change who made one (a user's import comes back from some vendors as a
+    recipient unsubscribe). An echo is only what we sent: the scope we sent or one our write
+    fanned out to, a reason no more binding than the one we sent or the one the sink records our
+    write as (an unsubscribe unless the adapter said otherwise, and nothing where the sink held
+    it already, since then we wrote nothing), and undated or dated no later than our apply. A
+    more binding reason is news whatever its date: a complaint the sink held before our apply.
     """
+    incoming_rank = _rank_sql(f"{table}.reason", REASON_RANK)
+    held_rank = _rank_sql("COALESCE(json_extract(a.details, '$.held_as'), 'unsubscribed')", REASON_RANK)
     return (f"EXISTS (SELECT 1 FROM events a WHERE a.address = {table}.address AND a.kind = 'applied'"
             f" AND a.target = {source_sql}"
-            f" AND COALESCE(json_extract(a.details, '$.sent_scope'), a.scope) = {table}.scope"
+            f" AND (COALESCE(json_extract(a.details, '$.sent_scope'), a.scope) = {table}.scope"
+            f" OR EXISTS (SELECT 1 FROM json_each(a.details, '$.fanned_out') f WHERE f.value = {table}.scope))"
+            f" AND {incoming_rank} <= max({_rank_sql('a.reason', REASON_RANK)},"
+            f" CASE WHEN COALESCE(json_extract(a.details, '$.outcome'), 'applied') = 'applied'"
+            f" THEN {held_rank} ELSE -1 END)"
             f" AND ({table}.occurred_at IS NULL"
             f" OR {table}.occurred_at <= shift_time(a.recorded_at, {ECHO_SKEW_SECONDS})))")
 
@@ -166,12 +177,22 @@ _OUTCOME_JSON = {outcome: json.dumps({"outcome": outcome}) for outcome in (APPLI
 
 
 def _outcome_json(item: "PushOutcome") -> str:
-    """An apply's outcome, and the scope it was sent as where the sink got another one."""
-    if item.result.optout.scope == item.optout.scope and item.result.outcome in _OUTCOME_JSON:
-        return _OUTCOME_JSON[item.result.outcome]  # the common case, without a json.dumps per item
-    details = {"outcome": item.result.outcome}
-    if item.result.optout.scope != item.optout.scope:
-        details["sent_scope"] = item.result.optout.scope
+    """An apply's outcome, and what the echo rule needs where the sink got something else.
+
+    That is the scope it was sent as, the reason the sink records it as, and the further scopes
+    the write reached.
+    """
+    result = item.result
+    if (result.optout.scope == item.optout.scope and result.outcome in _OUTCOME_JSON
+            and result.held_as is None and not result.fanned_out):
+        return _OUTCOME_JSON[result.outcome]  # the common case, without a json.dumps per item
+    details: dict = {"outcome": result.outcome}
+    if result.optout.scope != item.optout.scope:
+        details["sent_scope"] = result.optout.scope
+    if result.held_as is not None:
+        details["held_as"] = result.held_as
+    if result.fanned_out:
+        details["fanned_out"] = sorted(set(result.fanned_out))
     return json.dumps(details)
 
 

@@ -147,7 +147,8 @@ def test_apply_unsubscribes_members_only_and_creates_nobody_when_create_members_
 
     results = adapter.apply(batch)
 
-    assert [r.outcome for r in results] == [APPLIED, APPLIED, ALREADY, ALREADY, PERMANENT, PERMANENT]
+    # An archived member holds the opt-out (not mailed): never written, never a failure.
+    assert [r.outcome for r in results] == [APPLIED, APPLIED, ALREADY, ALREADY, ALREADY, PERMANENT]
     assert "not a member" in results[5].message and "create_members is off" in results[5].message
     assert "archived" in results[4].message
     assert fake.status_of("sam@example.com") == "unsubscribed" and fake.status_of("pat@example.com") == \
@@ -323,3 +324,38 @@ def test_engine_spreads_both_ways_non_members_are_listed_and_the_overlap_has_no_
     assert mem.effects[("ann@example.com", "*")] == 1
     assert store.checkpoint("mailchimp").read_cursor == "2023-11-14T22:15:20+00:00"
     assert fake.subscribe_writes == [] and fake.deletes == []
+
+
+def test_archived_members_are_never_written_again_even_with_create_members(tmp_path):
+    """Archived (as docs/adapters.md advises, to stop paying for them): reconcile leaves them archived."""
+    clock = FakeClock(NOW)
+    fake = FakeMailchimp(KEY, clock=clock)
+    raw = {"store": {"path": str(tmp_path / "store.db")}, "topics": TOPICS,
+           "adapters": [{"name": "mem", "type": "memory", "interval": 1},
+                        {"name": "mailchimp", "type": "mailchimp", "api_key": KEY, "list_id": LIST,
+                         "base_url": "https://us21.api.mailchimp.test/3.0", "create_members": True}]}
+    settings = validate_settings(raw, tmp_path / "settings.toml")
+    store = Store(settings.store.path)
+    mem = registry.build(settings.adapter("mem"), settings.topics)
+    mailchimp = MailchimpAdapter(settings.adapter("mailchimp"), settings.topics,
+                                 transport=httpx.MockTransport(fake.handle), clock=clock)
+    engine = Engine(settings, store, {"mem": mem, "mailchimp": mailchimp})
+    try:
+        for address in ("ann@example.com", "bob@example.com"):
+            fake.add_member(address, "subscribed")
+            mem.opt_out(OptOut(address, reason="imported", origin="user"))
+        assert all(r.error is None for r in engine.sync_once())
+        assert fake.status_of("ann@example.com") == fake.status_of("bob@example.com") == "unsubscribed"
+        for address in ("ann@example.com", "bob@example.com"):  # the operator archives both
+            fake.members[LIST][subscriber_hash(address)]["status"] = "archived"
+        writes_before = len(fake.calls(f"/lists/{LIST}", "POST"))
+
+        report = engine.reconcile("mailchimp")
+
+        assert report.error is None and report.missing_at_source == 2
+        assert fake.status_of("ann@example.com") == fake.status_of("bob@example.com") == "archived"
+        assert len(fake.calls(f"/lists/{LIST}", "POST")) == writes_before  # no write reached them
+        assert fake.calls(method="PATCH") == [] and fake.calls(method="PUT") == []
+        assert list(store.failures("mailchimp")) == []  # held, not a failure
+    finally:
+        store.close()

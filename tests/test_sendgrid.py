@@ -127,8 +127,8 @@ def test_paging_walks_every_page_with_limit_and_offset():
     addresses = [o.address for p in pages for o in p.optouts]
     assert len(addresses) == 1234 and len(set(addresses)) == 1234
     offsets = [int(c.params["offset"]) for c in fake.calls("/v3/suppression/unsubscribes")]
-    # A short page is not taken as the end (SendGrid may return fewer than asked): an empty page ends the list.
-    assert offsets == list(range(0, 1300, 100)) + [1234]
+    # `limit` is the page size: the short thirteenth page ends the list, no empty page is asked for.
+    assert offsets == list(range(0, 1300, 100))
     assert all(c.params["limit"] == "100" for c in fake.requests)
     assert all(p.cursor is None for p in pages)
 
@@ -368,3 +368,21 @@ def test_engine_parks_everything_while_sendgrid_answers_429_and_delivers_later(w
     clock.advance(5)
     engine.sync_once()
     assert fake.globally_suppressed() == {"ann@example.com"}
+
+
+@pytest.mark.parametrize("held, requests_per_list", [(0, 1), (3, 1), (5, 2)])
+def test_each_list_costs_one_request_per_cycle_unless_a_page_is_full(held, requests_per_list):
+    """A page shorter than `limit` ends a list: fewer than `limit` items cost one request, exactly `limit` two."""
+    adapter, fake, clock = make(page_size=5)
+    for i in range(held):
+        fake.recipient_unsubscribes(f"u{i}@example.com", at=NOW - 100 - i)
+        fake.bounce(f"b{i}@example.com", at=NOW - 100 - i)
+        fake.spam_report(f"s{i}@example.com", at=NOW - 100 - i)
+    cursor = None
+    for _ in range(2):  # two cycles, the second from the first one's cursor
+        pages = list(adapter.read_changes(cursor))
+        cursor = pages[-1].cursor
+        clock.advance(60)
+    for path in ("/v3/suppression/unsubscribes", "/v3/suppression/bounces", "/v3/suppression/spam_reports"):
+        assert len(fake.calls(path)) == 2 * requests_per_list, path
+    assert len(fake.calls("/v3/asm/suppressions")) == 2  # group suppressions: one unpaged call per cycle

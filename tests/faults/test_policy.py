@@ -270,7 +270,9 @@ def test_a_cursor_that_repeats_once_is_an_error_or_loses_nothing(name, skip):
     assert injector.injected["repeat_cursor"] == 1
 
 
-@pytest.mark.parametrize("name", PAGED)
+# SendGrid's reference makes `limit` the page size, so its adapter takes a shorter page as the
+# list's end (one request per list per cycle, tests/test_sendgrid.py); the others must survive it.
+@pytest.mark.parametrize("name", [n for n in PAGED if n != "sendgrid"])
 def test_pages_with_fewer_items_than_promised_lose_and_invent_nothing(name):
     expected, _ = baseline(name)
     kit = KITS[name]

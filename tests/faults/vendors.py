@@ -295,7 +295,8 @@ SENDGRID = Kit(
     lambda name, base_url, token: {"name": name, "type": "sendgrid", "api_key": token, "base_url": base_url,
                                    "topics": {"newsletter": "101"}, "max_new_per_cycle": 1_000_000},
     SendGridAdapter, _sendgrid_seed, _sendgrid_covers, _effects_of, _removals,
-    small_pages={"page_size": 10}, limit_fake=lambda fake, n: _set(fake, rate_limit=n, rate_period=1.0) or 1.0,
+    # Small enough that each seeded list spans several pages (a short page ends a SendGrid list).
+    small_pages={"page_size": 4}, limit_fake=lambda fake, n: _set(fake, rate_limit=n, rate_period=1.0) or 1.0,
     rate_headers=True)
 
 
