@@ -20,7 +20,7 @@ from state.lifts import LEGAL_BASES
 from state.models import REASONS
 
 from . import __version__, commands, operator
-from .logs import log_event, mask_addresses, setup_logging
+from .logs import log_event, mask_addresses, mask_rejected, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -49,6 +49,10 @@ class Context:
     def shown(self, text: str) -> str:
         """Text for the terminal, with addresses masked unless asked otherwise."""
         return text if self.show_addresses else mask_addresses(text)
+
+    def shown_rejected(self, text: str, value: str | None) -> str:
+        """Text about a rejected input value, with that value masked as a whole unless asked otherwise."""
+        return text if self.show_addresses else mask_rejected(text, value)
 
 
 def _edge(function: Callable) -> Callable:
@@ -255,7 +259,7 @@ def import_command(obj: Context, file: Path, column: str | None, scope: str, rea
                          ("new opt-outs", preview.new), ("rejected rows", preview.rejected_count)):
         click.echo(f"  {label:<36} {value:>10,}")
     for item in preview.rejected_sample:
-        click.echo(obj.shown(f"    {item.where}: {item.reason}"))
+        click.echo(obj.shown_rejected(f"    {item.where}: {item.reason}", item.value))
     if preview.rejected_count > len(preview.rejected_sample):
         more = preview.rejected_count - len(preview.rejected_sample)
         click.echo(f"    ... and {more:,} more" + ("" if rejected_out else " (all of them with --rejected-out FILE)"))
