@@ -20,7 +20,7 @@ from state.lifts import LEGAL_BASES
 from state.models import REASONS
 
 from . import __version__, commands, operator
-from .logs import log_event, mask_addresses, mask_rejected, setup_logging
+from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -190,23 +190,47 @@ def status(obj: Context, as_json: bool) -> None:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--adapter", metavar="NAME", help="Only this adapter.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
+@click.pass_context
 @_edge
-def failures(obj: Context, adapter: str | None, as_json: bool) -> None:
-    """List rejected input rows and failed, parked or unmapped applies."""
+def failures(ctx: click.Context, adapter: str | None, as_json: bool) -> None:
+    """List rejected input rows and failed, parked or unmapped applies (`failures dismiss` closes them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
     rows = commands.failures(obj.settings(), adapter)
     if as_json:
+        if not obj.show_addresses:
+            for row in rows:
+                row["message"] = mask_rejected(row["message"], row["value"])
+                row["value"] = row["value"] and mask_value(row["value"])
         click.echo(obj.shown(json.dumps(rows, indent=2)))
         return
     if not rows:
         click.echo("no open failures")
     for row in rows:
         what = row["location"] or f"{row['address']} ({row['scope']})"
-        click.echo(obj.shown(f"{row['last_at']}  {row['adapter']}  {row['kind']}  {what}: {row['message']}"
-                             f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}"))
+        # The rejected value, where the message does not quote it already.
+        value = f" {row['value']!r}" if row["value"] and row["value"].strip() not in row["message"] else ""
+        line = (f"#{row['id']}  {row['last_at']}  {row['adapter']}  {row['kind']}  {what}{value}: {row['message']}"
+                f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}")
+        click.echo(obj.shown_rejected(line, row["value"]))
+
+
+@failures.command("dismiss")
+@click.argument("ids", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why the failures need no more attention (stored in the events log).")
+@click.pass_obj
+@_edge
+def failures_dismiss(obj: Context, ids: tuple[int, ...], reason: str) -> None:
+    """Close the failures with these IDs (as `failures` lists them), with a reason; each is audited."""
+    rows = commands.dismiss_failures(obj.settings(), list(ids), reason)
+    for row in rows:
+        what = row["location"] or f"{row['address']} ({row['scope']})"
+        click.echo(obj.shown_rejected(f"dismissed #{row['id']}  {row['adapter']}  {row['kind']}  {what}",
+                                      row["value"]))
 
 
 @main.command()

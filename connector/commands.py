@@ -6,6 +6,7 @@ project's exception types, turned into exit codes by the CLI.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -136,6 +137,26 @@ def failures(settings: Settings, adapter: str | None = None) -> list[dict]:
         settings.adapter(adapter)
     with open_store(settings) as store:
         return list(store.failures(adapter))
+
+
+def dismiss_failures(settings: Settings, ids: list[int], reason: str) -> list[dict]:
+    """Close open failures by id with a reason (an audit event each); the failures as they were.
+
+    Unknown or closed ids: InputError naming them, nothing changed.
+    """
+    with open_store(settings) as store:
+        rows = store.dismiss_failures(ids, reason, by=_who())
+    for row in rows:
+        log_event("failure_dismissed", adapter=row["adapter"], failure_id=row["id"], kind=row["kind"],
+                  reason=reason.strip())
+    return rows
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
 
 
 def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:

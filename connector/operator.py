@@ -210,6 +210,9 @@ def describe_event(event: dict) -> str:
         return f"removed at {event['target']} after the lift ({scope_text}): {event['message'] or 'ok'}"
     if kind == "remove_failed":
         return f"removal at {event['target']} failed ({scope_text}): {event['message']}"
+    if kind == "failure_dismissed":
+        failure_id = json.loads(event["details"] or "{}").get("failure_id")
+        return f"failure #{failure_id} at {event['target']} dismissed: {event['message']}"
     if kind == "observed":
         return f"seen at {event['source']} ({scope_text}): {event['message']}"
     return f"{kind} ({scope_text}){': ' + event['message'] if event.get('message') else ''}"

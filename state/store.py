@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import InputError, RefusedError, StoreError
 from .models import (
     ALREADY,
     APPLIED,
@@ -331,9 +331,9 @@ class Store:
                 (adapter, now))
             if page.rejected:
                 self.conn.executemany(
-                    "INSERT INTO failures (adapter, kind, location, address, message, first_at, last_at)"
-                    " VALUES (?, 'rejected', ?, NULL, ?, ?, ?)",
-                    [(adapter, r.where, r.reason, now, now) for r in page.rejected],
+                    "INSERT INTO failures (adapter, kind, location, address, value, message, first_at, last_at)"
+                    " VALUES (?, 'rejected', ?, NULL, ?, ?, ?, ?)",
+                    [(adapter, r.where, r.value, r.reason, now, now) for r in page.rejected],
                 )
             if page.notices:
                 self.conn.executemany(
@@ -649,11 +649,56 @@ class Store:
             params.append(adapter)
         if not include_resolved:
             where.append("resolved_at IS NULL")
-        sql = ("SELECT id, adapter, kind, address, scope, ref_seq, location, message, first_at, last_at,"
-               " attempts, resolved_at FROM failures")
+        sql = ("SELECT id, adapter, kind, address, scope, ref_seq, location, value, message, first_at, last_at,"
+               " attempts, resolved_at, dismissed_reason FROM failures")
         if where:
             sql += " WHERE " + " AND ".join(where)
         cursor = self.conn.execute(sql + " ORDER BY id", params)
+        names = [c[0] for c in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
+
+    def dismiss_failures(self, ids: list[int], reason: str, by: str) -> list[dict]:
+        """Close open failures by id with a reason, one audit event each; the rows as they were.
+
+        All or nothing: an id that is unknown or already closed raises InputError naming it,
+        and a parked apply (retried every cycle, it closes itself) raises RefusedError.
+        """
+        reason = reason.strip()
+        if not reason:
+            raise InputError("a reason is required to dismiss a failure")
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            raise InputError("name at least one failure id to dismiss")
+        now = utc_now()
+        with self.transaction():
+            rows = {row["id"]: row for row in self._failures_by_id(wanted)}
+            unknown = [str(i) for i in wanted if i not in rows]
+            if unknown:
+                raise InputError(f"no failure with id {', '.join(unknown)}; nothing was dismissed "
+                                 "(optout-sync failures lists the open ones)")
+            closed = [str(i) for i in wanted if rows[i]["resolved_at"] is not None]
+            if closed:
+                raise InputError(f"failure {', '.join(closed)} is already closed; nothing was dismissed")
+            parked = [str(i) for i in wanted if rows[i]["kind"] == TRANSIENT]
+            if parked:
+                raise RefusedError(f"failure {', '.join(parked)} is a parked apply, retried every cycle until it "
+                                   "succeeds; nothing was dismissed")
+            self.conn.executemany(
+                "UPDATE failures SET resolved_at = ?, dismissed_reason = ? WHERE id = ?",
+                [(now, reason, i) for i in wanted])
+            self.conn.executemany(
+                "INSERT INTO events (recorded_at, kind, address, scope, target, message, details)"
+                " VALUES (?, 'failure_dismissed', ?, ?, ?, ?, ?)",
+                [(now, rows[i]["address"] or "", rows[i]["scope"] or "", rows[i]["adapter"], reason,
+                  _details_json({"failure_id": i, "failure_kind": rows[i]["kind"], "by": by,
+                                 "location": rows[i]["location"]}))
+                 for i in wanted])
+        return [rows[i] for i in wanted]
+
+    def _failures_by_id(self, ids: list[int]) -> Iterator[dict]:
+        cursor = self.conn.execute(
+            f"SELECT * FROM failures WHERE id IN ({','.join('?' * len(ids))})", ids)
         names = [c[0] for c in cursor.description]
         for row in cursor:
             yield dict(zip(names, row))

@@ -96,3 +96,131 @@ def test_rejected_out_gives_the_row_number_its_own_integer_column(world):
     source_lines = listing.read_text(encoding="utf-8").splitlines()
     for r in rows:    # the number is the file's own line number (header = row 1)
         assert source_lines[int(r["row"]) - 1] == r["value"]
+
+
+# -- failures: the rejected value, and the audited dismissal ---------------------------------------------------
+
+
+@pytest.fixture
+def folder_world(tmp_path):
+    """A csv_folder source and a memory sink, with a list of two valid and three rejected rows read in."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = write_settings(tmp_path, [
+        {"name": "inbox", "type": "csv_folder", "path": str(inbox), "interval": 1, "settle_seconds": 0},
+        {"name": "crm", "type": "memory"},
+    ])
+    (inbox / "list.csv").write_text(
+        "email,reason\nann@example.com,unsubscribed\na b@example.com,unsubscribed\nzed,\n"
+        "bob@example.com,unsubscribed\ncarol@example.com,nonsense\n", encoding="utf-8")
+    assert cli(path, "sync", "--once").exit_code == 0
+    return tmp_path, path, load_settings(path, environ={})
+
+
+def open_failures(settings):
+    with Store(settings.store.path) as store:
+        return list(store.failures())
+
+
+def test_rejected_rows_keep_their_value_and_failures_shows_it_masked(folder_world):
+    tmp_path, path, settings = folder_world
+    rows = open_failures(settings)
+    assert [(r["location"], r["value"]) for r in rows] == [
+        ("list.csv row 3", "a b@example.com"), ("list.csv row 4", "zed"), ("list.csv row 6", "carol@example.com")]
+
+    listed = cli(path, "failures")
+    assert listed.exit_code == 0
+    lines = listed.output.splitlines()
+    assert len(lines) == 3
+    for row, line in zip(rows, lines):
+        assert line.startswith(f"#{row['id']}  ")
+        assert row["location"] in line
+    assert "'***@example.com'" in lines[0] and "a b" not in lines[0]
+    assert "'***'" in lines[1] and "zed" not in lines[1]
+    # An unknown reason's message does not quote the address, so the line adds the value, masked.
+    assert "'c***@example.com'" in lines[2] and "carol" not in lines[2] and "unknown reason 'nonsense'" in lines[2]
+
+    shown = cli(path, "--show-addresses", "failures")
+    assert "'a b@example.com'" in shown.output and "'zed'" in shown.output and "carol@example.com" in shown.output
+
+    as_json = cli(path, "failures", "--json")
+    import json
+    data = json.loads(as_json.output)
+    assert [d["value"] for d in data] == ["***@example.com", "***", "c***@example.com"]
+    assert "a b" not in as_json.output and "zed" not in as_json.output and "carol" not in as_json.output
+
+
+def test_dismiss_closes_failures_with_an_audit_event_and_status_counts_only_open_ones(folder_world):
+    tmp_path, path, settings = folder_world
+    first, second, third = (r["id"] for r in open_failures(settings))
+    status = cli(path, "status", "--json")
+    import json
+    assert {a["adapter"]: a["failures"] for a in json.loads(status.output)["adapters"]}["inbox"] == 3
+
+    done = cli(path, "failures", "dismiss", str(first), str(third), "--reason", "fixed in the CRM export")
+    assert done.exit_code == 0, done.output
+    assert f"dismissed #{first}" in done.output and f"dismissed #{third}" in done.output
+    assert "a b@" not in done.output                         # masked here too
+
+    assert [r["id"] for r in open_failures(settings)] == [second]
+    with Store(settings.store.path) as store:
+        closed = {r["id"]: r for r in store.failures(include_resolved=True)}
+        events = store.conn.execute(
+            "SELECT kind, address, scope, target, message, details FROM events WHERE kind = 'failure_dismissed'"
+            " ORDER BY seq").fetchall()
+    assert closed[first]["resolved_at"] and closed[first]["dismissed_reason"] == "fixed in the CRM export"
+    assert closed[second]["resolved_at"] is None and closed[second]["dismissed_reason"] is None
+    assert [(k, a, t, m) for k, a, _, t, m, _ in events] == [
+        ("failure_dismissed", "", "inbox", "fixed in the CRM export")] * 2
+    assert [json.loads(d)["failure_id"] for *_, d in events] == [first, third]
+
+    status = cli(path, "status", "--json")
+    assert {a["adapter"]: a["failures"] for a in json.loads(status.output)["adapters"]}["inbox"] == 1
+    listed = cli(path, "failures")
+    assert listed.output.startswith(f"#{second}  ") and len(listed.output.splitlines()) == 1
+    # The list command works as before, filters included.
+    assert cli(path, "failures", "--adapter", "crm").output == "no open failures\n"
+
+
+def test_dismiss_with_an_unknown_or_closed_id_names_it_and_changes_nothing(folder_world):
+    tmp_path, path, settings = folder_world
+    first, second, third = (r["id"] for r in open_failures(settings))
+    with Store(settings.store.path) as store:
+        before = store.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    unknown = cli(path, "failures", "dismiss", str(first), "999", "998", "--reason", "x")
+    assert unknown.exit_code == 2
+    assert "no failure with id 999, 998; nothing was dismissed" in unknown.output
+    assert "Traceback" not in unknown.output
+    assert len(open_failures(settings)) == 3
+
+    assert cli(path, "failures", "dismiss", str(second), "--reason", "done").exit_code == 0
+    again = cli(path, "failures", "dismiss", str(first), str(second), "--reason", "done")
+    assert again.exit_code == 2 and f"failure {second} is already closed" in again.output
+    assert [r["id"] for r in open_failures(settings)] == [first, third]
+
+    blank = cli(path, "failures", "dismiss", str(first), "--reason", "  ")
+    assert blank.exit_code == 2 and "a reason is required" in blank.output
+    with Store(settings.store.path) as store:
+        assert store.conn.execute("SELECT count(*) FROM events").fetchone()[0] == before + 1
+
+
+def test_an_apply_failure_is_dismissed_into_its_address_history_and_a_parked_one_is_refused(folder_world):
+    from state.models import PERMANENT, TRANSIENT, ApplyResult
+    from state.store import PushOutcome
+    tmp_path, path, settings = folder_world
+    with Store(settings.store.path) as store:
+        seqs = [row[0] for row in store.conn.execute(
+            "SELECT seq FROM events WHERE kind = 'suppressed' ORDER BY seq")]
+        refused, parked = OptOut("ann@example.com"), OptOut("bob@example.com")
+        store.record_push("crm", [PushOutcome(seqs[0], refused, ApplyResult(refused, PERMANENT, "vendor says no")),
+                                  PushOutcome(seqs[1], parked, ApplyResult(parked, TRANSIENT, "timeout"))], None)
+        ids = {r["address"]: r["id"] for r in store.failures("crm")}
+
+    refusal = cli(path, "failures", "dismiss", str(ids["bob@example.com"]), "--reason", "x")
+    assert refusal.exit_code == 3 and "parked apply" in refusal.output
+    done = cli(path, "failures", "dismiss", str(ids["ann@example.com"]), "--reason", "address closed at vendor")
+    assert done.exit_code == 0
+    history = cli(path, "--show-addresses", "history", "ann@example.com")
+    assert f"failure #{ids['ann@example.com']} at crm dismissed: address closed at vendor" in history.output
+    assert [r["address"] for r in open_failures(settings) if r["adapter"] == "crm"] == ["bob@example.com"]
