@@ -116,11 +116,18 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
         settings.adapter(name)
     reports = commands.sync_once(settings, list(names) or None, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps([commands.report_dict(r) for r in reports], indent=2))
+        data = [commands.report_dict(r) for r in reports]
+        if not obj.show_addresses:
+            for item in (i for d in data for i in d.get("would_reject", [])):
+                item["reason"] = mask_rejected(item["reason"], item["value"])
+                item["value"] = mask_value(item["value"])
+        click.echo(obj.shown(json.dumps(data, indent=2)))
     else:
-        verb = "would pull" if dry_run else "pulled"
+        verb = "would read" if dry_run else "read"
         for r in reports:
-            line = (f"{r.adapter}: {verb} {r.pulled} ({r.staged} new, {r.rejected} rejected), "
+            # The parts add up: rows = new + duplicates + already held + ignored + rejected.
+            line = (f"{r.adapter}: {verb} {r.pulled + r.rejected} rows ({r.staged} new, {r.duplicates} duplicate, "
+                    f"{r.held} already held, {r.ignored} ignored, {r.rejected} rejected), "
                     f"{'would push' if dry_run else 'pushed'} {r.pushed}, failed {r.failed}, parked {r.parked}, "
                     f"skipped {r.skipped}")
             if r.paused:
@@ -128,10 +135,41 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
             if r.error:
                 line += f"; ERROR {type(r.error).__name__}: {r.error}"
             click.echo(obj.shown(line))
+            if dry_run:
+                _echo_dry_run_lists(obj, r)
     if any(r.error for r in reports):
         sys.exit(EXIT_FAILURE)
     if any(r.paused for r in reports):
         sys.exit(EXIT_REFUSED)
+
+
+DRY_RUN_SHOWN = 20
+
+
+def _echo_dry_run_lists(obj: Context, report) -> None:
+    """The first DRY_RUN_SHOWN new, rejected and to-be-pushed items of a dry run (all with --json)."""
+
+    def heading(label: str, items: list) -> None:
+        more = f", the first {DRY_RUN_SHOWN}; all of them with --json" if len(items) > DRY_RUN_SHOWN else ""
+        click.echo(f"  {label} ({len(items)}{more}):")
+
+    for label, items in (("new opt-outs", report.would_add), ("would push", report.would_push)):
+        if items:
+            heading(label, items)
+            for o in items[:DRY_RUN_SHOWN]:
+                click.echo(obj.shown(f"    {o.address} ({'all email' if o.scope == '*' else 'topic ' + o.scope}, "
+                                     f"{o.reason} by {o.origin})"))
+        if label == "new opt-outs" and report.would_reject:
+            heading("rejected", report.would_reject)
+            for item in report.would_reject[:DRY_RUN_SHOWN]:
+                click.echo(obj.shown_rejected(f"    {_rejected_text(item.where, item.value, item.reason)}",
+                                              item.value))
+
+
+def _rejected_text(where: str, value: str | None, message: str) -> str:
+    """'where: message', with the rejected value after `where` when the message does not quote it."""
+    shown = f" {value!r}" if value and value.strip() and value.strip() not in message else ""
+    return f"{where}{shown}: {message}"
 
 
 @main.command()
@@ -212,9 +250,8 @@ def failures(ctx: click.Context, adapter: str | None, as_json: bool) -> None:
         click.echo("no open failures")
     for row in rows:
         what = row["location"] or f"{row['address']} ({row['scope']})"
-        # The rejected value, where the message does not quote it already.
-        value = f" {row['value']!r}" if row["value"] and row["value"].strip() not in row["message"] else ""
-        line = (f"#{row['id']}  {row['last_at']}  {row['adapter']}  {row['kind']}  {what}{value}: {row['message']}"
+        line = (f"#{row['id']}  {row['last_at']}  {row['adapter']}  {row['kind']}  "
+                f"{_rejected_text(what, row['value'], row['message'])}"
                 f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}")
         click.echo(obj.shown_rejected(line, row["value"]))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from adapters import registry
 from adapters.base import Adapter
 from state.errors import ConfigError, OptOutSyncError
-from state.models import utc_now
+from state.models import OptOut, utc_now
 from state.store import Store
 
 from .engine import CycleReport, Engine
@@ -225,8 +225,23 @@ def status(settings: Settings, store: Store | None = None) -> dict:
         }
 
 
+DRY_RUN_LISTS = ("would_add", "would_reject", "would_push")
+
+
 def report_dict(report: CycleReport) -> dict:
-    """A cycle report as JSON-ready data."""
-    data = {f.name: getattr(report, f.name) for f in fields(report)}
+    """A cycle report as JSON-ready data; a dry run's lists in full, others without them."""
+    data = {f.name: getattr(report, f.name) for f in fields(report) if f.name not in DRY_RUN_LISTS}
+    data["duplicates"] = report.duplicates
     data["error"] = f"{type(report.error).__name__}: {report.error}" if report.error else None
+    if report.dry_run:
+        data["would_add"] = [optout_dict(o) for o in report.would_add]
+        data["would_reject"] = [{"where": r.where, "value": r.value, "reason": r.reason}
+                                for r in report.would_reject]
+        data["would_push"] = [optout_dict(o) for o in report.would_push]
     return data
+
+
+def optout_dict(optout: OptOut) -> dict:
+    """An opt-out as JSON-ready data (without its details)."""
+    return {"address": optout.address, "scope": optout.scope, "reason": optout.reason, "origin": optout.origin,
+            "occurred_at": optout.occurred_at}

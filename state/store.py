@@ -126,9 +126,11 @@ class IngestCounts:
     ignored_lifted: int = 0
     ignored_echoes: int = 0
     rejected: int = 0
+    held: int = 0          # read, and already suppressed for that scope (`changed` are among them)
 
     def add(self, other: "IngestCounts") -> None:
         self.read += other.read
+        self.held += other.held
         self.staged += other.staged
         self.changed += other.changed
         self.ignored_lifted += other.ignored_lifted
@@ -324,6 +326,9 @@ class Store:
             counts.ignored_lifted = self._drop_lifted("incoming")
             counts.ignored_echoes = self._write(
                 f"DELETE FROM incoming WHERE {_echo_sql('incoming', '?')}", (adapter,)).rowcount
+            counts.held = self.conn.execute(
+                "SELECT count(*) FROM incoming i WHERE EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)").fetchone()[0]
             counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
             counts.staged = self._stage(
                 "FROM incoming i WHERE NOT EXISTS"
@@ -412,6 +417,12 @@ class Store:
                 update_params,
             )
         return changed
+
+    def staged_optouts(self, adapter: str) -> list[OptOut]:
+        """The new opt-outs from this adapter that wait in staging, in the order they were staged."""
+        return [OptOut(address, scope, reason, origin, occurred_at, _details_from(details))
+                for address, scope, reason, origin, occurred_at, details in self.conn.execute(
+                    f"SELECT {_OPTOUT_COLUMNS} FROM staged WHERE adapter = ? ORDER BY rowid", (adapter,))]
 
     def staged_count(self, adapter: str) -> int:
         """How many new opt-outs from this adapter wait in staging."""

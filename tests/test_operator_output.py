@@ -224,3 +224,95 @@ def test_an_apply_failure_is_dismissed_into_its_address_history_and_a_parked_one
     history = cli(path, "--show-addresses", "history", "ann@example.com")
     assert f"failure #{ids['ann@example.com']} at crm dismissed: address closed at vendor" in history.output
     assert [r["address"] for r in open_failures(settings) if r["adapter"] == "crm"] == ["bob@example.com"]
+
+
+# -- sync --once --dry-run: counts that add up, and what would be pulled and pushed ---------------------------
+
+
+@pytest.fixture
+def dry_world(tmp_path):
+    """An inbox folder and a CSV sink that already hold held@example.com, and a new list dropped in."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = write_settings(tmp_path, [
+        {"name": "inbox", "type": "csv_folder", "path": str(inbox), "interval": 1, "settle_seconds": 0},
+        {"name": "outbox", "type": "csv_file", "path": str(tmp_path / "out" / "suppressions.csv"), "interval": 1},
+    ])
+    (inbox / "old.csv").write_text("email,reason\nheld@example.com,unsubscribed\n", encoding="utf-8")
+    assert cli(path, "sync", "--once").exit_code == 0
+    # 7 rows: 2 new (ann, robert), 1 duplicate (ANN), 1 already held, 3 rejected.
+    (inbox / "new.csv").write_text(
+        "email,reason\nann@example.com,unsubscribed\nANN@example.com ,unsubscribed\nrobert@example.com,hard_bounce\n"
+        "held@example.com,unsubscribed\na b@example.com,unsubscribed\nzed,unsubscribed\n"
+        "carol@example.com,nonsense\n", encoding="utf-8")
+    return tmp_path, path, load_settings(path, environ={})
+
+
+def everything(tmp_path, settings) -> dict:
+    """The store's rows, the cursors and every file's bytes: what a dry run must leave as it is."""
+    with Store(settings.store.path) as store:
+        tables = {table: store.conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                  for table in ("suppressions", "events", "checkpoints", "staged", "failures", "runs")}
+    files = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(tmp_path.rglob("*"))
+             if p.is_file() and not p.name.startswith("store.db")}
+    return {"tables": tables, "files": files}
+
+
+def test_dry_run_counts_add_up_and_list_what_would_be_pulled_and_pushed_masked(dry_world):
+    tmp_path, path, settings = dry_world
+    before = everything(tmp_path, settings)
+
+    result = cli(path, "sync", "--once", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert everything(tmp_path, settings) == before      # store, cursors and files untouched
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("inbox: would read 7 rows (2 new, 1 duplicate, 1 already held, 0 ignored, 3 rejected), "
+                        "would push 0, failed 0, parked 0, skipped 0")
+    inbox_part = lines[1:lines.index(next(l for l in lines if l.startswith("outbox:")))]
+    assert inbox_part[:3] == ["  new opt-outs (2):",
+                              "    ***@example.com (all email, unsubscribed by user)",
+                              "    r***@example.com (all email, hard_bounce by user)"]
+    assert inbox_part[3] == "  rejected (3):"
+    assert inbox_part[4].startswith("    new.csv row 6: invalid address '***@example.com'")
+    assert inbox_part[5].startswith("    new.csv row 7: invalid address '***'")
+    assert inbox_part[6].startswith("    new.csv row 8 'c***@example.com': unknown reason 'nonsense'")
+    outbox = lines[len(inbox_part) + 1:]
+    assert outbox[0].startswith("outbox: would read 0 rows (0 new, 0 duplicate, 0 already held, 0 ignored, "
+                                "0 rejected), would push 2,")
+    assert outbox[1:] == ["  would push (2):",
+                          "    ***@example.com (all email, unsubscribed by user)",
+                          "    r***@example.com (all email, hard_bounce by user)"]
+    for secret in ("ann@", "robert@", "a b@", "zed", "carol@"):
+        assert secret not in result.output           # nor in the log lines
+
+    shown = cli(path, "--show-addresses", "sync", "--once", "--dry-run")
+    assert "    ann@example.com (all email, unsubscribed by user)" in shown.stdout
+    assert "'a b@example.com'" in shown.output and "'zed'" in shown.output
+
+    assert everything(tmp_path, settings) == before      # store, cursors and files untouched
+
+
+def test_dry_run_json_lists_everything_and_text_the_first_twenty(dry_world):
+    import json
+    tmp_path, path, settings = dry_world
+    rows = "".join(f"user{i:02d}@example.com,unsubscribed\n" for i in range(25))
+    (tmp_path / "inbox" / "many.csv").write_text("email,reason\n" + rows, encoding="utf-8")
+    before = everything(tmp_path, settings)
+
+    text = cli(path, "sync", "--once", "--dry-run").stdout
+    assert "  new opt-outs (27, the first 20; all of them with --json):" in text
+    assert "  would push (27, the first 20; all of them with --json):" in text
+    assert text.count("(all email, unsubscribed by user)") + text.count("(all email, hard_bounce by user)") == 40
+
+    data = {r["adapter"]: r for r in json.loads(cli(path, "sync", "--once", "--dry-run", "--json").stdout)}
+    inbox = data["inbox"]
+    assert (inbox["pulled"] + inbox["rejected"], inbox["staged"], inbox["duplicates"], inbox["held"],
+            inbox["ignored"], inbox["rejected"]) == (32, 27, 1, 1, 0, 3)
+    assert len(inbox["would_add"]) == 27 and len(data["outbox"]["would_push"]) == 27
+    assert {a["address"] for a in inbox["would_add"]} == (
+        {"***@example.com", "r***@example.com", "u***@example.com"})
+    assert [r["value"] for r in inbox["would_reject"]] == ["***@example.com", "***", "c***@example.com"]
+    shown = json.loads(cli(path, "--show-addresses", "sync", "--once", "--dry-run", "--json").stdout)
+    assert sorted(a["address"] for a in shown[1]["would_push"]) == sorted(
+        ["ann@example.com", "robert@example.com"] + [f"user{i:02d}@example.com" for i in range(25)])
+    assert everything(tmp_path, settings) == before
