@@ -73,15 +73,22 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
             store_lock.release()
 
 
-def log_report(report: CycleReport, cursor_age_s: float | None = None) -> None:
-    """One log line for a cycle, plus one per guard pause and note.
+def is_idle(report: CycleReport) -> bool:
+    """True for a cycle that read, pushed, failed and rejected nothing, without an error or a note."""
+    return not (report.error is not None or report.pulled or report.rejected or report.added or report.changed
+                or report.pushed or report.failed or report.parked or report.skipped or report.missing_at_source
+                or report.notes)
+
+
+def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paused: bool = True) -> None:
+    """One log line for a cycle, plus one per guard pause (unless `warn_paused` is false) and note.
 
     Every cycle line has the same keys (None where a value does not apply), so a
     JSON consumer can rely on them: adapter, phase, counts, duration_ms,
     cursor_age_s (seconds since the source's read cursor last moved), error_class
-    and error.
+    and error. An idle cycle logs at debug level, so a quiet daemon's log stays quiet.
     """
-    level = logging.ERROR if report.error else logging.INFO
+    level = logging.ERROR if report.error else logging.DEBUG if is_idle(report) else logging.INFO
     fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
                   pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
                   rejected=report.rejected, duration_ms=report.duration_ms, cursor_age_s=cursor_age_s,
@@ -93,7 +100,7 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None) -> None:
     if report.error is not None:
         fields.update(error_class=type(report.error).__name__, error=str(report.error))
     log_event(report.phase, level, **fields)
-    if report.paused:
+    if report.paused and warn_paused:
         log_event("guard_paused", logging.WARNING, adapter=report.adapter, staged=report.waiting_approval,
                   approve=f"optout-sync approve {report.adapter} --count {report.waiting_approval}")
     for note in report.notes:
