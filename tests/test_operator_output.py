@@ -316,3 +316,41 @@ def test_dry_run_json_lists_everything_and_text_the_first_twenty(dry_world):
     assert sorted(a["address"] for a in shown[1]["would_push"]) == sorted(
         ["ann@example.com", "robert@example.com"] + [f"user{i:02d}@example.com" for i in range(25)])
     assert everything(tmp_path, settings) == before
+
+
+# -- csv_folder: who made a list's opt-outs is the operator's explicit choice ----------------------------------
+
+
+@pytest.mark.parametrize("origin, liftable", [(None, True), ("user", True), ("recipient", False), ("system", False)])
+def test_a_dropped_list_without_origin_column_takes_default_origin_and_check_says_which(tmp_path, origin, liftable):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    folder = {"name": "inbox", "type": "csv_folder", "path": str(inbox), "interval": 1, "settle_seconds": 0}
+    if origin:
+        folder["default_origin"] = origin
+    path = write_settings(tmp_path, [folder])
+    expected = origin or "user"                       # the documented default
+    check = cli(path, "check")
+    assert check.exit_code == 0
+    assert f"rows without an origin are taken as origin '{expected}'" in check.output
+    assert ("liftable with optout-sync lift" in check.output) == liftable
+
+    (inbox / "list.csv").write_text("email,reason\nann@example.com,unsubscribed\n", encoding="utf-8")
+    assert cli(path, "sync", "--once").exit_code == 0
+    with Store(load_settings(path, environ={}).store.path) as store:
+        assert store.suppression("ann@example.com")["origin"] == expected
+    lifted = cli(path, "lift", "ann@example.com", "--scope", "*", "--legal-basis", "consent",
+                 "--explanation", "asked to be mailed again")
+    assert lifted.exit_code == (0 if liftable else 3)
+
+
+def test_the_example_settings_state_the_folder_origin_and_what_each_choice_means():
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "settings.example.toml").read_text(encoding="utf-8")
+    block = text[text.index('name = "inbox"'):text.index("[[adapters]]", text.index('name = "inbox"'))]
+    assert '\ndefault_origin = "user"\n' in block
+    comment = block[block.index("# Who made the opt-outs"):block.index("\ndefault_origin")]
+    choices = ['#   "recipient"', '#   "user"', '#   "system"', "# A row's own origin"]
+    meanings = ["never liftable", "liftable with", "never liftable"]
+    for start, end, meaning in zip(choices, choices[1:], meanings):
+        assert meaning in comment[comment.index(start):comment.index(end)], start
