@@ -708,11 +708,12 @@ class Store:
         return [rows[i] for i in wanted]
 
     def _failures_by_id(self, ids: list[int]) -> Iterator[dict]:
-        cursor = self.conn.execute(
-            f"SELECT * FROM failures WHERE id IN ({','.join('?' * len(ids))})", ids)
-        names = [c[0] for c in cursor.description]
-        for row in cursor:
-            yield dict(zip(names, row))
+        # One lookup per id: a person names a handful, and the SQL stays a constant.
+        for failure_id in ids:
+            cursor = self.conn.execute("SELECT * FROM failures WHERE id = ?", (failure_id,))
+            row = cursor.fetchone()
+            if row is not None:
+                yield dict(zip([c[0] for c in cursor.description], row))
 
     def failure_count(self, adapter: str) -> int:
         """How many open failures an adapter has."""
