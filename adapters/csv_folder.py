@@ -33,6 +33,11 @@ from .csv_records import decode, read_batches, sniff_delimiter
 EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "email_address", "emailaddress",
                  "mail", "address")
 HEAD_BYTES = 1024
+ORIGIN_MEANINGS = {
+    "recipient": "the person's own unsubscribe, never liftable",
+    "user": "an operator's list, liftable with optout-sync lift",
+    "system": "a bounce or complaint a system reported, never liftable",
+}
 
 
 class CsvFolderSettings(AdapterSettings):
@@ -137,9 +142,13 @@ class CsvFolderAdapter:
     def check(self) -> list[str]:
         """Say whether the folder exists and how many files match."""
         folder = self.settings.path
+        origin = self.settings.default_origin
+        # Said at every check, so that the operator chooses who made a list's opt-outs knowingly.
+        origin_line = (f"rows without an origin are taken as origin {origin!r} ({ORIGIN_MEANINGS[origin]}); "
+                       "set default_origin to change it")
         if not folder.is_dir():
-            return [f"folder {folder} does not exist yet; it will be watched once created"]
-        return [f"folder {folder}: {len(self._files())} file(s) matching {self.settings.pattern}"]
+            return [f"folder {folder} does not exist yet; it will be watched once created", origin_line]
+        return [f"folder {folder}: {len(self._files())} file(s) matching {self.settings.pattern}", origin_line]
 
     def close(self) -> None:
         """Nothing is held open between calls."""

@@ -20,7 +20,7 @@ from state.lifts import LEGAL_BASES
 from state.models import REASONS
 
 from . import __version__, commands, operator
-from .logs import log_event, mask_addresses, setup_logging
+from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -49,6 +49,10 @@ class Context:
     def shown(self, text: str) -> str:
         """Text for the terminal, with addresses masked unless asked otherwise."""
         return text if self.show_addresses else mask_addresses(text)
+
+    def shown_rejected(self, text: str, value: str | None) -> str:
+        """Text about a rejected input value, with that value masked as a whole unless asked otherwise."""
+        return text if self.show_addresses else mask_rejected(text, value)
 
 
 def _edge(function: Callable) -> Callable:
@@ -112,11 +116,18 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
         settings.adapter(name)
     reports = commands.sync_once(settings, list(names) or None, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps([commands.report_dict(r) for r in reports], indent=2))
+        data = [commands.report_dict(r) for r in reports]
+        if not obj.show_addresses:
+            for item in (i for d in data for i in d.get("would_reject", [])):
+                item["reason"] = mask_rejected(item["reason"], item["value"])
+                item["value"] = mask_value(item["value"])
+        click.echo(obj.shown(json.dumps(data, indent=2)))
     else:
-        verb = "would pull" if dry_run else "pulled"
+        verb = "would read" if dry_run else "read"
         for r in reports:
-            line = (f"{r.adapter}: {verb} {r.pulled} ({r.staged} new, {r.rejected} rejected), "
+            # The parts add up: rows = new + duplicates + already held + ignored + rejected.
+            line = (f"{r.adapter}: {verb} {r.pulled + r.rejected} rows ({r.staged} new, {r.duplicates} duplicate, "
+                    f"{r.held} already held, {r.ignored} ignored, {r.rejected} rejected), "
                     f"{'would push' if dry_run else 'pushed'} {r.pushed}, failed {r.failed}, parked {r.parked}, "
                     f"skipped {r.skipped}")
             if r.paused:
@@ -124,10 +135,41 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
             if r.error:
                 line += f"; ERROR {type(r.error).__name__}: {r.error}"
             click.echo(obj.shown(line))
+            if dry_run:
+                _echo_dry_run_lists(obj, r)
     if any(r.error for r in reports):
         sys.exit(EXIT_FAILURE)
     if any(r.paused for r in reports):
         sys.exit(EXIT_REFUSED)
+
+
+DRY_RUN_SHOWN = 20
+
+
+def _echo_dry_run_lists(obj: Context, report) -> None:
+    """The first DRY_RUN_SHOWN new, rejected and to-be-pushed items of a dry run (all with --json)."""
+
+    def heading(label: str, items: list) -> None:
+        more = f", the first {DRY_RUN_SHOWN}; all of them with --json" if len(items) > DRY_RUN_SHOWN else ""
+        click.echo(f"  {label} ({len(items)}{more}):")
+
+    for label, items in (("new opt-outs", report.would_add), ("would push", report.would_push)):
+        if items:
+            heading(label, items)
+            for o in items[:DRY_RUN_SHOWN]:
+                click.echo(obj.shown(f"    {o.address} ({'all email' if o.scope == '*' else 'topic ' + o.scope}, "
+                                     f"{o.reason} by {o.origin})"))
+        if label == "new opt-outs" and report.would_reject:
+            heading("rejected", report.would_reject)
+            for item in report.would_reject[:DRY_RUN_SHOWN]:
+                click.echo(obj.shown_rejected(f"    {_rejected_text(item.where, item.value, item.reason)}",
+                                              item.value))
+
+
+def _rejected_text(where: str, value: str | None, message: str) -> str:
+    """'where: message', with the rejected value after `where` when the message does not quote it."""
+    shown = f" {value!r}" if value and value.strip() and value.strip() not in message else ""
+    return f"{where}{shown}: {message}"
 
 
 @main.command()
@@ -186,23 +228,46 @@ def status(obj: Context, as_json: bool) -> None:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--adapter", metavar="NAME", help="Only this adapter.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
+@click.pass_context
 @_edge
-def failures(obj: Context, adapter: str | None, as_json: bool) -> None:
-    """List rejected input rows and failed, parked or unmapped applies."""
+def failures(ctx: click.Context, adapter: str | None, as_json: bool) -> None:
+    """List rejected input rows and failed, parked or unmapped applies (`failures dismiss` closes them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
     rows = commands.failures(obj.settings(), adapter)
     if as_json:
+        if not obj.show_addresses:
+            for row in rows:
+                row["message"] = mask_rejected(row["message"], row["value"])
+                row["value"] = row["value"] and mask_value(row["value"])
         click.echo(obj.shown(json.dumps(rows, indent=2)))
         return
     if not rows:
         click.echo("no open failures")
     for row in rows:
         what = row["location"] or f"{row['address']} ({row['scope']})"
-        click.echo(obj.shown(f"{row['last_at']}  {row['adapter']}  {row['kind']}  {what}: {row['message']}"
-                             f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}"))
+        line = (f"#{row['id']}  {row['last_at']}  {row['adapter']}  {row['kind']}  "
+                f"{_rejected_text(what, row['value'], row['message'])}"
+                f"{'  x' + str(row['attempts']) if row['attempts'] > 1 else ''}")
+        click.echo(obj.shown_rejected(line, row["value"]))
+
+
+@failures.command("dismiss")
+@click.argument("ids", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why the failures need no more attention (stored in the events log).")
+@click.pass_obj
+@_edge
+def failures_dismiss(obj: Context, ids: tuple[int, ...], reason: str) -> None:
+    """Close the failures with these IDs (as `failures` lists them), with a reason; each is audited."""
+    rows = commands.dismiss_failures(obj.settings(), list(ids), reason)
+    for row in rows:
+        what = row["location"] or f"{row['address']} ({row['scope']})"
+        click.echo(obj.shown_rejected(f"dismissed #{row['id']}  {row['adapter']}  {row['kind']}  {what}",
+                                      row["value"]))
 
 
 @main.command()
@@ -255,7 +320,7 @@ def import_command(obj: Context, file: Path, column: str | None, scope: str, rea
                          ("new opt-outs", preview.new), ("rejected rows", preview.rejected_count)):
         click.echo(f"  {label:<36} {value:>10,}")
     for item in preview.rejected_sample:
-        click.echo(obj.shown(f"    {item.where}: {item.reason}"))
+        click.echo(obj.shown_rejected(f"    {item.where}: {item.reason}", item.value))
     if preview.rejected_count > len(preview.rejected_sample):
         more = preview.rejected_count - len(preview.rejected_sample)
         click.echo(f"    ... and {more:,} more" + ("" if rejected_out else " (all of them with --rejected-out FILE)"))

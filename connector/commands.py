@@ -6,6 +6,7 @@ project's exception types, turned into exit codes by the CLI.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 from adapters import registry
 from adapters.base import Adapter
 from state.errors import ConfigError, OptOutSyncError
-from state.models import utc_now
+from state.models import OptOut, utc_now
 from state.store import Store
 
 from .engine import CycleReport, Engine
@@ -72,15 +73,22 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
             store_lock.release()
 
 
-def log_report(report: CycleReport, cursor_age_s: float | None = None) -> None:
-    """One log line for a cycle, plus one per guard pause and note.
+def is_idle(report: CycleReport) -> bool:
+    """True for a cycle that read, pushed, failed and rejected nothing, without an error or a note."""
+    return not (report.error is not None or report.pulled or report.rejected or report.added or report.changed
+                or report.pushed or report.failed or report.parked or report.skipped or report.missing_at_source
+                or report.notes)
+
+
+def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paused: bool = True) -> None:
+    """One log line for a cycle, plus one per guard pause (unless `warn_paused` is false) and note.
 
     Every cycle line has the same keys (None where a value does not apply), so a
     JSON consumer can rely on them: adapter, phase, counts, duration_ms,
     cursor_age_s (seconds since the source's read cursor last moved), error_class
-    and error.
+    and error. An idle cycle logs at debug level, so a quiet daemon's log stays quiet.
     """
-    level = logging.ERROR if report.error else logging.INFO
+    level = logging.ERROR if report.error else logging.DEBUG if is_idle(report) else logging.INFO
     fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
                   pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
                   rejected=report.rejected, duration_ms=report.duration_ms, cursor_age_s=cursor_age_s,
@@ -92,7 +100,7 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None) -> None:
     if report.error is not None:
         fields.update(error_class=type(report.error).__name__, error=str(report.error))
     log_event(report.phase, level, **fields)
-    if report.paused:
+    if report.paused and warn_paused:
         log_event("guard_paused", logging.WARNING, adapter=report.adapter, staged=report.waiting_approval,
                   approve=f"optout-sync approve {report.adapter} --count {report.waiting_approval}")
     for note in report.notes:
@@ -136,6 +144,26 @@ def failures(settings: Settings, adapter: str | None = None) -> list[dict]:
         settings.adapter(adapter)
     with open_store(settings) as store:
         return list(store.failures(adapter))
+
+
+def dismiss_failures(settings: Settings, ids: list[int], reason: str) -> list[dict]:
+    """Close open failures by id with a reason (an audit event each); the failures as they were.
+
+    Unknown or closed ids: InputError naming them, nothing changed.
+    """
+    with open_store(settings) as store:
+        rows = store.dismiss_failures(ids, reason, by=_who())
+    for row in rows:
+        log_event("failure_dismissed", adapter=row["adapter"], failure_id=row["id"], kind=row["kind"],
+                  reason=reason.strip())
+    return rows
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
 
 
 def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
@@ -204,8 +232,23 @@ def status(settings: Settings, store: Store | None = None) -> dict:
         }
 
 
+DRY_RUN_LISTS = ("would_add", "would_reject", "would_push")
+
+
 def report_dict(report: CycleReport) -> dict:
-    """A cycle report as JSON-ready data."""
-    data = {f.name: getattr(report, f.name) for f in fields(report)}
+    """A cycle report as JSON-ready data; a dry run's lists in full, others without them."""
+    data = {f.name: getattr(report, f.name) for f in fields(report) if f.name not in DRY_RUN_LISTS}
+    data["duplicates"] = report.duplicates
     data["error"] = f"{type(report.error).__name__}: {report.error}" if report.error else None
+    if report.dry_run:
+        data["would_add"] = [optout_dict(o) for o in report.would_add]
+        data["would_reject"] = [{"where": r.where, "value": r.value, "reason": r.reason}
+                                for r in report.would_reject]
+        data["would_push"] = [optout_dict(o) for o in report.would_push]
     return data
+
+
+def optout_dict(optout: OptOut) -> dict:
+    """An opt-out as JSON-ready data (without its details)."""
+    return {"address": optout.address, "scope": optout.scope, "reason": optout.reason, "origin": optout.origin,
+            "occurred_at": optout.occurred_at}

@@ -34,6 +34,8 @@ ERROR_BACKOFF_MAX = 300.0
 # How often the monitor refreshes gauges and checks the lag alarm (more often for a small max_lag).
 MONITOR_EVERY = 5.0
 MONITOR_EVERY_MIN = 0.2
+# A paused adapter is warned about when it pauses, then at most this often (seconds) while it stays paused.
+PAUSED_WARN_EVERY = 3600.0
 
 
 class Daemon:
@@ -54,6 +56,8 @@ class Daemon:
         self.monitor_every = max(MONITOR_EVERY_MIN, min(MONITOR_EVERY, settings.server.max_lag / 4))
         # Monotonic time of each adapter's last lag_alarm event: one per adapter per max_lag.
         self._lag_alarm_at: dict[str, float] = {}
+        # Monotonic time of each paused adapter's last guard_paused warning.
+        self._paused_warned_at: dict[str, float] = {}
 
     def request_stop(self, *_signal_args) -> None:
         """Ask every worker to stop after its current batch."""
@@ -144,16 +148,31 @@ class Daemon:
         if report.error is not None or report.added or report.pushed or report.failed or report.parked:
             self.monitor_wake.set()
         if report.error is not None or not push_only or report.pushed or report.failed:
-            log_report(report, cursor_age_s=self._cursor_age(engine.store, name))
+            # A push-only cycle does not look at the pause, so it leaves the warning schedule alone.
+            log_report(report, cursor_age_s=self._cursor_age(engine.store, name),
+                       warn_paused=not push_only and self._warn_paused(name, report.paused))
         if report.error is None and not push_only:
             if engine.store.checkpoint(name).last_reconcile_at is None:
                 engine.store.set_checkpoint(name, last_reconcile_at=utc_now())  # the schedule starts now
             if engine.reconcile_due(name):
                 reconciled = engine.reconcile(name)
                 self.metrics.observe_report(reconciled)
-                log_report(reconciled, cursor_age_s=self._cursor_age(engine.store, name))
+                log_report(reconciled, cursor_age_s=self._cursor_age(engine.store, name),
+                           warn_paused=reconciled.paused and self._warn_paused(name, True))
                 return reconciled.error is None
         return report.error is None
+
+    def _warn_paused(self, name: str, paused: bool) -> bool:
+        """Whether this cycle warns that `name` is paused: when it pauses, then every PAUSED_WARN_EVERY."""
+        if not paused:
+            self._paused_warned_at.pop(name, None)  # a later pause is news again
+            return False
+        now = time.monotonic()
+        last = self._paused_warned_at.get(name)
+        if last is not None and now - last < PAUSED_WARN_EVERY:
+            return False
+        self._paused_warned_at[name] = now
+        return True
 
     @staticmethod
     def _cursor_age(store: Store, name: str) -> float | None:

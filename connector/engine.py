@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
-from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, utc_now
+from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
 from .settings import Settings
@@ -81,12 +81,26 @@ class CycleReport:
     error: BaseException | None = None
     duration_ms: int = 0
     notes: list[str] = field(default_factory=list)
+    # Of `pulled`: already suppressed for that scope, and left out (lifted before, or our own echo).
+    held: int = 0
+    ignored: int = 0
+    # Dry runs only, for the operator to see: the new opt-outs, the rejected items, what push would send.
+    would_add: list[OptOut] = field(default_factory=list)
+    would_reject: list[Rejected] = field(default_factory=list)
+    would_push: list[OptOut] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        """Of `pulled`: repeats of an (address, scope) read earlier in the same read (or staged before)."""
+        return self.pulled - self.staged - self.held - self.ignored
 
     def absorb(self, counts: IngestCounts) -> None:
         self.pulled += counts.read
         self.rejected += counts.rejected
         self.staged += counts.staged
         self.changed += counts.changed
+        self.held += counts.held
+        self.ignored += counts.ignored_lifted + counts.ignored_echoes
 
 
 class Engine:
@@ -156,12 +170,16 @@ class Engine:
             return
         for page in adapter.read_changes(checkpoint.read_cursor):
             report.absorb(self.store.ingest_page(name, page))
+            if report.dry_run:
+                report.would_reject.extend(page.rejected)
             if self.stop.is_set():
                 break  # the cursor is saved per page; the rest comes next cycle
         self._promote_within_guard(name, config, report)
 
     def _promote_within_guard(self, name: str, config: AdapterSettings, report: CycleReport) -> None:
         staged = self.store.staged_count(name)
+        if report.dry_run:
+            report.would_add.extend(self.store.staged_optouts(name))
         if staged > config.max_new_per_cycle:
             self.store.pause(name)
             report.paused = True
@@ -238,6 +256,7 @@ class Engine:
         report.skipped += len(skipped)
         if report.dry_run:
             report.pushed += len(batch)
+            report.would_push.extend(sent for _, sent in batch)
             return True
         results: list[ApplyResult] = []
         error: BaseException | None = None

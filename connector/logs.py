@@ -15,12 +15,51 @@ from pathlib import Path
 from typing import Any, TextIO
 
 LOGGER_NAME = "optout_sync"
-_ADDRESS = re.compile(r"([\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]*@([\w-]+(?:\.[\w-]+)+)")
+# A local part does not start with a quote here: 'bo@x.io' in a message is a quoted address.
+_ADDRESS = re.compile(r"([\w.!#$%&*+/=?^`{|}~-][\w.!#$%&'*+/=?^`{|}~-]*)@([\w-]+(?:\.[\w-]+)+)")
+
+
+def mask_local(local: str) -> str:
+    """The masked form of the part before the @: the one rule for every address shown.
+
+    Four characters or more keep the first and become *** (jane -> j***); a shorter one
+    becomes one * per character, so a mask never reveals a whole local part and is never
+    longer than what it hides. Masking a masked text changes nothing.
+    """
+    return local[0] + "***" if len(local) >= 4 else "*" * len(local)
 
 
 def mask_addresses(text: str) -> str:
-    """Replace every address in a text by its first character, *** and its domain."""
-    return _ADDRESS.sub(r"\1***@\2", text)
+    """Replace every address in a text by its masked local part (mask_local) and its domain."""
+    return _ADDRESS.sub(lambda m: f"{mask_local(m.group(1))}@{m.group(2)}", text)
+
+
+def mask_value(value: str) -> str:
+    """An input value that may not be a valid address (a rejected row), masked as a whole.
+
+    Everything before the last @ (or the whole value when it has none) is masked by the
+    address rule, so 'a b@example.com' shows as '***@example.com', not as 'a b***@example.com'.
+    """
+    text = value.strip()
+    local, at, domain = text.rpartition("@")
+    return f"{mask_local(local)}@{domain}" if at else mask_local(text)
+
+
+def mask_rejected(text: str, value: str | None) -> str:
+    """A message about a rejected value with that value masked (mask_value), then every address.
+
+    The value is replaced where the message quotes it ('value' or "value") and, when it holds an
+    @, also where it stands bare; a short value without an @ is not replaced bare, since it could
+    be any word of the message.
+    """
+    if value and value.strip():
+        stripped = value.strip()
+        masked = mask_value(value)
+        for form in {repr(stripped), repr(value), f"'{stripped}'", f'"{stripped}"'}:
+            text = text.replace(form, f"'{masked}'")
+        if "@" in stripped:
+            text = text.replace(value, masked).replace(stripped, masked)
+    return mask_addresses(text)
 
 
 class _EventFormatter(logging.Formatter):

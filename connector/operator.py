@@ -28,6 +28,14 @@ from .settings import Settings
 
 EXPORT_HEADER = ["email", "scope", "reason", "origin", "source", "occurred_at"]
 IMPORT_REASONS = ("imported", "manual", "unsubscribed", "hard_bounce", "spam_complaint")
+REJECTED_OUT_HEADER = ["row", "value", "reason"]
+
+
+@dataclass(slots=True, frozen=True)
+class RejectedRow(Rejected):
+    """A rejected row of an import file, with its spreadsheet row number as a number."""
+
+    row: int = 0
 
 
 def check_scope(settings: Settings, scope: str) -> str:
@@ -57,23 +65,25 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
     if rejected_out is not None:
         rejected_handle = rejected_out.open("w", newline="", encoding="utf-8")
         rejected_writer = csv.writer(rejected_handle)
-        rejected_writer.writerow(["row", "value", "reason"])
+        rejected_writer.writerow(REJECTED_OUT_HEADER)
 
-    def on_rejected(item: Rejected) -> None:
+    def on_rejected(item: RejectedRow) -> None:
         if rejected_writer is not None:
-            rejected_writer.writerow([item.where, item.value, item.reason])
+            # The row number has a column of its own, so a spreadsheet can sort and look it up.
+            rejected_writer.writerow([item.row, item.value, item.reason])
 
     def addresses() -> Iterator[str | Rejected]:
         for count, row in enumerate(source.rows(), start=1):
             if progress is not None and count % 50_000 == 0:
                 progress(count)
             if row.problem or row.raw is None:
-                yield Rejected(f"row {row.number}", row.raw or "", row.problem or "row is too short")
+                yield RejectedRow(f"row {row.number}", row.raw or "", row.problem or "row is too short", row.number)
                 continue
             try:
                 yield normalise_address(row.raw)
             except InvalidAddress as exc:
-                yield Rejected(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}")
+                yield RejectedRow(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}",
+                                  row.number)
 
     try:
         with open_store(settings) as store:
@@ -200,6 +210,9 @@ def describe_event(event: dict) -> str:
         return f"removed at {event['target']} after the lift ({scope_text}): {event['message'] or 'ok'}"
     if kind == "remove_failed":
         return f"removal at {event['target']} failed ({scope_text}): {event['message']}"
+    if kind == "failure_dismissed":
+        failure_id = json.loads(event["details"] or "{}").get("failure_id")
+        return f"failure #{failure_id} at {event['target']} dismissed: {event['message']}"
     if kind == "observed":
         return f"seen at {event['source']} ({scope_text}): {event['message']}"
     return f"{kind} ({scope_text}){': ' + event['message'] if event.get('message') else ''}"

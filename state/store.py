@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import InputError, RefusedError, StoreError
 from .models import (
     ALREADY,
     APPLIED,
@@ -137,9 +137,11 @@ class IngestCounts:
     ignored_lifted: int = 0
     ignored_echoes: int = 0
     rejected: int = 0
+    held: int = 0          # read, and already suppressed for that scope (`changed` are among them)
 
     def add(self, other: "IngestCounts") -> None:
         self.read += other.read
+        self.held += other.held
         self.staged += other.staged
         self.changed += other.changed
         self.ignored_lifted += other.ignored_lifted
@@ -345,6 +347,9 @@ class Store:
             counts.ignored_lifted = self._drop_lifted("incoming")
             counts.ignored_echoes = self._write(
                 f"DELETE FROM incoming WHERE {_echo_sql('incoming', '?')}", (adapter,)).rowcount
+            counts.held = self.conn.execute(
+                "SELECT count(*) FROM incoming i WHERE EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)").fetchone()[0]
             counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
             counts.staged = self._stage(
                 "FROM incoming i WHERE NOT EXISTS"
@@ -352,9 +357,9 @@ class Store:
                 (adapter, now))
             if page.rejected:
                 self.conn.executemany(
-                    "INSERT INTO failures (adapter, kind, location, address, message, first_at, last_at)"
-                    " VALUES (?, 'rejected', ?, NULL, ?, ?, ?)",
-                    [(adapter, r.where, r.reason, now, now) for r in page.rejected],
+                    "INSERT INTO failures (adapter, kind, location, address, value, message, first_at, last_at)"
+                    " VALUES (?, 'rejected', ?, NULL, ?, ?, ?, ?)",
+                    [(adapter, r.where, r.value, r.reason, now, now) for r in page.rejected],
                 )
             if page.notices:
                 self.conn.executemany(
@@ -433,6 +438,12 @@ class Store:
                 update_params,
             )
         return changed
+
+    def staged_optouts(self, adapter: str) -> list[OptOut]:
+        """The new opt-outs from this adapter that wait in staging, in the order they were staged."""
+        return [OptOut(address, scope, reason, origin, occurred_at, _details_from(details))
+                for address, scope, reason, origin, occurred_at, details in self.conn.execute(
+                    f"SELECT {_OPTOUT_COLUMNS} FROM staged WHERE adapter = ? ORDER BY rowid", (adapter,))]
 
     def staged_count(self, adapter: str) -> int:
         """How many new opt-outs from this adapter wait in staging."""
@@ -706,14 +717,60 @@ class Store:
             params.append(adapter)
         if not include_resolved:
             where.append("resolved_at IS NULL")
-        sql = ("SELECT id, adapter, kind, address, scope, ref_seq, location, message, first_at, last_at,"
-               " attempts, resolved_at FROM failures")
+        sql = ("SELECT id, adapter, kind, address, scope, ref_seq, location, value, message, first_at, last_at,"
+               " attempts, resolved_at, dismissed_reason FROM failures")
         if where:
             sql += " WHERE " + " AND ".join(where)
         cursor = self.conn.execute(sql + " ORDER BY id", params)
         names = [c[0] for c in cursor.description]
         for row in cursor:
             yield dict(zip(names, row))
+
+    def dismiss_failures(self, ids: list[int], reason: str, by: str) -> list[dict]:
+        """Close open failures by id with a reason, one audit event each; the rows as they were.
+
+        All or nothing: an id that is unknown or already closed raises InputError naming it,
+        and a parked apply (retried every cycle, it closes itself) raises RefusedError.
+        """
+        reason = reason.strip()
+        if not reason:
+            raise InputError("a reason is required to dismiss a failure")
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            raise InputError("name at least one failure id to dismiss")
+        now = utc_now()
+        with self.transaction():
+            rows = {row["id"]: row for row in self._failures_by_id(wanted)}
+            unknown = [str(i) for i in wanted if i not in rows]
+            if unknown:
+                raise InputError(f"no failure with id {', '.join(unknown)}; nothing was dismissed "
+                                 "(optout-sync failures lists the open ones)")
+            closed = [str(i) for i in wanted if rows[i]["resolved_at"] is not None]
+            if closed:
+                raise InputError(f"failure {', '.join(closed)} is already closed; nothing was dismissed")
+            parked = [str(i) for i in wanted if rows[i]["kind"] == TRANSIENT]
+            if parked:
+                raise RefusedError(f"failure {', '.join(parked)} is a parked apply, retried every cycle until it "
+                                   "succeeds; nothing was dismissed")
+            self.conn.executemany(
+                "UPDATE failures SET resolved_at = ?, dismissed_reason = ? WHERE id = ?",
+                [(now, reason, i) for i in wanted])
+            self.conn.executemany(
+                "INSERT INTO events (recorded_at, kind, address, scope, target, message, details)"
+                " VALUES (?, 'failure_dismissed', ?, ?, ?, ?, ?)",
+                [(now, rows[i]["address"] or "", rows[i]["scope"] or "", rows[i]["adapter"], reason,
+                  _details_json({"failure_id": i, "failure_kind": rows[i]["kind"], "by": by,
+                                 "location": rows[i]["location"]}))
+                 for i in wanted])
+        return [rows[i] for i in wanted]
+
+    def _failures_by_id(self, ids: list[int]) -> Iterator[dict]:
+        # One lookup per id: a person names a handful, and the SQL stays a constant.
+        for failure_id in ids:
+            cursor = self.conn.execute("SELECT * FROM failures WHERE id = ?", (failure_id,))
+            row = cursor.fetchone()
+            if row is not None:
+                yield dict(zip([c[0] for c in cursor.description], row))
 
     def failure_count(self, adapter: str) -> int:
         """How many open failures an adapter has."""

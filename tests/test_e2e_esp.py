@@ -75,7 +75,9 @@ def test_opt_outs_bounces_and_spam_complaints_spread_everywhere_within_two_cycle
              "base_url": f"{mailchimp_url}/3.0", **common},
             {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": INTERVAL, "settle_seconds": 0.1},
             {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": INTERVAL},
-        ], topics={"newsletter": "Newsletter"}, store={"path": "data/store.db"})
+        ], topics={"newsletter": "Newsletter"}, store={"path": "data/store.db"},
+            # An idle cycle is logged at debug level only, and the first cycles below are idle.
+            logging={"level": "debug"})
 
         with Daemon(settings) as daemon:
             wait_for(lambda: "started" in daemon.log(), timeout=10)
