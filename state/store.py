@@ -93,15 +93,25 @@ def _echo_sql(table: str, source_sql: str) -> str:
     """
     incoming_rank = _rank_sql(f"{table}.reason", REASON_RANK)
     held_rank = _rank_sql("COALESCE(json_extract(a.details, '$.held_as'), 'unsubscribed')", REASON_RANK)
-    return (f"EXISTS (SELECT 1 FROM events a WHERE a.address = {table}.address AND a.kind = 'applied'"
-            f" AND a.target = {source_sql}"
+    # The source is bound once, in a one-row table, so that callers pass it as one parameter.
+    return (f"EXISTS (SELECT 1 FROM (SELECT {source_sql} AS name) src WHERE"
+            f" EXISTS (SELECT 1 FROM events a WHERE a.address = {table}.address AND a.kind = 'applied'"
+            f" AND a.target = src.name"
             f" AND (COALESCE(json_extract(a.details, '$.sent_scope'), a.scope) = {table}.scope"
             f" OR EXISTS (SELECT 1 FROM json_each(a.details, '$.fanned_out') f WHERE f.value = {table}.scope))"
             f" AND {incoming_rank} <= max({_rank_sql('a.reason', REASON_RANK)},"
             f" CASE WHEN COALESCE(json_extract(a.details, '$.outcome'), 'applied') = 'applied'"
             f" THEN {held_rank} ELSE -1 END)"
             f" AND ({table}.occurred_at IS NULL"
-            f" OR {table}.occurred_at <= shift_time(a.recorded_at, {ECHO_SKEW_SECONDS})))")
+            f" OR {table}.occurred_at <= shift_time(a.recorded_at, {ECHO_SKEW_SECONDS})))"
+            # A write whose record a kill lost is known only by its in-flight mark; pulls run
+            # before the re-send, so its read-back must be recognised by the mark (same scope only,
+            # and never a more binding reason than an unsubscribe or the one we sent).
+            f" OR EXISTS (SELECT 1 FROM inflight m JOIN events e ON e.seq = m.seq"
+            f" WHERE m.adapter = src.name AND e.address = {table}.address AND e.scope = {table}.scope"
+            f" AND {incoming_rank} <= max({_rank_sql('e.reason', REASON_RANK)}, {REASON_RANK['unsubscribed']})"
+            f" AND ({table}.occurred_at IS NULL"
+            f" OR {table}.occurred_at <= shift_time(m.marked_at, {ECHO_SKEW_SECONDS}))))")
 
 
 def _details_json(details: dict | None) -> str | None:

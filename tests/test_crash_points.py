@@ -142,6 +142,7 @@ def test_the_sink_file_exists_with_its_header_after_a_first_cycle_with_nothing_t
 
 from connector import operator  # noqa: E402
 from connector.commands import build_adapters, sync_once  # noqa: E402
+from state.models import utc_now  # noqa: E402
 from connector.settings import load_settings  # noqa: E402
 from state.errors import PermanentError  # noqa: E402
 from state.models import OptOut  # noqa: E402
@@ -347,3 +348,36 @@ def test_a_daemon_killed_between_the_sink_write_and_its_record_still_lifts_there
     outcome = lift_everywhere(settings, "ann@x.io")
     assert outcome.propagated == {"sink": "removed"}
     assert sink_file.read_text() == "email,scope,reason,origin,occurred_at\n"
+
+
+def test_a_read_back_of_a_write_whose_record_a_kill_lost_is_still_our_echo(tmp_path):
+    """Pulls run before pushes: after a kill between the vendor call and its record, the sink's read-back
+    of our write comes before the re-send. The in-flight mark makes it an echo, so a user's opt-out
+    does not become the recipient's (which no one could lift)."""
+    settings = memory_settings(tmp_path)
+    build_adapters(settings)["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    sync_dying_after_the_vendor_call(settings, "esp")
+    esp = memory_adapter.VENDORS["esp"]
+    # esp reports what it holds in its own words, as some vendors do: a recipient unsubscribe, dated now.
+    esp.log.append(OptOut("ann@x.io", "*", "manual", "recipient", occurred_at=utc_now()))
+
+    sync_once(settings)
+
+    with Store(settings.store.path) as store:
+        row = store.suppression("ann@x.io")
+        assert (row["reason"], row["origin"], row["source"]) == ("manual", "user", "crm")
+        assert [e["kind"] for e in store.events_for("ann@x.io")] == ["suppressed", "applied"]
+    assert lift_everywhere(settings, "ann@x.io").propagated == {"esp": "removed"}
+
+
+def test_news_from_a_sink_with_a_write_in_flight_is_still_news(tmp_path):
+    settings = memory_settings(tmp_path)
+    build_adapters(settings)["crm"].opt_out(OptOut("ann@x.io", "*", "manual", "user"))
+    sync_dying_after_the_vendor_call(settings, "esp")
+    memory_adapter.VENDORS["esp"].log.append(OptOut("ann@x.io", "*", "spam_complaint", "system"))
+
+    sync_once(settings)
+
+    with Store(settings.store.path) as store:
+        row = store.suppression("ann@x.io")
+        assert (row["reason"], row["origin"]) == ("spam_complaint", "system")
