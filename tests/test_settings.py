@@ -174,3 +174,28 @@ def test_a_missing_settings_file_is_named_with_where_its_name_came_from(tmp_path
     assert str(caught.value) == "settings.toml: settings file not found (give --config or set OPTOUT_SYNC_CONFIG)"
     with pytest.raises(ConfigError, match="is a folder, not a settings file"):
         load_settings(tmp_path, environ={})
+
+
+@pytest.mark.parametrize("interval, accepted", [(1, True), ("1s", True), ("1000ms", True), (0.5, False),
+                                                 ("500ms", False), (0, False)])
+def test_an_interval_below_one_second_is_refused_naming_key_value_and_floor(tmp_path, interval, accepted):
+    path = write_settings(tmp_path, [{**INBOX, "interval": interval}])
+    if accepted:
+        assert load_settings(path, environ={}).adapter("inbox").interval == 1.0
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert (f"key 'adapters[0] (inbox).interval': must be at least 1 second (a shorter interval only spins), "
+            f"got {interval!r}") in str(caught.value)
+
+
+@pytest.mark.parametrize("every, seconds", [(0, 0.0), ("1s", 1.0), ("0.5s", None), ("10ms", None)])
+def test_reconcile_every_is_never_or_at_least_one_second(tmp_path, every, seconds):
+    path = write_settings(tmp_path, [{**INBOX, "reconcile_every": every}])
+    if seconds is not None:
+        assert load_settings(path, environ={}).adapter("inbox").reconcile_every == seconds
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert (f"key 'adapters[0] (inbox).reconcile_every': must be 0 (never) or at least 1 second, "
+            f"got {every!r}") in str(caught.value)
