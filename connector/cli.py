@@ -29,6 +29,15 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+class _Seconds(click.FloatRange):
+    """A non-negative number of seconds."""
+
+    name = "number of seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+
 class _NonNegative(click.IntRange):
     """A count: a non-negative integer; -1 is a usage error naming the option, not a count that never matches."""
 
@@ -125,7 +134,8 @@ def _silence_stdout() -> None:
 def _flush_stdout() -> None:
     """Flush stdout inside the edge, where a closed pipe is handled, not at interpreter exit."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when the command was started with stdout closed (>&-)
+            sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
 
@@ -142,7 +152,7 @@ def main(ctx: click.Context, config: str | None, log_format: str | None, show_ad
 
 
 @main.command()
-@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds to let workers finish after a stop signal.")
+@click.option("--grace", default=5.0, show_default=True, type=_Seconds(), help="Seconds to let workers finish after a stop signal.")
 @click.pass_obj
 @_edge
 def run(obj: Context, grace: float) -> None:
@@ -339,6 +349,8 @@ def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: s
     settings = obj.settings()
     kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)
     if output is None:
+        if sys.stdout is None:
+            raise InputError("stdout is closed; give -o FILE to export to a file")
         operator.export(settings, click.get_text_stream("stdout"), **kwargs)
         return
     with operator.output_file(output, "-o") as handle:
