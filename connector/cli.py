@@ -1,7 +1,8 @@
 """The `optout-sync` command line: parses arguments, calls `connector.commands`, prints.
 
 Exit codes: 0 ok, 1 a sync or runtime failure, 2 usage or settings error,
-3 refused (mass-change guard, wrong confirmation count, forbidden lift).
+3 refused (mass-change guard, wrong confirmation count, forbidden lift),
+130 interrupted during an import. A reader of stdout that closes early ends a command with 0.
 """
 
 from __future__ import annotations
