@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator,
+                      model_validator)
 
 from state.models import ApplyResult, OptOut, Page
 
@@ -38,6 +39,9 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+# The shortest `interval` (and non-zero `reconcile_every`): a shorter one only makes a worker spin.
+MIN_INTERVAL = 1.0
 
 
 def resolve_path(value: Any, info: ValidationInfo) -> Any:
@@ -80,6 +84,20 @@ class AdapterSettings(BaseModel):
     reconcile_every: Duration = 86_400.0
     unmapped_topics: Literal["skip", "global"] | None = None
     topics: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_floor(cls, value: float) -> float:
+        if value < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL:g} second (a shorter interval only spins)")
+        return value
+
+    @field_validator("reconcile_every")
+    @classmethod
+    def _reconcile_floor(cls, value: float) -> float:
+        if 0 < value < MIN_INTERVAL:
+            raise ValueError(f"must be 0 (never) or at least {MIN_INTERVAL:g} second")
+        return value
 
     @model_validator(mode="before")
     @classmethod

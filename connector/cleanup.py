@@ -17,7 +17,7 @@ from state import snapshots
 from state.errors import InputError, RefusedError
 
 from .commands import build_adapters, open_store
-from .operator import parse_bound
+from .operator import check_window
 from .settings import Settings
 
 LOOKUP_BATCH = 100
@@ -48,13 +48,13 @@ class DeleteReport:
 
 
 def contact_adapter(settings: Settings, name: str):
-    """The adapter called `name` if it can look up and delete contacts; RefusedError otherwise."""
+    """The adapter called `name` if it can look up and delete contacts; InputError (a usage error) otherwise."""
     config = settings.adapter(name)
     adapter = build_adapters(settings, [name])[name]
     if not (callable(getattr(adapter, "find_contact_ids", None)) and callable(getattr(adapter, "archive_contacts",
                                                                                       None))):
         adapter.close()
-        raise RefusedError(f"adapter {name!r} ({config.type}) has no contacts to look up or delete; "
+        raise InputError(f"adapter {name!r} ({config.type}) has no contacts to look up or delete; "
                            "clean-up works with adapters that keep contacts, such as hubspot")
     return adapter
 
@@ -67,8 +67,7 @@ def build_snapshot(settings: Settings, adapter_name: str, reason: str, *, since:
         raise InputError(f"reason {reason!r} is not one of {', '.join(snapshots.CLEANUP_REASONS)}")
     if categories and reason != "hard_bounce":
         raise InputError("--bounce-category applies to --reason hard_bounce only")
-    since_text = parse_bound(since, end=False) if since else None
-    until_text = parse_bound(until, end=True) if until else None
+    since_text, until_text = check_window(since, until)
     name = name or f"{adapter_name}-{reason}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}"
     adapter = contact_adapter(settings, adapter_name)
     try:
@@ -105,7 +104,7 @@ def delete_snapshot(settings: Settings, adapter_name: str, *, confirm: int, reas
     Contacts deleted by an earlier run are skipped; failures can be retried by
     running the same command again.
     """
-    settings.adapter(adapter_name)
+    contact_adapter(settings, adapter_name).close()  # a usage error first, before any snapshot is looked up
     with open_store(settings) as store:
         snapshot = _pick(store, adapter_name, reason, name)
         if confirm != snapshot["count"]:

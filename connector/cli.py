@@ -1,12 +1,15 @@
 """The `optout-sync` command line: parses arguments, calls `connector.commands`, prints.
 
 Exit codes: 0 ok, 1 a sync or runtime failure, 2 usage or settings error,
-3 refused (mass-change guard, wrong confirmation count, forbidden lift).
+3 refused (mass-change guard, wrong confirmation count, forbidden lift),
+130 interrupted during an import. A reader of stdout that closes early ends a command with 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -24,6 +27,28 @@ from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_lo
 from .settings import Settings, load_settings, secret_file_warnings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class _Seconds(click.FloatRange):
+    """A non-negative number of seconds."""
+
+    name = "number of seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+
+class _NonNegative(click.IntRange):
+    """A count: a non-negative integer; -1 is a usage error naming the option, not a count that never matches."""
+
+    name = "integer"
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+
+COUNT = _NonNegative()
 
 
 class Context:
@@ -61,7 +86,23 @@ def _edge(function: Callable) -> Callable:
     @wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            try:
+                outcome = function(*args, **kwargs)
+            except SystemExit:
+                _flush_stdout()  # keep the command's own exit code, also when the reader has gone
+                raise
+            _flush_stdout()
+            return outcome
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            # The reader of our output closed early (`export | head -1`): done, as Unix tools are.
+            _silence_stdout()
+            sys.exit(EXIT_OK)
+        except operator.ImportInterrupted as exc:
+            click.echo("interrupted after the import was saved: "
+                       f"{exc.saved:,} new opt-outs" if exc.saved else "interrupted; nothing was changed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
@@ -78,6 +119,32 @@ def _edge(function: Callable) -> Callable:
     return wrapper
 
 
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has closed it."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit does not complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    """Flush stdout inside the edge, where a closed pipe is handled, not at interpreter exit."""
+    try:
+        if sys.stdout is not None:  # None when the command was started with stdout closed (>&-)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", metavar="FILE", help="Settings file (else $OPTOUT_SYNC_CONFIG, else ./settings.toml).")
 @click.option("--log-format", type=click.Choice(["human", "json"]), help="Log format (default: from settings).")
@@ -90,7 +157,7 @@ def main(ctx: click.Context, config: str | None, log_format: str | None, show_ad
 
 
 @main.command()
-@click.option("--grace", default=5.0, show_default=True, help="Seconds to let workers finish after a stop signal.")
+@click.option("--grace", default=5.0, show_default=True, type=_Seconds(), help="Seconds to let workers finish after a stop signal.")
 @click.pass_obj
 @_edge
 def run(obj: Context, grace: float) -> None:
@@ -196,7 +263,7 @@ def reconcile(obj: Context, adapter: str, dry_run: bool) -> None:
 
 @main.command()
 @click.argument("adapter")
-@click.option("--count", type=int, required=True, help="The exact number of staged opt-outs shown by status.")
+@click.option("--count", type=COUNT, required=True, help="The exact number of staged opt-outs shown by status.")
 @click.pass_obj
 @_edge
 def approve(obj: Context, adapter: str, count: int) -> None:
@@ -292,7 +359,7 @@ def check(obj: Context) -> None:
 @click.option("--column", metavar="NAME|N", help="The column holding the addresses (name or 1-based number).")
 @click.option("--scope", default="*", show_default=True, help="'*' (all email) or a topic key.")
 @click.option("--reason", default="imported", show_default=True, type=click.Choice(operator.IMPORT_REASONS))
-@click.option("--confirm", type=int, metavar="N", help="Apply, if N is the number of new opt-outs the preview showed.")
+@click.option("--confirm", type=COUNT, metavar="N", help="Apply, if N is the number of new opt-outs the preview showed.")
 @click.option("--legal-basis", type=click.Choice(LEGAL_BASES), help="Stored on every event of the import.")
 @click.option("--explanation", help="Free text stored on every event of the import.")
 @click.option("--rejected-out", type=click.Path(dir_okay=False, path_type=Path), help="Write every rejected row here.")
@@ -348,9 +415,11 @@ def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: s
     settings = obj.settings()
     kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)
     if output is None:
+        if sys.stdout is None:
+            raise InputError("stdout is closed; give -o FILE to export to a file")
         operator.export(settings, click.get_text_stream("stdout"), **kwargs)
         return
-    with output.open("w", newline="", encoding="utf-8") as handle:
+    with operator.output_file(output, "-o") as handle:
         written = operator.export(settings, handle, **kwargs)
     click.echo(f"wrote {written:,} rows to {output}", err=True)
 
@@ -411,7 +480,7 @@ def lift(obj: Context, address: str, scope: str, legal_basis: str, explanation: 
               help="Name for the new snapshot; with --delete, the snapshot to delete (default: the newest).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Where to write the snapshot for review.")
 @click.option("--delete", is_flag=True, help="Delete (archive) the contacts of the saved snapshot.")
-@click.option("--confirm", type=int, metavar="N", help="With --delete: the snapshot's contact count, typed in.")
+@click.option("--confirm", type=COUNT, metavar="N", help="With --delete: the snapshot's contact count, typed in.")
 @click.pass_obj
 @_edge
 def cleanup_command(obj: Context, adapter: str, reason: str, since: str | None, until: str | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import re
 import sys
 from datetime import datetime, timezone
@@ -96,7 +97,8 @@ def setup_logging(fmt: str = "human", level: str = "info", show_addresses: bool 
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        # Reopens the file when logrotate moves it away, so the daemon never writes to the rotated copy.
+        handlers.append(logging.handlers.WatchedFileHandler(file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)

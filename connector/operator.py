@@ -7,9 +7,14 @@ the legal weight described in domain.md sections 2-4.
 from __future__ import annotations
 
 import csv
+import errno
 import getpass
 import json
+import os
+import stat
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
@@ -18,9 +23,9 @@ from typing import TextIO
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import InputError, OptOutSyncError
-from state.imports import ImportPreview, run_import
+from state.imports import ImportPreview, run_import, saved_count
 from state.lifts import holders, lift as lift_in_store, record_removal
-from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso
+from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso, utc_now
 
 from .commands import build_adapters, open_store
 from .csv_import import ImportFile
@@ -48,7 +53,76 @@ def check_scope(settings: Settings, scope: str) -> str:
     return scope
 
 
+# -- output files ----------------------------------------------------------------
+
+# Write errors that are about the output file (not a bug): said in one line, exit 1.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS, errno.EPIPE)
+
+
+@contextmanager
+def output_file(path: Path, option: str) -> Iterator[TextIO]:
+    """A text file written in full or not at all, for an option such as `-o` or `--rejected-out`.
+
+    It is written as a temporary file beside `path` and renamed over it at the end;
+    on any error or interruption the temporary file is removed and a file already
+    at `path` stays as it was. A missing folder or an unwritable file is an
+    InputError naming the option and the path, raised before anything is read.
+    A new file gets mode 0600 (it lists people's addresses); a replaced one keeps its mode.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.exists():
+        raise InputError(f"{option} {path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: {folder} is not a folder")
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, not a file")
+    if path.exists() and not path.is_file():
+        # A device or a pipe (/dev/stdout, a FIFO) is written in place: a rename would replace it.
+        with _writing(path, option), path.open("w", newline="", encoding="utf-8") as handle:
+            yield handle
+        return
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise InputError(f"{option} {path}: cannot write {'this file' if path.exists() else 'in ' + str(folder)} "
+                         "(permission denied)")
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write in the folder {folder} ({exc.strerror})") from None
+    try:
+        if path.exists():
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode))
+        with _writing(path, option), os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            yield handle
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+@contextmanager
+def _writing(path: Path, option: str) -> Iterator[None]:
+    """Turn an error about writing `path` (cannot open it, disk full) into one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRORS or (exc.filename is not None and Path(exc.filename) == path):
+            raise OptOutSyncError(f"{option} {path}: cannot write: {exc.strerror}") from None
+        raise
+
+
 # -- import ----------------------------------------------------------------------
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an import, with what it had saved: `saved` new opt-outs (0: nothing was changed)."""
+
+    def __init__(self, saved: int):
+        super().__init__(saved)
+        self.saved = saved
 
 
 def import_file(settings: Settings, path: str | Path, *, column: str | None = None, scope: str = GLOBAL_SCOPE,
@@ -60,11 +134,10 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
     if reason not in IMPORT_REASONS:
         raise InputError(f"reason {reason!r} is not one of {', '.join(IMPORT_REASONS)}")
     source = ImportFile(path, column)
-    rejected_handle: TextIO | None = None
+    outputs = ExitStack()
     rejected_writer = None
     if rejected_out is not None:
-        rejected_handle = rejected_out.open("w", newline="", encoding="utf-8")
-        rejected_writer = csv.writer(rejected_handle)
+        rejected_writer = csv.writer(outputs.enter_context(output_file(rejected_out, "--rejected-out")))
         rejected_writer.writerow(REJECTED_OUT_HEADER)
 
     def on_rejected(item: RejectedRow) -> None:
@@ -85,15 +158,20 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
                 yield RejectedRow(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}",
                                   row.number)
 
+    details = {"file": Path(path).name, "by": _who()}
+    started = utc_now()
     try:
-        with open_store(settings) as store:
+        with outputs, open_store(settings) as store:
             preview = run_import(
                 store, addresses(), scope=scope, reason=reason, confirm=confirm, source="import",
                 legal_basis=legal_basis, explanation=explanation,
-                details={"file": Path(path).name, "by": _who()}, on_rejected=on_rejected)
-    finally:
-        if rejected_handle is not None:
-            rejected_handle.close()
+                details=details, on_rejected=on_rejected)
+    except KeyboardInterrupt:
+        if confirm is None:
+            raise ImportInterrupted(0) from None
+        # The interrupt may have come just before or just after the commit: the store says which.
+        with open_store(settings) as store:
+            raise ImportInterrupted(saved_count(store, source="import", details=details, since=started)) from None
     return source, preview
 
 
@@ -112,20 +190,38 @@ def parse_bound(text: str, *, end: bool) -> str:
         raise InputError(f"{text!r} is not an ISO date (2026-01-31) or date-time (2026-01-31T12:00:00Z)") from None
 
 
+def check_window(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """--since and --until as store text; InputError if the window they make is empty."""
+    since_text = parse_bound(since, end=False) if since else None
+    until_text = parse_bound(until, end=True) if until else None
+    if since_text and until_text and since_text >= until_text:
+        raise InputError(f"--since {since} is not before --until {until}: no opt-out can be in that window")
+    return since_text, until_text
+
+
 def export(settings: Settings, out: TextIO, *, reasons: list[str] | None = None, scope: str | None = None,
            source: str | None = None, since: str | None = None, until: str | None = None) -> int:
-    """Write suppressions as CSV (streamed); the number of rows written."""
+    """Write suppressions as CSV (streamed); the number of rows written.
+
+    `source` must be a configured adapter, 'import', or a source that stored
+    opt-outs still name (an adapter removed from settings stays exportable);
+    anything else is a mistyped name, an InputError, not an empty file.
+    """
     for reason in reasons or []:
         if reason not in REASONS:
             raise InputError(f"reason {reason!r} is not one of {', '.join(REASONS)}")
     if scope is not None:
         scope = check_scope(settings, scope)
-    since_text = parse_bound(since, end=False) if since else None
-    until_text = parse_bound(until, end=True) if until else None
+    since_text, until_text = check_window(since, until)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(EXPORT_HEADER)
     filters = dict(reasons=reasons, scope=scope, source=source, since=since_text, until=until_text)
     with open_store(settings) as store:
+        configured = [a.name for a in settings.adapters]
+        if (source is not None and source != "import" and source not in configured
+                and not store.iter_suppressions(source=source, count=True).fetchone()[0]):
+            raise InputError(f"--source {source!r} is not a configured adapter, 'import', or the source of any "
+                             f"stored opt-out (configured: {', '.join(configured) or 'none'})")
+        writer.writerow(EXPORT_HEADER)
         # One statement is one read snapshot, so the rows counted are the rows written.
         return _write_rows(writer, out, store.iter_suppressions(**filters), len(EXPORT_HEADER))
 

@@ -151,27 +151,39 @@ def load_settings(explicit: str | os.PathLike[str] | None = None,
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        # Say where the name came from: "give --config" is no help to someone who gave it.
+        if explicit:
+            raise ConfigError(f"{path}: the settings file given with --config does not exist") from None
+        if environ.get(CONFIG_ENV):
+            raise ConfigError(f"{path}: the settings file named by {CONFIG_ENV} does not exist") from None
         raise ConfigError(f"{path}: settings file not found (give --config or set {CONFIG_ENV})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a settings file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: settings file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    apply_env_overrides(raw, environ, path)
-    return validate_settings(raw, path)
+    origins = apply_env_overrides(raw, environ, path)
+    return validate_settings(raw, path, origins)
 
 
-def validate_settings(raw: dict[str, Any], path: Path) -> Settings:
-    """Validate a raw settings mapping that came from `path`."""
+def validate_settings(raw: dict[str, Any], path: Path, origins: Mapping[tuple, str] | None = None) -> Settings:
+    """Validate a raw settings mapping that came from `path`.
+
+    `origins` maps a raw key location (("logging", "level"), ("adapters", 0, "interval"))
+    to the environment variable that set it, so a bad value is blamed on that variable.
+    """
     context = {"base_dir": path.resolve().parent}
+    origins = origins or {}
     raw = dict(raw)
     adapters_raw = raw.pop("adapters", [])
     problems: list[str] = []
     try:
         settings = Settings.model_validate(raw, context=context)
     except ValidationError as exc:
-        problems.extend(_describe(exc, ()))
+        problems.extend(_describe(exc, (), origins))
         settings = None
     adapters: list[AdapterSettings] = []
     if not isinstance(adapters_raw, list):
@@ -187,16 +199,21 @@ def validate_settings(raw: dict[str, Any], path: Path) -> Settings:
         type_name = item.get("type")
         if type_name not in registry.ADAPTER_TYPES:
             known = ", ".join(sorted(registry.ADAPTER_TYPES))
-            problems.append(f"key '{label}.type': expected one of {known}, got {type_name!r}")
+            line = f"key '{label}.type': expected one of {known}, got {type_name!r}"
+            variable = origins.get(("adapters", index, "type"))
+            problems.append(f"environment variable {variable} sets {line}" if variable else line)
             continue
         try:
             adapters.append(registry.settings_model(type_name).model_validate(item, context=context))
         except ValidationError as exc:
-            problems.extend(_describe(exc, (label,)))
+            problems.extend(_describe(exc, (label,), origins, ("adapters", index)))
     if settings is not None:
         problems.extend(_cross_check(settings.topics, adapters))
     if problems:
-        raise ConfigError(f"{path}: invalid settings:\n  " + "\n  ".join(problems))
+        from_env = sum(1 for line in problems if line.startswith("environment variable "))
+        where = (f"{path}: invalid settings" if not from_env else "invalid settings in the environment"
+                 if from_env == len(problems) else f"invalid settings in {path} and the environment")
+        raise ConfigError(f"{where}:\n  " + "\n  ".join(problems))
     settings.adapters = adapters
     settings.source = path
     # The store and log paths are anchored here, beside the adapters' (validated with a context).
@@ -223,27 +240,50 @@ def _cross_check(topics: dict[str, str], adapters: list[AdapterSettings]) -> lis
     return problems
 
 
-def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
+def _describe(exc: ValidationError, prefix: tuple[str, ...], origins: Mapping[tuple, str],
+              raw_prefix: tuple = ()) -> list[str]:
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join((*prefix, *(str(part) for part in error["loc"]))) or "(top level)"
         if error["type"] == "extra_forbidden":
-            lines.append(f"key '{key}': unknown key")
+            line = f"key '{key}': unknown key"
         elif error["type"] == "missing":
-            lines.append(f"key '{key}': required, but missing")
+            line = f"key '{key}': required, but missing"
         else:
             message = error["msg"].removeprefix("Value error, ")
             shown = ("" if isinstance(error.get("input"), (dict, list)) or ", got " in message
                      else f", got {error.get('input')!r}")
-            lines.append(f"key '{key}': {message}{shown}")
+            line = f"key '{key}': {message}{shown}"
+        location = (*raw_prefix, *error["loc"])
+        # The variable that set this key, a table around it, or (for an unknown table) a key inside it.
+        variable = next((origins[location[:n]] for n in range(len(location), 0, -1) if location[:n] in origins),
+                        None) or next((v for k, v in origins.items() if location and k[:len(location)] == location),
+                                      None)
+        if variable is not None:
+            line = f"environment variable {variable} sets {line}"
+            if error["type"] == "extra_forbidden" and len(location) == 1:
+                line += _separator_hint(str(location[0]), variable)
+        lines.append(line)
     return lines
 
 
-def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
+def _separator_hint(key: str, variable: str) -> str:
+    """For OPTOUT_SYNC_LOGGING_LEVEL (one `_` where `__` belongs): the variable that was meant."""
+    for section in Settings.model_fields:
+        if section != "source" and key.startswith(section + "_"):
+            rest = variable[len(ENV_PREFIX) + len(section) + 1:]
+            return (f"; section and key are separated by '__': did you mean "
+                    f"{ENV_PREFIX}{section.upper()}__{rest}?")
+    return ""
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> dict[tuple, str]:
     """Fold OPTOUT_SYNC_A__B__C=value into raw[a][b][c]; adapters are addressed by name or index.
 
     Values that look like JSON (numbers, booleans, lists, tables) are parsed as JSON.
+    Returns where each variable landed: {("a", "b", "c"): variable}, adapters by index.
     """
+    origins: dict[tuple, str] = {}
     for variable, value in sorted(environ.items()):
         if not variable.startswith(ENV_PREFIX) or variable == CONFIG_ENV:
             continue
@@ -251,29 +291,35 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: P
         if not parts:
             continue
         node: Any = raw
+        location: list = []
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                node = _adapter_by_name(node, part, variable, path)
+                index = _adapter_by_name(node, part, variable, path)
+                node = node[index]
+                location.append(index)
                 continue
             if part not in node:
                 node[part] = [] if part == "adapters" and depth == 0 else {}
             node = node[part]
+            location.append(part)
             if not isinstance(node, (dict, list)):
-                raise ConfigError(f"{path}: environment variable {variable} sets inside "
-                                  f"'{part}', which is not a table")
+                raise ConfigError(f"environment variable {variable} sets inside "
+                                  f"'{part}', which is not a table (in {path})")
         if isinstance(node, list):
-            raise ConfigError(f"{path}: environment variable {variable} must name a key inside an adapter")
+            raise ConfigError(f"environment variable {variable} must name a key inside an adapter")
         node[parts[-1]] = _env_value(value)
+        origins[(*location, parts[-1])] = variable
+    return origins
 
 
-def _adapter_by_name(adapters: list, part: str, variable: str, path: Path) -> dict:
+def _adapter_by_name(adapters: list, part: str, variable: str, path: Path) -> int:
     if part.isdigit() and int(part) < len(adapters):
-        return adapters[int(part)]
+        return int(part)
     wanted = part.replace("-", "_")
-    for adapter in adapters:
+    for index, adapter in enumerate(adapters):
         if isinstance(adapter, dict) and str(adapter.get("name", "")).lower().replace("-", "_") == wanted:
-            return adapter
-    raise ConfigError(f"{path}: environment variable {variable} names adapter {part!r}, which is not configured")
+            return index
+    raise ConfigError(f"environment variable {variable} names adapter {part!r}, which is not configured in {path}")
 
 
 def _env_value(value: str) -> Any:

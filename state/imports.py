@@ -156,3 +156,14 @@ class _Stager:
                 self.staged += self._conn.total_changes - before
             except BaseException as exc:
                 self._error = exc
+
+
+def saved_count(store: Store, *, source: str, details: dict, since: str) -> int:
+    """How many suppressions an import with these `details`, begun at `since`, has saved.
+
+    For an interrupted import: every row one import saves carries its source, its
+    details and one recorded_at, so this tells whether its transaction committed.
+    """
+    return store.conn.execute(
+        "SELECT count(*) FROM suppressions WHERE source = ? AND details = ? AND recorded_at >= ?",
+        (source, json.dumps(details, sort_keys=True), since)).fetchone()[0]

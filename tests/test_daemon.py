@@ -36,8 +36,11 @@ memory_adapter.registry.register("hung", HungAdapter)
 
 def settings_for(tmp_path, adapters):
     raw = {"store": {"path": str(tmp_path / "store.db")},
-           "adapters": [{"interval": 0.2, **a} for a in adapters]}
-    return validate_settings(raw, tmp_path / "settings.toml")
+           "adapters": [{"interval": 1, **a} for a in adapters]}
+    settings = validate_settings(raw, tmp_path / "settings.toml")
+    for adapter in settings.adapters:
+        adapter.interval = 0.2  # below the settings' 1 s floor on purpose: in-process, to keep the test quick
+    return settings
 
 
 def run_in_thread(daemon: Daemon) -> tuple[threading.Thread, list[int]]:

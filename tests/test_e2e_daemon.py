@@ -17,7 +17,7 @@ from .process import Daemon, run_cli, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def folder_settings(tmp_path: Path, interval: float = 0.3, batch_size: int = 50_000, **extra) -> Path:
+def folder_settings(tmp_path: Path, interval: float = 1.0, batch_size: int = 50_000, **extra) -> Path:
     return write_settings(tmp_path, [
         {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": interval,
          "settle_seconds": 0.2, "max_new_per_cycle": 1_000_000, **extra},
@@ -111,7 +111,7 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
 def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path):
     """SIGKILL the daemon at random moments while it reads and writes; then it converges."""
     rng = random.Random(20261123)
-    settings = folder_settings(tmp_path, interval=0.2, batch_size=100, page_size=400)
+    settings = folder_settings(tmp_path, interval=1.0, batch_size=100, page_size=400)
     inbox = tmp_path / "inbox"
     expected: set[str] = set()
     for n in range(3):

@@ -29,9 +29,9 @@ def test_opt_outs_flow_both_ways_between_a_csv_folder_and_hubspot(tmp_path):
     fake = FakeHubSpot(TOKEN)
     with serve(fake.handle) as url:
         settings = write_settings(tmp_path, [
-            {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 0.3, "settle_seconds": 0.2},
-            {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 0.3},
-            {"name": "hubspot", "type": "hubspot", "token": TOKEN, "base_url": url, "interval": 0.3,
+            {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0.2},
+            {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 1},
+            {"name": "hubspot", "type": "hubspot", "token": TOKEN, "base_url": url, "interval": 1,
              "topics": {"newsletter": "101"}, "initial_lookback": "1h", "overlap": "1m",
              "legal_basis": "LEGITIMATE_INTEREST_OTHER", "legal_basis_explanation": "Opted out in our shop"},
         ], topics={"newsletter": "News"}, store={"path": "data/store.db"})

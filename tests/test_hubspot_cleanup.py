@@ -133,11 +133,13 @@ def test_failed_deletions_are_recorded_and_retried_on_the_next_run(world):
     assert report.deleted == 1 and fake.contacts[contact]["archived"]
 
 
-def test_adapters_without_contacts_are_refused(world):
+def test_adapters_without_contacts_are_a_usage_error(world):
     path, _, store_path = world
-    with pytest.raises(RefusedError) as caught:
+    with pytest.raises(InputError) as caught:
         cleanup.build_snapshot(load_settings(path), "list", "hard_bounce")
     assert "csv_file" in str(caught.value)
+    with pytest.raises(InputError, match="has no contacts to look up or delete"):
+        cleanup.delete_snapshot(load_settings(path), "list", confirm=0, reason="hard_bounce")
     with pytest.raises(InputError):
         cleanup.build_snapshot(load_settings(path), "hubspot", "unsubscribed")
 

@@ -40,9 +40,9 @@ def test_a_known_token_appears_in_no_output_log_page_or_store_file(tmp_path, hub
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
     settings = write_settings(tmp_path, [
-        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 0.3, "settle_seconds": 0.1},
-        {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 0.3},
-        {"name": "crm", "type": "hubspot", "base_url": hubspot.url, "interval": 0.3, "initial_lookback": "1h",
+        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0.1},
+        {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 1},
+        {"name": "crm", "type": "hubspot", "base_url": hubspot.url, "interval": 1, "initial_lookback": "1h",
          "max_attempts": 1, "retry_budget": "1s", "connect_timeout": 2, "read_timeout": 2,
          "rate_limit_requests": 10_000},
     ], store={"path": "data/store.db"}, server={"listen": f"127.0.0.1:{port}"},

@@ -65,8 +65,8 @@ def scrape(base: str) -> dict[tuple[str, str], float]:
 
 def served_settings(tmp_path: Path, port: int, sink_path: str = "out/suppressions.csv", **server) -> Path:
     return write_settings(tmp_path, [
-        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 0.3, "settle_seconds": 0.1},
-        {"name": "sink", "type": "csv_file", "path": sink_path, "interval": 0.3},
+        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0.1},
+        {"name": "sink", "type": "csv_file", "path": sink_path, "interval": 1},
     ], store={"path": "data/store.db"}, server={"listen": f"127.0.0.1:{port}", **server})
 
 

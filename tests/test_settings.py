@@ -103,7 +103,7 @@ def test_unknown_top_level_keys_and_bad_toml_are_rejected(tmp_path):
     path.write_text("[store\npath = 'x.db'\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(path, environ={})
-    with pytest.raises(ConfigError, match="settings file not found"):
+    with pytest.raises(ConfigError, match="given with --config does not exist"):
         load_settings(tmp_path / "missing.toml", environ={})
 
 
@@ -125,3 +125,77 @@ def test_a_readable_settings_file_holding_a_secret_gives_a_warning(tmp_path):
     assert "chmod 600" in secret_file_warnings(load_settings(path, environ={}))[0]
     os.chmod(path, 0o600)
     assert secret_file_warnings(load_settings(path, environ={})) == []
+
+
+def test_a_bad_environment_value_is_blamed_on_the_variable_not_the_file(tmp_path):
+    path = write_settings(tmp_path, [INBOX])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"OPTOUT_SYNC_ADAPTERS__INBOX__INTERVAL": "abc"})
+    message = str(caught.value)
+    assert message.startswith("invalid settings in the environment:"), message
+    assert ("environment variable OPTOUT_SYNC_ADAPTERS__INBOX__INTERVAL sets key 'adapters[0] (inbox).interval': "
+            "expected a duration") in message
+    assert str(path) not in message  # the file is fine
+
+
+def test_a_single_underscore_between_section_and_key_gets_the_variable_that_was_meant(tmp_path):
+    path = write_settings(tmp_path, [INBOX])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"OPTOUT_SYNC_LOGGING_LEVEL": "debug"})
+    assert ("environment variable OPTOUT_SYNC_LOGGING_LEVEL sets key 'logging_level': unknown key; section and key "
+            "are separated by '__': did you mean OPTOUT_SYNC_LOGGING__LEVEL?") in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"OPTOUT_SYNC_ADAPTERS_INBOX__INTERVAL": "3"})
+    assert "did you mean OPTOUT_SYNC_ADAPTERS__INBOX__INTERVAL?" in str(caught.value)
+
+
+def test_file_and_environment_problems_are_each_blamed_on_their_origin(tmp_path):
+    path = write_settings(tmp_path, [{**INBOX, "interval": "soon"}])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"OPTOUT_SYNC_LOGGING__LEVEL": "loud"})
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"invalid settings in {path} and the environment:"
+    assert any(line.strip().startswith("key 'adapters[0] (inbox).interval'") for line in lines)
+    assert any(line.strip().startswith("environment variable OPTOUT_SYNC_LOGGING__LEVEL sets key 'logging.level'")
+               for line in lines)
+
+
+def test_a_missing_settings_file_is_named_with_where_its_name_came_from(tmp_path, monkeypatch):
+    given = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(given, environ={"OPTOUT_SYNC_CONFIG": str(tmp_path / "other.toml")})
+    assert str(caught.value) == f"{given}: the settings file given with --config does not exist"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"OPTOUT_SYNC_CONFIG": str(given)})
+    assert str(caught.value) == f"{given}: the settings file named by OPTOUT_SYNC_CONFIG does not exist"
+    monkeypatch.chdir(tmp_path)  # the default is ./settings.toml; here there is none
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={})
+    assert str(caught.value) == "settings.toml: settings file not found (give --config or set OPTOUT_SYNC_CONFIG)"
+    with pytest.raises(ConfigError, match="is a folder, not a settings file"):
+        load_settings(tmp_path, environ={})
+
+
+@pytest.mark.parametrize("interval, accepted", [(1, True), ("1s", True), ("1000ms", True), (0.5, False),
+                                                 ("500ms", False), (0, False)])
+def test_an_interval_below_one_second_is_refused_naming_key_value_and_floor(tmp_path, interval, accepted):
+    path = write_settings(tmp_path, [{**INBOX, "interval": interval}])
+    if accepted:
+        assert load_settings(path, environ={}).adapter("inbox").interval == 1.0
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert (f"key 'adapters[0] (inbox).interval': must be at least 1 second (a shorter interval only spins), "
+            f"got {interval!r}") in str(caught.value)
+
+
+@pytest.mark.parametrize("every, seconds", [(0, 0.0), ("1s", 1.0), ("0.5s", None), ("10ms", None)])
+def test_reconcile_every_is_never_or_at_least_one_second(tmp_path, every, seconds):
+    path = write_settings(tmp_path, [{**INBOX, "reconcile_every": every}])
+    if seconds is not None:
+        assert load_settings(path, environ={}).adapter("inbox").reconcile_every == seconds
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert (f"key 'adapters[0] (inbox).reconcile_every': must be 0 (never) or at least 1 second, "
+            f"got {every!r}") in str(caught.value)

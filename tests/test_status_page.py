@@ -98,10 +98,10 @@ def test_the_status_page_shows_each_adapter_with_pause_failure_and_lag_in_chromi
     url = f"http://127.0.0.1:{port}/"
     (tmp_path / BLOCKED).write_text("a file where the sink's folder should be\n")
     settings = write_settings(tmp_path, [
-        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 0.3, "settle_seconds": 0.1,
+        {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0.1,
          "max_new_per_cycle": 2},
-        {"name": "orders", "type": "csv_folder", "path": "orders", "interval": 0.3, "settle_seconds": 0.1},
-        {"name": "sink", "type": "csv_file", "path": f"{BLOCKED}/suppressions.csv", "interval": 0.3},
+        {"name": "orders", "type": "csv_folder", "path": "orders", "interval": 1, "settle_seconds": 0.1},
+        {"name": "sink", "type": "csv_file", "path": f"{BLOCKED}/suppressions.csv", "interval": 1},
     ], store={"path": "data/store.db"}, server={"listen": f"127.0.0.1:{port}", "max_lag": "1s"})
     with Daemon(settings) as daemon:
         wait_for(lambda: answers(url + "healthz") == 200)

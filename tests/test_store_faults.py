@@ -93,9 +93,10 @@ def test_a_read_only_store_fails_the_one_shot_sync_cleanly(tmp_path, monkeypatch
 
 def test_disk_full_keeps_nothing_partial_and_the_daemon_retries_until_it_clears(tmp_path, monkeypatch):
     raw = {"store": {"path": str(tmp_path / "store.db")},
-           "adapters": [{"name": "a", "type": "memory", "interval": 0.1},
-                        {"name": "b", "type": "memory", "interval": 0.1}]}
+           "adapters": [{"name": "a", "type": "memory"}, {"name": "b", "type": "memory"}]}
     settings = validate_settings(raw, tmp_path / "settings.toml")
+    for adapter in settings.adapters:
+        adapter.interval = 0.1  # below the settings' 1 s floor on purpose: in-process, to keep the test quick
     full = threading.Event()
     full.set()
     real_write = Store._write
@@ -160,9 +161,10 @@ def test_the_daemon_keeps_retrying_a_store_locked_by_another_process_and_catches
     from state.models import OptOut
 
     raw = {"store": {"path": str(tmp_path / "store.db"), "busy_timeout": "100ms"},
-           "adapters": [{"name": "a", "type": "memory", "interval": 0.1},
-                        {"name": "b", "type": "memory", "interval": 0.1}]}
+           "adapters": [{"name": "a", "type": "memory"}, {"name": "b", "type": "memory"}]}
     settings = validate_settings(raw, tmp_path / "settings.toml")
+    for adapter in settings.adapters:
+        adapter.interval = 0.1  # below the settings' 1 s floor on purpose: in-process, to keep the test quick
     Store(tmp_path / "store.db").close()
     holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")

@@ -144,13 +144,13 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
     with serve(wires["hubspot"].handle) as hubspot_url, serve(wires["sendgrid"].handle) as sendgrid_url:
         # TOML has no null: a setting left at None is left out (HubSpot then looks 30 days back).
         settings = write_settings(tmp_path, [{k: v for k, v in adapter.items() if v is not None} for adapter in [
-            {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 0.2, "settle_seconds": 0,
+            {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0,
              "page_size": 200, "max_new_per_cycle": 1_000_000},
             # A short read overlap: everything here happens within a minute, and a 10-minute overlap
             # would have every pull read all of it again.
-            {**HUBSPOT.settings("hubspot", hubspot_url, HUBSPOT.token), "interval": 0.2, "reconcile_every": "3s",
+            {**HUBSPOT.settings("hubspot", hubspot_url, HUBSPOT.token), "interval": 1, "reconcile_every": "3s",
              "batch_size": 50, "timeline_page_size": 200, "rate_limit_requests": 100_000, "overlap": "2s"},
-            {**SENDGRID.settings("sendgrid", sendgrid_url, SENDGRID.token), "interval": 0.2, "overlap": "2s",
+            {**SENDGRID.settings("sendgrid", sendgrid_url, SENDGRID.token), "interval": 1, "overlap": "2s",
              "reconcile_every": "3s", "batch_size": 50, "page_size": 200, "rate_limit_requests": 100_000},
         ]], topics=TOPICS, store={"path": "store.db"})
         settings.chmod(0o600)

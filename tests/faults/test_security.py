@@ -87,14 +87,14 @@ def secret_of(kit_type: str) -> str:
 
 def settings_for(tmp_path: Path, vendors: Vendors) -> Path:
     adapters = [
-        {"name": "inbox", "type": "csv_folder", "path": "inbox", "settle_seconds": 0, "interval": 0.3},
-        {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 0.3},
+        {"name": "inbox", "type": "csv_folder", "path": "inbox", "settle_seconds": 0, "interval": 1},
+        {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": 1},
     ]
     for kit in KITS.values():
         raw = kit.settings(kit.type, vendors.urls[kit.type] + ("/3.0" if kit.type == "mailchimp" else ""),
                            secret_of(kit.type))
         raw.pop(SECRET_FIELDS[kit.type])  # given through the environment only
-        adapters.append({**{k: v for k, v in raw.items() if v is not None}, "interval": 0.3, "max_attempts": 1,
+        adapters.append({**{k: v for k, v in raw.items() if v is not None}, "interval": 1, "max_attempts": 1,
                          "retry_budget": "1s", "connect_timeout": 2, "read_timeout": 2, "rate_limit_requests": 10_000})
     path = write_settings(tmp_path, adapters, topics=TOPICS, store={"path": "data/store.db"},
                           logging={"file": "logs/optout-sync.log", "level": "debug"})
