@@ -76,7 +76,7 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
                 yield Rejected(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}")
 
     try:
-        with open_store(settings) as store:
+        with open_store(settings, create=True) as store:
             preview = run_import(
                 store, addresses(), scope=scope, reason=reason, confirm=confirm, source="import",
                 legal_basis=legal_basis, explanation=explanation,

@@ -107,7 +107,9 @@ def test_metrics_follow_an_optout_through_the_real_process_and_health_is_200(tmp
         assert daemon.terminate() == 0
     assert answers(base + "healthz") is None, "the server kept listening after the daemon stopped"
     events = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-    assert {"event": "server_listening", "url": base}.items() <= events[0].items()
+    # A new store is announced first (store_created), then the server.
+    assert [e["event"] for e in events[:2]] == ["store_created", "server_listening"]
+    assert {"event": "server_listening", "url": base}.items() <= events[1].items()
     pulled = next(e for e in events if e["event"] == "cycle" and e["adapter"] == "inbox" and e["pulled"])
     assert {"adapter", "phase", "pulled", "pushed", "failed", "duration_ms", "cursor_age_s", "error_class",
             "error"} <= set(pulled)
