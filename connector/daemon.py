@@ -10,8 +10,8 @@ current batch (each batch is one transaction) and the process exits 0 within
 
 The store's identity (device, inode, store id) is checked at every cycle and twice a second: a
 store deleted or replaced under the daemon stops it with one error line, a failing /readyz and
-exit code 1. When a cycle round did nothing, the WAL is checkpointed and truncated (at most once
-a minute, and only when it has grown), so it does not keep its high-water mark.
+exit code 1. After a cycle that did nothing, a WAL grown beyond 4 MiB is checkpointed and truncated
+(at most every 10 s), so it does not keep its high-water mark.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .engine import Engine
 from .lock import StoreLock, real_store_path
 from .logs import log_event
 from .store_guard import prepare_store_folder
-from .store_identity import StoreIdentity
+from .store_identity import StoreIdentity, set_aside_own_wal
 from .metrics import Metrics
 from .server import StatusServer
 from .settings import Settings
@@ -47,7 +47,7 @@ IDENTITY_EVERY = 0.5
 # Idle WAL truncation: only a WAL larger than this is worth it, at most once per IDLE_CHECKPOINT_EVERY,
 # waiting at most CHECKPOINT_BUSY_MS for other connections (it blocks new writers while it waits).
 WAL_TRUNCATE_ABOVE = 4 * 1024 * 1024
-IDLE_CHECKPOINT_EVERY = 60.0
+IDLE_CHECKPOINT_EVERY = 10.0
 CHECKPOINT_BUSY_MS = 100
 EXIT_STORE_LOST = 1
 
@@ -151,10 +151,12 @@ class Daemon:
         with self._identity_lock:
             if self.store_problem is None:
                 self.store_problem = problem
-                log_event("store_lost", logging.ERROR, path=str(self.identity.path),
-                          message=f"{problem}; syncing stopped. Restore the store (optout-sync restore) "
-                                  "or fix [store] path, then start the daemon again")
                 self.request_stop()
+                moved = set_aside_own_wal(self.identity.path)
+                aside = f"; the old store's WAL was moved aside to {moved[0]}" if moved else ""
+                log_event("store_lost", logging.ERROR, path=str(self.identity.path),
+                          message=f"{problem}; syncing stopped{aside}. Restore the store (optout-sync restore) "
+                                  "or fix [store] path, then start the daemon again")
         return False
 
     def _notify(self, source: str) -> None:
@@ -215,7 +217,7 @@ class Daemon:
         return report.error is None
 
     def idle_checkpoint(self, store: Store) -> bool:
-        """After a cycle that did nothing: truncate a grown WAL, at most once a minute; True if it did.
+        """After a cycle that did nothing: truncate a grown WAL, at most every 10 s; True if it did.
 
         One thread at a time; a busy database (another writer, a long reader) is skipped quietly
         and tried again after the next idle cycle.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from state.store import Store
@@ -86,3 +87,47 @@ def read_store_id(path: Path) -> str | None:
         return row[0] if row else None
     finally:
         conn.close()
+
+
+def set_aside_own_wal(path: Path) -> list[Path]:
+    """Rename the -wal and -shm beside `path` out of the way if this process has them open; the new names.
+
+    When the store was deleted, moved or replaced, the WAL at its path still belongs to the file
+    this daemon opened. SQLite would replay it into whatever database is next opened at that
+    path (a replacement store, or a new one), mixing in the old store's pages. Renamed, it can
+    neither do that nor be lost.
+    """
+    real = Path(os.path.realpath(path))
+    ours = _open_inodes()
+    moved = []
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    for suffix in ("-wal", "-shm"):
+        companion = real.with_name(real.name + suffix)
+        try:
+            info = os.stat(companion)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in ours:
+            target = companion.with_name(f"{companion.name}.orphan-{stamp}")
+            try:
+                os.rename(companion, target)
+                moved.append(target)
+            except OSError:
+                pass
+    return moved
+
+
+def _open_inodes() -> set[tuple[int, int]]:
+    """(device, inode) of every file this process has open (Linux /proc; empty elsewhere)."""
+    found = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            info = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue  # closed meanwhile
+        found.add((info.st_dev, info.st_ino))
+    return found
