@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .process import Daemon, run_cli, wait_for
+from .process import Daemon, command, run_cli, wait_for
 from .test_e2e_daemon import drop, folder_settings, sink_addresses
 
 pytestmark = pytest.mark.e2e
@@ -263,3 +264,103 @@ def test_an_idle_daemon_truncates_the_wal_a_large_import_left(tmp_path):
         wait_for(lambda: len(sink_addresses(tmp_path)) == 60_001, timeout=60)
         wait_for(lambda: wal.stat().st_size < 1024 * 1024, timeout=30)
         assert daemon.terminate() == 0
+
+
+# -- backup and restore ---------------------------------------------------------------
+
+
+def addresses_in(path: Path) -> set[str]:
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT address FROM suppressions")}
+    finally:
+        conn.close()
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_backup_during_an_import_and_a_running_daemon_restores_every_optout(tmp_path):
+    settings = folder_settings(tmp_path)
+    store = tmp_path / "data" / "store.db"
+    imported = {f"imp{i}@example.com" for i in range(150_000)}
+    big = tmp_path / "big.csv"
+    big.write_text("email\n" + "\n".join(sorted(imported)) + "\n")
+    followed = {f"inbox{i}@example.com" for i in range(3000)}
+    with Daemon(settings) as daemon:
+        started(tmp_path, daemon)
+        drop(tmp_path / "inbox", "a.csv", [f"{a},," for a in sorted(followed)])
+        importing = subprocess.Popen([*command(), "--config", str(settings), "import", str(big),
+                                      "--confirm", str(len(imported))], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        assert importing.poll() is None, "the import ended before the backup started"
+        during = run_cli("--config", str(settings), "backup", str(tmp_path / "during.db"), timeout=120)
+        assert during.returncode == 0, during.stderr
+        out, err = importing.communicate(timeout=120)
+        assert importing.returncode == 0, err
+        wait_for(lambda: sink_addresses(tmp_path) >= followed | {"first@example.com"}, timeout=60)
+
+        after = run_cli("--config", str(settings), "backup", str(tmp_path / "after.db"), timeout=120)
+        assert after.returncode == 0 and "integrity ok, mode 0600" in after.stdout, after.stderr
+        live = addresses_in(store)
+
+        refused = run_cli("--config", str(settings), "restore", str(tmp_path / "after.db"))
+        assert refused.returncode == 3
+        assert refused.stderr.splitlines() == [
+            f"refused: the daemon (pid {daemon.proc.pid}) holds the store {store}; stop it before restoring; "
+            "nothing was changed"]
+        again = run_cli("--config", str(settings), "backup", str(tmp_path / "after.db"))
+        assert again.returncode == 3 and "already exists" in again.stderr and "--force" in again.stderr
+        assert daemon.terminate() == 0
+    for name in ("during.db", "after.db"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600"
+        assert not (tmp_path / f"{name}-wal").exists()
+    # The backup taken during the import holds all of it or none of it (one transaction).
+    during_set = addresses_in(tmp_path / "during.db")
+    assert imported <= during_set or not (imported & during_set)
+    assert during_set <= live
+
+    for name, expected in (("after.db", live), ("during.db", during_set)):
+        fresh = tmp_path / f"fresh-{name}"
+        fresh.mkdir()
+        fresh_settings = folder_settings(fresh)
+        restored = run_cli("--config", str(fresh_settings), "restore", str(tmp_path / name))
+        assert restored.returncode == 0, restored.stderr
+        restored_store = fresh / "data" / "store.db"
+        assert integrity(restored_store) == "ok"
+        assert addresses_in(restored_store) == expected
+        status = json.loads(run_cli("--config", str(fresh_settings), "status", "--json").stdout)
+        assert status["suppressions"] == len(expected)
+    assert len(live) == len(imported) + len(followed) + 1 and live >= imported | followed
+
+
+def test_restore_checks_the_file_and_keeps_the_store_it_replaces(tmp_path):
+    settings = folder_settings(tmp_path)
+    store = tmp_path / "data" / "store.db"
+    drop(tmp_path / "inbox", "a.csv", ["ann@example.com,,"])
+    assert run_cli("--config", str(settings), "sync", "--once").returncode == 0
+    assert run_cli("--config", str(settings), "backup", str(tmp_path / "one.db")).returncode == 0
+    drop(tmp_path / "inbox", "b.csv", ["bob@example.com,,"])
+    assert run_cli("--config", str(settings), "sync", "--once").returncode == 0
+    assert addresses_in(store) == {"ann@example.com", "bob@example.com"}
+
+    (tmp_path / "junk.db").write_text("not a database at all, just text long enough to be read")
+    for bad, message in ((tmp_path / "junk.db", "is not an optout-sync store"),
+                         (tmp_path / "missing.db", "no such file")):
+        result = run_cli("--config", str(settings), "restore", str(bad))
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
+    assert addresses_in(store) == {"ann@example.com", "bob@example.com"}
+
+    result = run_cli("--config", str(settings), "restore", str(tmp_path / "one.db"))
+    assert result.returncode == 0, result.stderr
+    assert addresses_in(store) == {"ann@example.com"}
+    kept = [p for p in (tmp_path / "data").iterdir() if ".before-restore-" in p.name]
+    assert len(kept) == 1 and addresses_in(kept[0]) == {"ann@example.com", "bob@example.com"}
+    assert f"the replaced store was kept as {kept[0]}" in result.stdout
+    assert oct(store.stat().st_mode & 0o777) == "0o600"
