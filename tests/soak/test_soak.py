@@ -12,7 +12,8 @@ threads (/proc/PID/status Threads), prints them as a table, and asserts, after a
 - RSS: the last third's maximum is at most the first third's maximum + 20 % (at least + 8 MiB:
   the sink's set, and so its rewrite buffer, grows with every row written);
 - WAL: never above the 64 MiB journal size limit, and the last third's maximum at most
-  1.5 x the first third's + 1 MiB;
+  1.5 x the first third's + 1 MiB or 20 MiB, whichever is larger (it saw-tooths between idle
+  truncations above 4 MiB and auto-checkpoints every 1000 pages of 16 KiB);
 - threads: the last third's maximum is at most the first third's (exactly bounded);
 - open fds: the last third's maximum is at most the first third's + 4 (a sink's temporary file and
   the identity check's short read-only connection, with its -wal and -shm, come and go);
@@ -72,7 +73,10 @@ def thirds(samples: list[dict], key: str) -> tuple[int, int]:
     return max(s[key] for s in samples[:third]), max(s[key] for s in samples[-third:])
 
 
-def test_the_daemon_stays_flat_under_steady_load(tmp_path, capsys):
+def test_the_daemon_stays_flat_under_steady_load(tmp_path, capsys, monkeypatch):
+    # The daemon would read OPTOUT_SYNC_* variables as settings overrides (and refuse these two).
+    monkeypatch.delenv("OPTOUT_SYNC_SOAK_SECONDS", raising=False)
+    monkeypatch.delenv("OPTOUT_SYNC_SOAK_SAMPLE_SECONDS", raising=False)
     settings = write_settings(tmp_path, [
         {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": 1, "settle_seconds": 0.5,
          "max_new_per_cycle": 1_000_000},
@@ -131,7 +135,7 @@ def test_the_daemon_stays_flat_under_steady_load(tmp_path, capsys):
     assert rss_last <= max(rss_first * 1.2, rss_first + 8 * 1024), figures
     wal_first, wal_last = figures["wal_kib"]
     assert max(s["wal_kib"] for s in samples) * 1024 <= WAL_LIMIT, figures
-    assert wal_last <= wal_first * 1.5 + 1024, figures
+    assert wal_last <= max(wal_first * 1.5 + 1024, 20 * 1024), figures
     assert figures["threads"][1] <= figures["threads"][0], figures
     assert figures["fds"][1] <= figures["fds"][0] + 4, figures
     assert "ERROR" not in daemon.log()
