@@ -26,7 +26,7 @@ from state.schema import SCHEMA_VERSION
 
 from .lock import StoreLock, real_store_path
 from .settings import Settings
-from .store_guard import prepare_store_folder, require_store
+from .store_guard import lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
 
 _COMPANIONS = ("-wal", "-shm")
@@ -140,7 +140,7 @@ def restore(settings: Settings, source: Path) -> RestoreReport:
     store_path = settings.store.path
     lock = StoreLock(store_path, command="restore")
     _refuse_if_held(lock, store_path)
-    prepare_store_folder(store_path)
+    prepare_store_folder(store_path, restoring=True)
     try:
         lock.acquire()
     except StoreError:
@@ -164,6 +164,7 @@ def restore(settings: Settings, source: Path) -> RestoreReport:
                 _remove(real.with_name(real.name + suffix))
             os.replace(temp, real)
             _sync_folder(real.parent)
+            _remove(lost_marker(store_path))  # a store is back: the daemon may start again
         except sqlite3.Error as exc:
             raise StoreError(f"cannot restore {source} into the store {store_path}: {exc}") from None
         except OSError as exc:

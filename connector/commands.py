@@ -27,7 +27,7 @@ from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
 from .settings import Settings
-from .store_guard import check_store_location, prepare_store_folder, require_store
+from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
 
 
@@ -254,6 +254,11 @@ def check_store(settings: Settings) -> tuple[bool, list[str]]:
     if not folder.is_dir():
         return False, [f"the store's folder {folder} is not a folder; check [store] path or OPTOUT_SYNC_STORE__PATH"]
     ok = True
+    marker = lost_marker(path)
+    if marker.exists():
+        ok = False
+        lines.append(f"the store was deleted or replaced while a daemon ran (see {marker}); `run` refuses to start "
+                     "until it is restored (`optout-sync restore FILE`) or the marker is deleted")
     lock = StoreLock(path)
     for place in dict.fromkeys([folder, lock.path.parent]):
         if not os.access(place, os.W_OK | os.X_OK):

@@ -32,7 +32,7 @@ from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
 from .lock import StoreLock, real_store_path
 from .logs import log_event
-from .store_guard import prepare_store_folder
+from .store_guard import mark_store_lost, prepare_store_folder
 from .store_identity import StoreIdentity, set_aside_own_wal
 from .metrics import Metrics
 from .server import StatusServer
@@ -154,9 +154,11 @@ class Daemon:
                 self.request_stop()
                 moved = set_aside_own_wal(self.identity.path)
                 aside = f"; the old store's WAL was moved aside to {moved[0]}" if moved else ""
-                log_event("store_lost", logging.ERROR, path=str(self.identity.path),
-                          message=f"{problem}; syncing stopped{aside}. Restore the store (optout-sync restore) "
-                                  "or fix [store] path, then start the daemon again")
+                message = (f"{problem}; syncing stopped{aside}. Restore the store (optout-sync restore FILE), "
+                           "then start the daemon again")
+                # The marker keeps a restarted daemon from filling a new or foreign store.
+                mark_store_lost(self.settings.store.path, f"{utc_now()} {message}")
+                log_event("store_lost", logging.ERROR, path=str(self.identity.path), message=message)
         return False
 
     def _notify(self, source: str) -> None:

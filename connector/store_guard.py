@@ -68,15 +68,39 @@ def require_store(path: Path) -> None:
                       "a store)")
 
 
-def prepare_store_folder(path: Path) -> bool:
+def lost_marker(path: Path) -> Path:
+    """The file a daemon leaves beside the store's path when the store was deleted or replaced under it."""
+    return path.with_name(path.name + ".lost")
+
+
+def mark_store_lost(path: Path, message: str) -> Path | None:
+    """Leave the lost-store marker (mode 0600) with `message`; its path, or None if it cannot be written."""
+    marker = lost_marker(path)
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(message + "\n")
+    except OSError:
+        return None
+    return marker
+
+
+def prepare_store_folder(path: Path, *, restoring: bool = False) -> bool:
     """Make sure a creating command can use the store's folder; True if it created the folder.
 
-    The store's immediate folder is created (mode 0700) only when its parent exists, so that a
+    Refused while a lost-store marker is there (unless `restoring`). The store's immediate
+    folder is created (mode 0700) only when its parent exists, so that a
     fresh clone's `data/` works while a deeper missing path (a typo) is an error. A folder that
     is a file, or one this user cannot write, is a ConfigError naming the path.
     """
     folder = path.parent
     created = False
+    marker = lost_marker(path)
+    if not restoring and marker.exists():
+        # A restarted daemon (systemd, Docker) must not start over with an empty or foreign store.
+        raise ConfigError(f"the store {path} was deleted or replaced while a daemon ran (see {marker}); restore "
+                          f"a backup with `optout-sync restore FILE`, or delete {marker} to go on with the "
+                          "store now at that path (or a new, empty one)")
     if not folder.exists() and not folder.is_symlink():
         if not folder.parent.is_dir():
             raise ConfigError(f"the store's folder {folder} does not exist, nor does its parent {folder.parent}; "

@@ -51,6 +51,7 @@ def test_deleting_the_store_under_the_daemon_stops_it_with_one_error_and_creates
     store = tmp_path / "data" / "store.db"
     with Daemon(settings) as daemon:
         started(tmp_path, daemon)
+        assert run_cli("--config", str(settings), "backup", str(tmp_path / "backup.db")).returncode == 0
         for suffix in ("", "-wal", "-shm"):
             store.with_name(store.name + suffix).unlink(missing_ok=True)
         drop(tmp_path / "inbox", "second.csv", ["second@example.com,,"])
@@ -60,6 +61,15 @@ def test_deleting_the_store_under_the_daemon_stops_it_with_one_error_and_creates
     assert "store_lost" in errors[0] and str(store) in errors[0] and "deleted or moved" in errors[0]
     assert not store.exists(), "a new store was created at the path"
     assert "second@example.com" not in sink_addresses(tmp_path)
+    # A restart (systemd's Restart=on-failure) must not start over with an empty store.
+    again = run_cli("--config", str(settings), "run", timeout=20)
+    assert again.returncode == 2 and len(again.stderr.splitlines()) == 1
+    assert f"the store {store} was deleted or replaced while a daemon ran (see {store}.lost)" in again.stderr
+    assert not store.exists()
+    assert run_cli("--config", str(settings), "restore", str(tmp_path / "backup.db")).returncode == 0
+    with Daemon(settings) as daemon:
+        wait_for(lambda: sink_addresses(tmp_path) == {"first@example.com", "second@example.com"})
+        assert daemon.terminate() == 0
 
 
 def test_replacing_the_store_under_the_daemon_stops_it_and_leaves_the_other_store_unfilled(tmp_path):
@@ -78,6 +88,9 @@ def test_replacing_the_store_under_the_daemon_stops_it_and_leaves_the_other_stor
     assert len(errors) == 1, daemon.log()
     assert "store_lost" in errors[0] and str(store) in errors[0] and "replaced" in errors[0]
     assert store_count(store) == 0, "the daemon re-read its sources into the replacement store"
+    again = run_cli("--config", str(settings), "run", timeout=20)
+    assert again.returncode == 2 and f"(see {store}.lost)" in again.stderr
+    assert store_count(store) == 0
 
 
 # -- who may create a store ---------------------------------------------------------
