@@ -99,6 +99,7 @@ def test_only_an_optout_sync_store_passes_for_restore(tmp_path):
     good = tmp_path / "good.db"
     Store(good).close()
     assert verify_store_file(good).schema_version == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["good.db"]  # read-only: no -wal or -shm beside it
     newer = tmp_path / "newer.db"
     Store(newer).close()
     conn = sqlite3.connect(newer)
@@ -113,6 +114,3 @@ def test_only_an_optout_sync_store_passes_for_restore(tmp_path):
     conn.close()
     with pytest.raises(InputError, match=r"bare.db is not an optout-sync store: it has no store identity"):
         verify_store_file(bare)
-    before = set(tmp_path.iterdir())
-    verify_store_file(good)
-    assert set(tmp_path.iterdir()) == before  # read-only: no -wal or -shm beside it
