@@ -25,6 +25,7 @@ from state.models import REASONS
 from . import __version__, commands, operator
 from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
 from .settings import Settings, load_settings, secret_file_warnings
+from .store_guard import require_store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -282,17 +283,26 @@ def status(obj: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"store {data['store']}: {data['suppressions']} suppressions; "
-               f"daemon {'running' if data['daemon_running'] else 'not running'}")
+    click.echo(f"store {data['store']}: {data['suppressions']} suppressions; {describe_holder(data['daemon'])}")
     for row in data["adapters"]:
         state = f"PAUSED ({row['staged']} staged; approve with --count {row['staged']})" if row["paused"] else "active"
         lag = f"{row['lag_s']:.0f}s" if row["lag_s"] is not None else "-"
         cursor = f"{row['cursor_age_s']:.0f}s" if row["cursor_age_s"] is not None else "-"
         click.echo(f"  {row['adapter']} ({row['type']}, {row['role']}): {state}; last run {row['last_run_at'] or 'never'}; "
-                   f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}"
+                   f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}; "
+                   f"last reconcile {row['last_reconcile_at'] or 'never'}"
                    + ("; LAG ALARM" if row.get("lag_alarm") else ""))
         if row["last_run_error"]:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
+
+
+def describe_holder(holder: dict | None) -> str:
+    """'daemon running (pid N, since T)', or who else holds the store's lock, or 'daemon not running'."""
+    if holder is None:
+        return "daemon not running"
+    what = "daemon running" if holder["command"] in (None, "run") else f"`{holder['command']}` running"
+    facts = [f"pid {holder['pid'] or 'unknown'}"] + ([f"since {holder['started_at']}"] if holder["started_at"] else [])
+    return f"{what} ({', '.join(facts)})"
 
 
 @main.group(invoke_without_command=True)
@@ -344,7 +354,11 @@ def check(obj: Context) -> None:
     """Validate the settings and each adapter without changing anything."""
     settings = obj.settings()
     click.echo(f"settings {settings.source}: ok ({len(settings.adapters)} adapters, {len(settings.topics)} topics)")
-    failed = False
+    store_ok, store_lines = commands.check_store(settings)
+    click.echo(f"  store: {'ok' if store_ok else 'FAILED'}")
+    for line in store_lines:
+        click.echo(f"    {line}")
+    failed = not store_ok
     for name, ok, lines in commands.check(settings):
         click.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
         for line in lines:
@@ -413,6 +427,7 @@ def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: s
            since: str | None, until: str | None) -> None:
     """Write the suppressions as CSV: email,scope,reason,origin,source,occurred_at."""
     settings = obj.settings()
+    require_store(settings.store.path)  # before -o creates its file
     kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)
     if output is None:
         if sys.stdout is None:
@@ -511,6 +526,37 @@ def cleanup_command(obj: Context, adapter: str, reason: str, since: str | None, 
         click.echo("run the same command again to retry; see optout-sync history ADDRESS for each outcome",
                    err=True)
         sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.pass_obj
+@_edge
+def backup(obj: Context, file: Path, force: bool) -> None:
+    """Copy the store to FILE (mode 0600), consistently, also while the daemon runs."""
+    from .backup import backup as backup_store
+
+    report = backup_store(obj.settings(), file, force=force)
+    facts = report.facts
+    click.echo(f"backed up the store {report.store} to {report.path}: {facts.suppressions:,} suppressions, "
+               f"{facts.events:,} events, store id {facts.store_id}; integrity ok, mode 0600")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_obj
+@_edge
+def restore(obj: Context, file: Path) -> None:
+    """Replace the store with the backup FILE (refused while a daemon holds the store)."""
+    from .backup import restore as restore_store
+
+    report = restore_store(obj.settings(), file)
+    facts = report.facts
+    click.echo(f"restored the store {report.store} from {report.source}: {facts.suppressions:,} suppressions, "
+               f"{facts.events:,} events, store id {facts.store_id}")
+    if report.kept_previous:
+        click.echo(f"  the replaced store was kept as {report.kept_previous}; delete it when it is no longer needed")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -19,13 +21,15 @@ from adapters import registry
 from adapters.base import Adapter
 from state.errors import ConfigError, OptOutSyncError
 from state.models import OptOut, utc_now
+from state.schema import SCHEMA_VERSION
 from state.store import Store
 
 from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
 from .settings import Settings
-from .store_guard import check_store_location
+from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
+from .store_identity import connect_read_only
 
 
 def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[str, Adapter]:
@@ -41,25 +45,41 @@ def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[s
     return adapters
 
 
-def open_store(settings: Settings) -> Store:
-    """Open (and create or migrate) the configured store, refusing a folder that every user can write."""
-    for warning in check_store_location(settings.store.path):
+def open_store(settings: Settings, *, create: bool = False) -> Store:
+    """Open (and migrate) the configured store, refusing a folder that every user can write.
+
+    Only the creating commands (run, sync, import, restore) pass `create=True`; for every other
+    command a missing store is a ConfigError naming the path, and nothing is created.
+    """
+    path = settings.store.path
+    if create:
+        prepare_store_folder(path)
+    else:
+        require_store(path)
+    for warning in check_store_location(path):
         log_event("store_permissions_fixed", logging.WARNING, message=warning)
-    return Store(settings.store.path, busy_timeout=settings.store.busy_timeout)
+    return Store(path, busy_timeout=settings.store.busy_timeout, create=create)
 
 
 @contextmanager
-def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: bool = False) -> Iterator[Engine]:
+def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: bool = False,
+               create: bool = False, command: str = "sync") -> Iterator[Engine]:
     """An engine over the store and the named adapters, holding the store lock.
 
     A dry run takes no lock, and when there is no store yet it works on an empty
-    temporary one, so that it leaves no file behind.
+    temporary one, so that it leaves no file behind. Without `create`, a missing
+    store is a ConfigError before anything (the lock file included) is made.
     """
-    store_lock = None if dry_run else StoreLock(settings.store.path).acquire()
+    if not dry_run:
+        if create:
+            prepare_store_folder(settings.store.path)
+        else:
+            require_store(settings.store.path)
+    store_lock = None if dry_run else StoreLock(settings.store.path, command=command).acquire()
     scratch = tempfile.TemporaryDirectory() if dry_run and not settings.store.path.exists() else None
     store = adapters = None
     try:
-        store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings)
+        store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings, create=create)
         adapters = build_adapters(settings, names)
         yield Engine(settings, store, adapters)
     finally:
@@ -109,7 +129,7 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paus
 
 def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool = False) -> list[CycleReport]:
     """One cycle of every (or each named) adapter: all pulls, then all pushes."""
-    with engine_for(settings, names, dry_run=dry_run) as engine:
+    with engine_for(settings, names, dry_run=dry_run, create=True) as engine:
         reports = engine.sync_once(names, dry_run=dry_run)
     for report in reports:
         log_report(report)
@@ -119,11 +139,12 @@ def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool 
 def reconcile(settings: Settings, name: str, dry_run: bool = False) -> CycleReport | str:
     """Reconcile one adapter now; if a daemon holds the store, ask it to at its next cycle instead."""
     settings.adapter(name)
+    require_store(settings.store.path)
     if StoreLock(settings.store.path).is_held_elsewhere() and not dry_run:
         with open_store(settings) as store:
             store.set_checkpoint(name, reconcile_requested=1)
         return f"the daemon is running; it will reconcile {name!r} at that adapter's next cycle"
-    with engine_for(settings, [name], dry_run=dry_run) as engine:
+    with engine_for(settings, [name], dry_run=dry_run, command="reconcile") as engine:
         report = engine.reconcile(name, dry_run=dry_run)
     log_report(report)
     return report
@@ -223,10 +244,14 @@ def status(settings: Settings, store: Store | None = None) -> dict:
                 "failures": store.failure_count(config.name),
                 "last_reconcile_at": checkpoint.last_reconcile_at,
             })
+        holder = StoreLock(settings.store.path).holder()
         return {
             "store": str(settings.store.path),
             "suppressions": store.count_suppressions(),
-            "daemon_running": StoreLock(settings.store.path).is_held_elsewhere(),
+            "daemon_running": holder is not None,
+            # Who holds the store's lock (the daemon, or a `sync --once`/`reconcile` run): pid, since when.
+            "daemon": ({"pid": holder.pid, "started_at": holder.started_at, "command": holder.command}
+                       if holder is not None else None),
             "max_lag_s": max_lag,
             "adapters": rows,
         }
@@ -252,3 +277,67 @@ def optout_dict(optout: OptOut) -> dict:
     """An opt-out as JSON-ready data (without its details)."""
     return {"address": optout.address, "scope": optout.scope, "reason": optout.reason, "origin": optout.origin,
             "occurred_at": optout.occurred_at}
+
+
+def check_store(settings: Settings) -> tuple[bool, list[str]]:
+    """Check the store's location without changing anything: (ok, lines).
+
+    The folder must exist (or be creatable by `run`: its parent exists) and be writable, the lock
+    must be free or held by a daemon (reported), and an existing store must open read-only with a
+    schema version this program knows. A missing store is not an error: `run` creates it.
+    """
+    path = settings.store.path
+    folder = path.parent
+    lines: list[str] = []
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            return False, [f"the store's folder {folder} does not exist, nor does its parent {folder.parent}; "
+                           "check [store] path or OPTOUT_SYNC_STORE__PATH"]
+        return True, [f"no store yet at {path}; `run` will create it (and its folder {folder}, mode 0700)"]
+    if not folder.is_dir():
+        return False, [f"the store's folder {folder} is not a folder; check [store] path or OPTOUT_SYNC_STORE__PATH"]
+    ok = True
+    marker = lost_marker(path)
+    if marker.exists():
+        ok = False
+        lines.append(f"the store was deleted or replaced while a daemon ran (see {marker}); `run` refuses to start "
+                     "until it is restored (`optout-sync restore FILE`) or the marker is deleted")
+    lock = StoreLock(path)
+    for place in dict.fromkeys([folder, lock.path.parent]):
+        if not os.access(place, os.W_OK | os.X_OK):
+            ok = False
+            lines.append(f"the folder {place} is not writable by this user: the store and its lock cannot be written")
+    if lock.path.exists() and not lock.path.is_file():
+        ok = False
+        lines.append(f"the lock file {lock.path} is not a file: the store cannot be locked")
+    else:
+        holder = lock.holder()
+        if holder is not None:
+            lines.append(f"a process holds the store's lock ({'daemon' if holder.command in (None, 'run') else holder.command}, "
+                         f"pid {holder.pid or 'unknown'}{', since ' + holder.started_at if holder.started_at else ''})")
+        elif ok:
+            lines.append(f"the store's lock {lock.path} can be taken")
+    if not path.exists():
+        lines.append(f"no store yet at {path}; `run` will create it")
+        return ok, lines
+    if not path.is_file():
+        return False, [*lines, f"the store path {path} is not a file"]
+    try:
+        conn = connect_read_only(path, timeout=2.0)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            meta = dict(conn.execute("SELECT key, value FROM store_meta")) if "store_meta" in tables else {}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return False, [*lines, f"the store {path} cannot be opened read-only: {exc}"]
+    if version > SCHEMA_VERSION:
+        return False, [*lines, f"the store {path} has schema version {version}, newer than this program's "
+                               f"{SCHEMA_VERSION}; upgrade optout-sync"]
+    if version == 0 or "suppressions" not in tables:
+        return False, [*lines, f"{path} is not an optout-sync store (no schema); check [store] path"]
+    upgrade = f" (the next run migrates it to {SCHEMA_VERSION})" if version < SCHEMA_VERSION else ""
+    identity = f", id {meta['store_id']}, created {meta.get('created_at')}" if "store_id" in meta else ""
+    lines.append(f"store {path}: schema version {version}{upgrade}{identity}")
+    return ok, lines

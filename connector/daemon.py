@@ -7,11 +7,17 @@ the metrics' gauges current and raises the lag alarm; the optional HTTP server
 serves them. SIGTERM/SIGINT set the stop flag; workers finish or abandon their
 current batch (each batch is one transaction) and the process exits 0 within
 `grace` seconds.
+
+The store's identity (device, inode, store id) is checked at every cycle and twice a second: a
+store deleted or replaced under the daemon stops it with one error line, a failing /readyz and
+exit code 1. After a cycle that did nothing, a WAL grown beyond 4 MiB is checkpointed and truncated
+(at most every 10 s), so it does not keep its high-water mark.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -24,8 +30,10 @@ from state.store import Store
 
 from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
-from .lock import StoreLock
+from .lock import StoreLock, real_store_path
 from .logs import log_event
+from .store_guard import mark_store_lost, prepare_store_folder
+from .store_identity import StoreIdentity, set_aside_own_wal
 from .metrics import Metrics
 from .server import StatusServer
 from .settings import Settings
@@ -36,6 +44,14 @@ MONITOR_EVERY = 5.0
 MONITOR_EVERY_MIN = 0.2
 # A paused adapter is warned about when it pauses, then at most this often (seconds) while it stays paused.
 PAUSED_WARN_EVERY = 3600.0
+# How often the main thread checks that the store file is still the one opened.
+IDENTITY_EVERY = 0.5
+# Idle WAL truncation: only a WAL larger than this is worth it, at most once per IDLE_CHECKPOINT_EVERY,
+# waiting at most CHECKPOINT_BUSY_MS for other connections (it blocks new writers while it waits).
+WAL_TRUNCATE_ABOVE = 4 * 1024 * 1024
+IDLE_CHECKPOINT_EVERY = 10.0
+CHECKPOINT_BUSY_MS = 100
+EXIT_STORE_LOST = 1
 
 
 class Daemon:
@@ -58,6 +74,11 @@ class Daemon:
         self._lag_alarm_at: dict[str, float] = {}
         # Monotonic time of each paused adapter's last guard_paused warning.
         self._paused_warned_at: dict[str, float] = {}
+        self.identity: StoreIdentity | None = None
+        self.store_problem: str | None = None
+        self._identity_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_at = float("-inf")
 
     def request_stop(self, *_signal_args) -> None:
         """Ask every worker to stop after its current batch."""
@@ -67,15 +88,23 @@ class Daemon:
 
     def run(self) -> int:
         """Start the workers, the monitor and the server, and wait for a stop signal; the exit code."""
-        lock = StoreLock(self.settings.store.path).acquire()
+        path = self.settings.store.path
+        prepare_store_folder(path)
+        lock = StoreLock(path, command="run").acquire()
         http.OBSERVERS.append(self._observer)
         try:
-            with open_store(self.settings) as store:  # fail early on an unusable store
+            existed = path.exists()
+            with open_store(self.settings, create=True) as store:  # fail early on an unusable store
+                if not existed:
+                    log_event("store_created", path=str(path),
+                              message=f"created a new, empty store at {path}")
+                self.identity = StoreIdentity.of(path, store)
                 self.metrics.observe_applies(store)  # apply latency counts from here on
             for adapter in build_adapters(self.settings).values():  # and on adapter settings that cannot work
                 adapter.close()
             if self.settings.server.listen:
-                self.server = StatusServer(self.settings, self.metrics, self.problems, self.stop.is_set).start()
+                self.server = StatusServer(self.settings, self.metrics, self.problems, self.stop.is_set,
+                                           store_problem=lambda: self.store_problem).start()
                 log_event("server_listening", url=self.server.url)
             if threading.current_thread() is threading.main_thread():  # tests run it in a thread
                 for signum in (signal.SIGTERM, signal.SIGINT):
@@ -87,14 +116,14 @@ class Daemon:
                 self.threads.append(thread)
             self.monitor = threading.Thread(target=self._monitor, name="monitor", daemon=True)
             self.monitor.start()
-            while not self.stop.wait(0.5):
-                pass
+            while not self.stop.wait(IDENTITY_EVERY):
+                self.store_intact()
             deadline = time.monotonic() + self.grace
             for thread in [*self.threads, self.monitor]:
                 thread.join(max(0.0, deadline - time.monotonic()))
             abandoned = [t.name for t in self.threads if t.is_alive()]
             log_event("stopped", abandoned=",".join(abandoned) or None)
-            return 0
+            return EXIT_STORE_LOST if self.store_problem else 0
         finally:
             http.OBSERVERS.remove(self._observer)
             if self.server is not None:
@@ -102,11 +131,39 @@ class Daemon:
             lock.release()
 
     def problems(self) -> list[str]:
-        """What makes the process unhealthy: threads that ended while it should be running."""
+        """What makes the process unhealthy: a lost store, threads that ended while it should be running."""
+        if self.store_problem:
+            return [self.store_problem]
         if self.stop.is_set():
             return []
         dead = [t.name for t in [*self.threads, self.monitor] if t is not None and not t.is_alive()]
         return [f"threads ended unexpectedly: {', '.join(dead)}"] if dead else []
+
+    def store_intact(self) -> bool:
+        """True while the file at the store's path is the store opened at start; else stop, once.
+
+        The first thread to see a mismatch logs the one error and stops the daemon; syncing
+        on would write into a deleted file or re-read every source into a new, empty store.
+        """
+        if self.store_problem:
+            return False
+        if self.identity is None:
+            return True
+        problem = self.identity.problem()
+        if problem is None:
+            return True
+        with self._identity_lock:
+            if self.store_problem is None:
+                self.store_problem = problem
+                self.request_stop()
+                moved = set_aside_own_wal(self.identity.path)
+                aside = f"; the old store's WAL was moved aside to {moved[0]}" if moved else ""
+                message = (f"{problem}; syncing stopped{aside}. Restore the store (optout-sync restore FILE), "
+                           "then start the daemon again")
+                # The marker keeps a restarted daemon from filling a new or foreign store.
+                mark_store_lost(self.settings.store.path, f"{utc_now()} {message}")
+                log_event("store_lost", logging.ERROR, path=str(self.identity.path), message=message)
+        return False
 
     def _notify(self, source: str) -> None:
         for name, wake in self.wakes.items():
@@ -119,6 +176,8 @@ class Daemon:
         failures_in_row = 0
         next_full = time.monotonic()
         while not self.stop.is_set():
+            if not self.store_intact():
+                break
             full = time.monotonic() >= next_full
             try:
                 if store is None:
@@ -145,6 +204,10 @@ class Daemon:
     def _cycle(self, engine: Engine, name: str, push_only: bool) -> bool:
         report = engine.cycle(name, push_only=push_only)
         self.metrics.observe_report(report)
+        if report.error is None and not (report.pulled or report.rejected or report.staged or report.added
+                                         or report.changed or report.pushed or report.failed or report.parked
+                                         or report.skipped or report.paused):
+            self.idle_checkpoint(engine.store)
         if report.error is not None or report.added or report.pushed or report.failed or report.parked:
             self.monitor_wake.set()
         if report.error is not None or not push_only or report.pushed or report.failed:
@@ -173,6 +236,31 @@ class Daemon:
             return False
         self._paused_warned_at[name] = now
         return True
+
+    def idle_checkpoint(self, store: Store) -> bool:
+        """After a cycle that did nothing: truncate a grown WAL, at most every 10 s; True if it did.
+
+        One thread at a time; a busy database (another writer, a long reader) is skipped quietly
+        and tried again after the next idle cycle.
+        """
+        if time.monotonic() - self._checkpoint_at < IDLE_CHECKPOINT_EVERY:
+            return False
+        real = real_store_path(store.path)  # SQLite keeps the WAL beside the real file, not a symlink
+        wal = real.with_name(real.name + "-wal")
+        try:
+            size = os.stat(wal).st_size
+        except OSError:
+            return False
+        if size <= WAL_TRUNCATE_ABOVE or not self._checkpoint_lock.acquire(blocking=False):
+            return False
+        try:
+            done = store.truncate_wal(CHECKPOINT_BUSY_MS)
+            if done:
+                self._checkpoint_at = time.monotonic()
+                log_event("wal_truncated", logging.DEBUG, wal_bytes_before=size)
+            return done
+        finally:
+            self._checkpoint_lock.release()
 
     @staticmethod
     def _cursor_age(store: Store, name: str) -> float | None:

@@ -161,7 +161,7 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
     details = {"file": Path(path).name, "by": _who()}
     started = utc_now()
     try:
-        with outputs, open_store(settings) as store:
+        with outputs, open_store(settings, create=True) as store:
             preview = run_import(
                 store, addresses(), scope=scope, reason=reason, confirm=confirm, source="import",
                 legal_basis=legal_basis, explanation=explanation,

@@ -37,8 +37,9 @@ class StatusServer:
     """Serves one daemon's metrics, health, readiness and status page until stopped."""
 
     def __init__(self, settings: Settings, metrics: Metrics, problems: Callable[[], list[str]],
-                 stopping: Callable[[], bool]):
+                 stopping: Callable[[], bool], store_problem: Callable[[], str | None] = lambda: None):
         self.settings = settings
+        self.store_problem = store_problem
         self.metrics = metrics
         self.problems = problems
         self.stopping = stopping
@@ -96,6 +97,9 @@ class StatusServer:
 
     def readiness(self) -> tuple[int, str, bytes]:
         """200 when every adapter had a successful cycle within its stale limit; 503 naming those that did not."""
+        lost = self.store_problem()
+        if lost:
+            return _json(503, {"status": "not ready", "reason": lost, "adapters": []})
         if self.stopping():
             return _json(503, {"status": "not ready", "reason": "the daemon is stopping", "adapters": []})
         if not self.settings.store.path.exists():
@@ -103,7 +107,7 @@ class StatusServer:
                                "adapters": []})
         now = datetime.now(timezone.utc)
         adapters, stale = {}, []
-        with Store(self.settings.store.path) as store:
+        with Store(self.settings.store.path, create=False) as store:
             for config in self.settings.adapters:
                 last = store.checkpoint(config.name).last_success_at
                 age = round((now - datetime.fromisoformat(last)).total_seconds(), 3) if last else None

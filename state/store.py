@@ -67,6 +67,7 @@ def canonical_time(text: str | None) -> str | None:
 
 
 PAGE_SIZE = 16384
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # A vendor's clock may run ahead of ours: an observation this close after our apply is still its echo.
 ECHO_SKEW_SECONDS = 600
@@ -211,13 +212,21 @@ def _outcome_json(item: "PushOutcome") -> str:
 class Store:
     """The local suppression store on one SQLite connection."""
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0):
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0, *, create: bool = True):
+        """Open the store at `path`; with `create=False` a missing file is a StoreError, never a new store."""
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         try:
-            _create_private_file(self.path)
+            if create:
+                _create_private_file(self.path)
+                target, uri = self.path, False
+            else:
+                # mode=rw: SQLite itself refuses to create the file, so a store deleted after a check
+                # is not silently re-created.
+                target, uri = f"{self.path.absolute().as_uri()}?mode=rw", True
             # A long import holds the write lock for seconds; other writers wait rather than fail.
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(target, isolation_level=None, timeout=busy_timeout,
+                                   check_same_thread=False, uri=uri)
             # Larger pages for a new store: a million-row import writes about 20 % faster. SQLite
             # ignores this for an existing store (its page size is fixed once it holds a table).
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -225,6 +234,9 @@ class Store:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = FILE")
+            # After a checkpoint resets the WAL, SQLite truncates it to this size: a million-row import
+            # must not leave a WAL of its high-water mark (787 MB) behind for good.
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             conn.create_function("shift_time", 2, _shift_time, deterministic=True)
             migrate(conn)
         except (sqlite3.Error, OSError) as exc:
@@ -236,6 +248,26 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def store_id(self) -> str | None:
+        """The store's identity (written by migration 4), or None for a database without one."""
+        row = self.conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+        return row[0] if row else None
+
+    def truncate_wal(self, busy_ms: int = 100) -> bool:
+        """Checkpoint the whole WAL into the database and truncate it to zero bytes; True if it did.
+
+        Waits at most `busy_ms` for readers and writers (a checkpoint that waits blocks new
+        writers), then gives up: SQLITE_BUSY or an incomplete checkpoint is False, not an error.
+        """
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+        try:
+            busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return busy == 0
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def __enter__(self) -> "Store":
         return self
@@ -860,6 +892,13 @@ def _create_private_file(path: Path) -> None:
     """Create the database file with mode 0600 before SQLite opens it (SQLite would use the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
+        # A -wal or -shm without its database is left from a deleted store: SQLite would replay
+        # that WAL into the new file.
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(path.with_name(path.name + suffix))
+            except FileNotFoundError:
+                pass
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
         os.close(fd)
     # SQLite gives its -wal and -shm files the mode of the database file.

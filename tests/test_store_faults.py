@@ -78,8 +78,8 @@ def test_a_read_only_store_fails_the_one_shot_sync_cleanly(tmp_path, monkeypatch
 
         real_open = commands.open_store
 
-        def read_only_store(settings):
-            store = real_open(settings)
+        def read_only_store(settings, **kwargs):
+            store = real_open(settings, **kwargs)
             store.conn.execute("PRAGMA query_only = ON")
             return store
 
@@ -138,8 +138,8 @@ def test_a_really_full_disk_fails_the_one_shot_sync_with_exit_1_and_nothing_part
     Store(tmp_path / "store.db").close()
     real_open = commands.open_store
 
-    def nearly_full(settings):
-        store = real_open(settings)
+    def nearly_full(settings, **kwargs):
+        store = real_open(settings, **kwargs)
         pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
         store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
         return store

@@ -222,13 +222,17 @@ def test_a_store_folder_every_user_can_write_is_refused(tmp_path, mode):
     (tmp_path / "data").mkdir()
     (tmp_path / "data").chmod(mode)
     settings = inbox_settings(tmp_path)
-    for command in (["sync", "--once"], ["status"], ["run"]):
+    for command in (["sync", "--once"], ["run"]):
         result = CliRunner().invoke(main, ["--config", str(settings), *command])
         assert result.exit_code == 1, (command, result.output)
         assert "is writable by every user" in result.output and "chmod o-w" in result.output
     assert not (tmp_path / "data" / "store.db").exists()
     (tmp_path / "data").chmod(0o700)
     assert CliRunner().invoke(main, ["--config", str(settings), "sync", "--once"]).exit_code == 0
+    # A command that only reads the store refuses the open folder too (with no store it says "no store at").
+    (tmp_path / "data").chmod(mode)
+    result = CliRunner().invoke(main, ["--config", str(settings), "status"])
+    assert result.exit_code == 1 and "is writable by every user" in result.output, result.output
 
 
 def test_a_store_file_open_to_others_is_made_private_with_a_warning(tmp_path):
@@ -337,6 +341,9 @@ REVIEWED_SQL_PARTS = {
     "_stronger_sql('n', 'suppressions')": "rank CASEs built from the REASON_RANK/ORIGIN_RANK constants",
     "_stronger_sql('n', 's')": "rank CASEs built from the REASON_RANK/ORIGIN_RANK constants",
     "PAGE_SIZE": "module constant: the page size of a new store (an integer)",
+    "JOURNAL_SIZE_LIMIT": "module constant: the WAL size limit in bytes (an integer)",
+    "int(busy_ms)": "an integer: the idle checkpoint's busy timeout",
+    "int(self.busy_timeout * 1000)": "an integer: the connection's busy timeout in ms, from validated settings",
     "upsert": "a literal ON CONFLICT clause with _stronger_sql('excluded', table) as above",
     "' AND '.join(where)": "literal conditions with '?' placeholders; values are parameters",
 }
