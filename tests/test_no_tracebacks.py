@@ -30,6 +30,8 @@ EVERY_COMMAND = [
     ["history", "a@example.com"],
     ["lift", "a@example.com", "--scope", "*", "--legal-basis", "consent", "--explanation", "test"],
     ["cleanup", "sink", "--reason", "hard_bounce"],
+    ["backup", "TMP/backup.db"],
+    ["restore", "TMP/backup.db"],
 ]
 
 
@@ -115,6 +117,11 @@ BAD_VALUES = [
     ([*CONFIG, "import", "LIST", "--rejected-out", "TMP/nowhere/rejected.csv"], 2,
      "the folder TMP/nowhere does not exist"),
     ([*CONFIG, "export", "-o", "TMP"], 2, "is a directory"),
+    # Backups and restores of what is not there or not a store.
+    ([*CONFIG, "backup", "TMP/nowhere/backup.db"], 2, "the folder TMP/nowhere does not exist"),
+    ([*CONFIG, "backup", "TMP/list.csv"], 3, "already exists and was not overwritten; use --force"),
+    ([*CONFIG, "restore", "TMP/nowhere/backup.db"], 2, "no such file"),
+    ([*CONFIG, "restore", "LIST"], 2, "is not an optout-sync store"),
 ]
 
 
