@@ -74,6 +74,8 @@ class Daemon:
         self._lag_alarm_at: dict[str, float] = {}
         # Monotonic time of each paused adapter's last guard_paused warning.
         self._paused_warned_at: dict[str, float] = {}
+        # When this daemon first drove each adapter: the reconcile schedule of one never reconciled.
+        self._schedule_start: dict[str, str] = {}
         self.identity: StoreIdentity | None = None
         self.store_problem: str | None = None
         self._identity_lock = threading.Lock()
@@ -182,6 +184,11 @@ class Daemon:
             try:
                 if store is None:
                     store, adapter = open_store(self.settings), build_adapters(self.settings, [name])[name]
+                    # A new connection opens whatever file is at the path now: it must be our store.
+                    if self.identity is not None and store.store_id() != self.identity.store_id:
+                        self.store_intact()
+                        if self.store_problem:
+                            break
                 ok = self._cycle(Engine(self.settings, store, {name: adapter}, self.stop, self._notify),
                                  name, push_only=not full)
             except Exception as exc:  # the edge: log, start over with fresh connections, back off
@@ -215,9 +222,10 @@ class Daemon:
             log_report(report, cursor_age_s=self._cursor_age(engine.store, name),
                        warn_paused=not push_only and self._warn_paused(name, report.paused))
         if report.error is None and not push_only:
-            if engine.store.checkpoint(name).last_reconcile_at is None:
-                engine.store.set_checkpoint(name, last_reconcile_at=utc_now())  # the schedule starts now
-            if engine.reconcile_due(name):
+            # A never-reconciled adapter's schedule starts with its first cycle here; the store's
+            # last_reconcile_at stays empty until a reconcile really ran (status shows it).
+            schedule_start = self._schedule_start.setdefault(name, utc_now())
+            if engine.reconcile_due(name, schedule_start):
                 reconciled = engine.reconcile(name)
                 self.metrics.observe_report(reconciled)
                 log_report(reconciled, cursor_age_s=self._cursor_age(engine.store, name),

@@ -345,15 +345,20 @@ class Engine:
             if self.stop.is_set():
                 return
 
-    def reconcile_due(self, name: str) -> bool:
-        """True when the adapter's reconcile is requested or older than its reconcile_every."""
+    def reconcile_due(self, name: str, schedule_start: str | None = None) -> bool:
+        """True when the adapter's reconcile is requested or older than its reconcile_every.
+
+        An adapter never reconciled counts from `schedule_start` (when the daemon began driving it);
+        without one it is not due.
+        """
         config = self.settings.adapter(name)
         checkpoint = self.store.checkpoint(name)
         if checkpoint.reconcile_requested:
             return True
-        if not config.reconcile_every or checkpoint.last_reconcile_at is None:
+        since = checkpoint.last_reconcile_at or schedule_start
+        if not config.reconcile_every or since is None:
             return False
-        age = (datetime.fromisoformat(utc_now()) - datetime.fromisoformat(checkpoint.last_reconcile_at))
+        age = (datetime.fromisoformat(utc_now()) - datetime.fromisoformat(since))
         return age.total_seconds() >= config.reconcile_every
 
     # -- bookkeeping -----------------------------------------------------------------------

@@ -202,6 +202,14 @@ def test_status_shows_the_daemons_pid_start_time_and_each_adapters_last_reconcil
     settings = folder_settings(tmp_path)
     with Daemon(settings) as daemon:
         started(tmp_path, daemon)
+        before = json.loads(run_cli("--config", str(settings), "status", "--json").stdout)
+        # No reconcile has run yet, so none is shown (the schedule's start is not a reconcile).
+        assert all(row["last_reconcile_at"] is None for row in before["adapters"]), before
+        assert "last reconcile never" in run_cli("--config", str(settings), "status").stdout
+        for row in before["adapters"]:
+            run_cli("--config", str(settings), "reconcile", row["adapter"])   # asks the daemon
+        wait_for(lambda: all(row["last_reconcile_at"] for row in json.loads(
+            run_cli("--config", str(settings), "status", "--json").stdout)["adapters"]), timeout=30)
         data = json.loads(run_cli("--config", str(settings), "status", "--json").stdout)
         human = run_cli("--config", str(settings), "status").stdout
         assert daemon.terminate() == 0
