@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreError
+from . import failpoint
+from .errors import ConfigError, StoreError
 from .models import (
     ALREADY,
     APPLIED,
@@ -179,6 +180,8 @@ class Store:
     """The local suppression store on one SQLite connection."""
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0):
+        if failpoint.ERROR:
+            raise ConfigError(failpoint.ERROR)
         self.path = Path(path)
         try:
             _create_private_file(self.path)
@@ -233,12 +236,16 @@ class Store:
                 self.conn.execute(f"RELEASE {name}")
             raise
         self._depth -= 1
+        # Test-only crash point (state/failpoint.py): off unless OPTOUT_SYNC_FAILPOINT is set.
+        number = failpoint.before_commit() if failpoint.ARMED and depth == 0 else 0
         try:
             self.conn.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
         except sqlite3.Error as exc:
             if depth == 0:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
+        if number:
+            failpoint.after_commit(number)
 
     @contextmanager
     def rolled_back(self) -> Iterator[None]:
