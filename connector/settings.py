@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from adapters import registry
 from adapters.base import AdapterSettings, Duration, SettingsPath
 from state.errors import ConfigError
+from state.failpoint import ENV as FAILPOINT_ENV
 
 ENV_PREFIX = "OPTOUT_SYNC_"
 CONFIG_ENV = "OPTOUT_SYNC_CONFIG"
@@ -285,7 +286,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: P
     """
     origins: dict[tuple, str] = {}
     for variable, value in sorted(environ.items()):
-        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_ENV:
+        # The test-only crash point (state/failpoint.py) shares the prefix but is never a setting.
+        if not variable.startswith(ENV_PREFIX) or variable in (CONFIG_ENV, FAILPOINT_ENV):
             continue
         parts = [p.lower() for p in variable[len(ENV_PREFIX):].split("__") if p]
         if not parts:

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import InputError, RefusedError, StoreError
+from . import failpoint
+from .errors import ConfigError, InputError, RefusedError, StoreError
 from .models import (
     ALREADY,
     APPLIED,
@@ -214,6 +215,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0, *, create: bool = True):
         """Open the store at `path`; with `create=False` a missing file is a StoreError, never a new store."""
+        if failpoint.ERROR:
+            raise ConfigError(failpoint.ERROR)
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         try:
@@ -298,12 +301,16 @@ class Store:
                 self.conn.execute(f"RELEASE {name}")
             raise
         self._depth -= 1
+        # Test-only crash point (state/failpoint.py): off unless OPTOUT_SYNC_FAILPOINT is set.
+        number = failpoint.before_commit() if failpoint.ARMED and depth == 0 else 0
         try:
             self.conn.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
         except sqlite3.Error as exc:
             if depth == 0:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
+        if number:
+            failpoint.after_commit(number)
 
     @contextmanager
     def rolled_back(self) -> Iterator[None]:

@@ -2,18 +2,22 @@
 
 Two served vendor fakes (HubSpot, SendGrid) and a CSV folder feed each other; reconcile is due every
 3 seconds. Each kill lands while the vendor is answering a request of the chosen phase (it has done the
-work, the daemon never hears back), or at a random time. After every kill the store must hold all it
-held before and be consistent; every tenth restart, and at the end, everything must converge.
+work, the daemon never hears back), at a chosen store commit (the process kills itself right after or
+right before its N-th COMMIT: OPTOUT_SYNC_FAILPOINT), or at a random time. Every 100th address is refused
+once by the vendor it is pushed to (a 503, no retry), so pushes park items between applied ones.
+After every kill the store must hold all it held before and be consistent, hold every CSV row before
+its saved cursor, and no sink's watermark may pass an event it still needs (tests/faults/crash_checks.py);
+every tenth restart, and at the end, everything must converge.
 """
 
 from __future__ import annotations
 
 import random
-import sqlite3
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +26,7 @@ from tests.conftest import write_settings
 from tests.fakes.serve import serve
 from tests.process import Daemon, wait_for
 
+from .crash_checks import PARK_PREFIX, ParkOnce, cursor_gaps, phase_of, store_rows, watermark_gaps
 from .figures import report
 from .vendors import HUBSPOT, SENDGRID, TOPICS
 
@@ -29,22 +34,10 @@ pytestmark = pytest.mark.e2e
 
 KILLS = 50
 SEED = 5150
-PHASES = ("pull", "push", "reconcile", "random")
-
-
-def phase_of(request: httpx.Request) -> str | None:
-    """Which part of a cycle a request belongs to, where that is unambiguous."""
-    path, params = request.url.path, request.url.params
-    if request.method == "POST" and path.endswith(("/statuses/batch/unsubscribe-all/read", "/statuses/batch/read")):
-        return "reconcile"  # HubSpot's full read confirms what the timeline says
-    if request.method == "GET" and path.startswith("/v3/suppression/"):
-        return "pull" if "start_time" in params else "reconcile"  # SendGrid: a full read has no window
-    if request.method == "GET" and path.endswith("/subscriptions/timeline"):
-        return "pull" if params.get("startTimestamp", "0") != "0" else None
-    if request.method == "POST" and (path.endswith("/unsubscribe-all") or path.endswith("/statuses/batch/write")
-                                     or path.startswith("/v3/asm/")):
-        return "push"
-    return None
+PHASES = ("pull", "push", "reconcile", "commit", "random")
+# Every 100th address is refused once where it is pushed. More parks mean more cycles that end in an
+# error (a batch with nothing sent), and the daemon backs off exponentially after those.
+PARK_EVERY = 100
 
 
 class Tripwire:
@@ -69,7 +62,8 @@ class Tripwire:
     def handle(self, request: httpx.Request) -> httpx.Response:
         response = self.handle_inner(request)
         with self.lock:
-            hit = self.armed is not None and phase_of(request) == self.armed[0]
+            # A refused request (a parked push) did no work: it is not the moment this kill aims at.
+            hit = self.armed is not None and phase_of(request) == self.armed[0] and response.is_success
             if hit:
                 phase, left = self.armed
                 self.armed = (phase, left - 1) if left > 1 else None
@@ -81,26 +75,11 @@ class Tripwire:
         return response
 
 
-def store_rows(path: Path) -> tuple[set, bool, int]:
-    """(suppressed pairs, consistent, events) read straight from the database file."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        pairs = set(conn.execute("SELECT address, scope FROM suppressions").fetchall())
-        orphans = conn.execute("SELECT count(*) FROM suppressions s WHERE NOT EXISTS (SELECT 1 FROM events e"
-                               " WHERE e.seq = s.seq AND e.kind = 'suppressed')").fetchone()[0]
-        ahead = conn.execute("SELECT count(*) FROM checkpoints WHERE applied_seq >"
-                             " (SELECT COALESCE(max(seq), 0) FROM events)").fetchone()[0]
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        return pairs, orphans == 0 and ahead == 0 and check == "ok", events
-    finally:
-        conn.close()
-
-
 def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
     rng = random.Random(SEED)
     hubspot, sendgrid = HUBSPOT.make_fake(time.time, HUBSPOT.token), SENDGRID.make_fake(time.time, SENDGRID.token)
-    wires = {"hubspot": Tripwire(hubspot.handle), "sendgrid": Tripwire(sendgrid.handle)}
+    parking = {"hubspot": ParkOnce(hubspot.handle), "sendgrid": ParkOnce(sendgrid.handle)}
+    wires = {name: Tripwire(park.handle) for name, park in parking.items()}
     made: set[tuple[str, str]] = set()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -113,14 +92,15 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
         for _ in range(n):
             counter[0] += 1
             i, kind = counter[0], rng.choice(("unsubscribe", "unsubscribe", "topic", "bounce", "spam"))
+            prefix = PARK_PREFIX if i % PARK_EVERY == 0 else ""
             for fake, kit in ((hubspot, HUBSPOT), (sendgrid, SENDGRID)):
                 with fake._lock:
-                    pair = kit.seed(fake, f"{kit.type}{i}@example.com", kind, now_ms - 1000)
+                    pair = kit.seed(fake, f"{prefix}{kit.type}{i}@example.com", kind, now_ms - 1000)
                 if pair:
                     made.add(pair)
             scope = "newsletter" if kind == "topic" else ""
-            rows.append(f"csv{i}@example.com,{scope}")
-            made.add((f"csv{i}@example.com", scope or "*"))
+            rows.append(f"{prefix}csv{i}@example.com,{scope}")
+            made.add((f"{prefix}csv{i}@example.com", scope or "*"))
         with (inbox / f"list{counter[0] // 500}.csv").open("a") as handle:
             if handle.tell() == 0:
                 handle.write("email,scope\n")
@@ -149,16 +129,25 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
             # A short read overlap: everything here happens within a minute, and a 10-minute overlap
             # would have every pull read all of it again.
             {**HUBSPOT.settings("hubspot", hubspot_url, HUBSPOT.token), "interval": 1, "reconcile_every": "3s",
-             "batch_size": 50, "timeline_page_size": 200, "rate_limit_requests": 100_000, "overlap": "2s"},
+             "batch_size": 50, "timeline_page_size": 200, "rate_limit_requests": 100_000, "overlap": "2s",
+             "max_attempts": 1},
             {**SENDGRID.settings("sendgrid", sendgrid_url, SENDGRID.token), "interval": 1, "overlap": "2s",
-             "reconcile_every": "3s", "batch_size": 50, "page_size": 200, "rate_limit_requests": 100_000},
+             "reconcile_every": "3s", "batch_size": 50, "page_size": 200, "rate_limit_requests": 100_000,
+             "max_attempts": 1},
         ]], topics=TOPICS, store={"path": "store.db"})
         settings.chmod(0o600)
         plan = [PHASES[i % len(PHASES)] for i in range(KILLS)]
         rng.shuffle(plan)
         for round_number, phase in enumerate(plan, start=1):
-            with Daemon(settings) as daemon:
-                if phase == "random":
+            point = f"{rng.choice(('commit', 'precommit'))}:{rng.randint(1, 40)}" if phase == "commit" else None
+            with Daemon(settings, env={"OPTOUT_SYNC_FAILPOINT": point} if point else None) as daemon:
+                if phase == "commit":
+                    try:
+                        assert daemon.proc.wait(5) == -signal.SIGKILL, daemon.log()
+                        landed["commit"] += 1
+                    except subprocess.TimeoutExpired:
+                        landed["phase not reached: random"] += 1
+                elif phase == "random":
                     time.sleep(rng.uniform(0.2, 1.0))
                     landed["random"] += 1
                 else:
@@ -175,6 +164,11 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
             pairs, consistent, _ = store_rows(tmp_path / "store.db")
             assert consistent, f"the store is inconsistent after kill {round_number}"
             assert held_before <= pairs, f"kill {round_number} lost {len(held_before - pairs)} opt-outs"
+            missing = cursor_gaps(tmp_path / "store.db", inbox, "inbox")
+            assert not missing, f"kill {round_number}: {len(missing)} CSV rows before the saved cursor are not stored"
+            for sink in ("hubspot", "sendgrid"):
+                gaps = watermark_gaps(tmp_path / "store.db", sink)
+                assert not gaps, f"kill {round_number}: {sink}'s watermark passes {len(gaps)} events it still needs"
             held_before = pairs
             more(rng.randint(5, 20))
             if round_number % 10 == 0:
@@ -190,13 +184,19 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
         f"folder, reconcile every 3 s, seed {SEED}",
         "aimed at: " + ", ".join(f"{phase} {kills[phase]}" for phase in PHASES),
         "landed: " + ", ".join(f"{k} {v}" for k, v in sorted(landed.items()))
-        + " (a phase kill lands after the vendor did the work, before the daemon heard back)",
-        f"after every kill: store consistent, nothing it held lost; converged at {checks} checkpoints "
+        + " (a phase kill lands after the vendor did the work, before the daemon heard back; a commit kill "
+        "right after or before the daemon's N-th store commit, N from 1 to 40)",
+        f"push requests refused once with a 503 (items parked): "
+        f"{sum(park.answers for park in parking.values())}",
+        "after every kill: store consistent, nothing it held lost, no CSV row before the saved cursor missing, "
+        "no sink's watermark past an event it still needs",
+        f"converged at {checks} checkpoints "
         f"(every 10th restart, the last one final) in {', '.join(f'{t:.1f}' for t in took)} s",
         f"opt-outs made: {len(made):,}; stored: {len(pairs):,} ({events:,} events); lost: {len(made - pairs)}; "
         f"removed at a vendor: {len(removed)}; re-subscribes: {len(HUBSPOT.misuse(hubspot))}",
         f"time: {seconds:.1f} s",
     ])
     assert sum(kills.values()) == KILLS and checks == KILLS // 10
-    assert all(landed[phase] >= 6 for phase in ("pull", "push", "reconcile")), landed
+    assert all(landed[phase] >= 6 for phase in ("pull", "push", "reconcile", "commit")), landed
+    assert all(park.answers > 0 for park in parking.values())
     assert consistent and made <= pairs and removed == [] and HUBSPOT.misuse(hubspot) == []
