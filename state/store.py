@@ -633,7 +633,7 @@ class Store:
                 "INSERT INTO failures (adapter, kind, address, scope, ref_seq, message, first_at, last_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (adapter, ref_seq) WHERE ref_seq IS NOT NULL"
                 " DO UPDATE SET kind = excluded.kind, message = excluded.message, last_at = excluded.last_at,"
-                " attempts = attempts + 1, resolved_at = NULL", failures)
+                " attempts = attempts + 1, resolved_at = NULL, dismissed_reason = NULL", failures)
             if resolved and self.conn.execute(
                     "SELECT 1 FROM failures WHERE adapter = ? AND ref_seq IS NOT NULL AND resolved_at IS NULL"
                     " LIMIT 1", (adapter,)).fetchone():

@@ -226,3 +226,22 @@ def test_the_engine_blanks_a_secret_echoed_in_a_per_item_message(memory_world, c
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert SECRET.encode() not in settings.store.path.read_bytes()
     assert SECRET not in caplog.text
+
+
+# -- a dismissed failure that happens again is open again, as a new failure ---------------------
+
+def test_a_dismissed_failure_that_recurs_is_open_again_without_the_old_dismissal(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a"}, {"name": "b"}])
+    v["a"].opt_out(OptOut("bad@example.com"))
+    v["b"].fail_permanent_addresses = {"bad@example.com"}
+    engine.sync_once()
+    failure = next(store.failures("b"))
+    store.dismiss_failures([failure["id"]], "vendor refuses it; checked by hand", by="test")
+    assert list(store.failures("b")) == [] and store.failure_count("b") == 0
+
+    assert engine.reconcile("b").error is None        # re-applies what b lacks; b refuses it again
+
+    again = list(store.failures("b"))
+    assert [(f["id"], f["address"], f["dismissed_reason"]) for f in again] == [
+        (failure["id"], "bad@example.com", None)]
+    assert store.failure_count("b") == 1
