@@ -173,14 +173,15 @@ def dismiss_failures(settings: Settings, ids: list[int], reason: str) -> list[di
     Unknown or closed ids: InputError naming them, nothing changed.
     """
     with open_store(settings) as store:
-        rows = store.dismiss_failures(ids, reason, by=_who())
+        rows = store.dismiss_failures(ids, reason, by=who())
     for row in rows:
         log_event("failure_dismissed", adapter=row["adapter"], failure_id=row["id"], kind=row["kind"],
                   reason=reason.strip())
     return rows
 
 
-def _who() -> str:
+def who() -> str:
+    """The operating-system user running this command, for audit events."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):

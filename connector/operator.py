@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import getpass
 import json
 import os
 import stat
@@ -27,7 +26,7 @@ from state.imports import ImportPreview, run_import, saved_count
 from state.lifts import holders, lift as lift_in_store, record_removal
 from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso, utc_now
 
-from .commands import build_adapters, open_store
+from .commands import build_adapters, open_store, who
 from .csv_import import ImportFile
 from .settings import Settings
 
@@ -158,7 +157,7 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
                 yield RejectedRow(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}",
                                   row.number)
 
-    details = {"file": Path(path).name, "by": _who()}
+    details = {"file": Path(path).name, "by": who()}
     started = utc_now()
     try:
         with outputs, open_store(settings, create=True) as store:
@@ -345,7 +344,7 @@ def lift(settings: Settings, address: str, *, scope: str, legal_basis: str, expl
         raise InputError(f"{address!r} is not a valid address: {exc}") from None
     scope = check_scope(settings, scope)
     with open_store(settings) as store:
-        row = lift_in_store(store, normalised, scope, legal_basis, explanation, by=_who())
+        row = lift_in_store(store, normalised, scope, legal_basis, explanation, by=who())
         source, applied_at = holders(store, normalised, scope)
         outcome = LiftOutcome(normalised, scope, row, source, applied_at)
         if not propagate:
@@ -371,9 +370,3 @@ def lift(settings: Settings, address: str, *, scope: str, legal_basis: str, expl
                 adapter.close()
     return outcome
 
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown user"
