@@ -332,7 +332,7 @@ REVIEWED_SQL_PARTS = {
     "assignments": "'name = ?' for checkpoint field names checked against a fixed allow-list",
     "name": "a savepoint name f'sp{depth}' from an integer counter",
     "number": "the integer schema version of a migration defined in code",
-    "statement": "a migration statement defined in state/schema.py",
+    "create[:-1]": "CREATE TABLE that sqlite-utils builds from a migration's literal column definitions",
     "sql": "assembled from literal column lists and conditions; every value is a parameter",
     "_echo_sql('incoming', '?')": "SQL builder over literals; the adapter name is a parameter",
     "_echo_sql('i', '?')": "SQL builder over literals; the adapter name is a parameter",
