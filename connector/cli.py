@@ -25,6 +25,7 @@ from state.models import REASONS
 
 from . import __version__, commands, operator
 from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
+from .progress import describe_progress
 from .settings import Settings, load_settings, secret_file_warnings
 from .store_guard import require_store
 
@@ -293,6 +294,8 @@ def status(obj: Context, as_json: bool) -> None:
                    f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}; "
                    f"last reconcile {row['last_reconcile_at'] or 'never'}"
                    + ("; LAG ALARM" if row.get("lag_alarm") else ""))
+        if row.get("progress"):
+            click.echo(f"    {describe_progress(row['progress'])}")
         if row["last_run_error"]:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
