@@ -27,7 +27,7 @@ from state.store import Store
 from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
-from .progress import stored_progress
+from .progress import clear_stored_progress, stored_progress
 from .settings import Settings
 from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
@@ -81,6 +81,8 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
     store = adapters = None
     try:
         store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings, create=create)
+        if not dry_run:  # this process holds the lock now: a row left by a killed one is stale
+            clear_stored_progress(store, names or [a.name for a in settings.adapters])
         adapters = build_adapters(settings, names)
         yield Engine(settings, store, adapters, report_progress=not dry_run)
     finally:
