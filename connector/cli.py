@@ -12,6 +12,7 @@ import os
 import select
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from state.models import REASONS
 
 from . import __version__, commands, operator
 from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
+from .progress import describe_progress
 from .settings import Settings, load_settings, secret_file_warnings
 from .store_guard import require_store
 
@@ -292,6 +294,8 @@ def status(obj: Context, as_json: bool) -> None:
                    f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}; "
                    f"last reconcile {row['last_reconcile_at'] or 'never'}"
                    + ("; LAG ALARM" if row.get("lag_alarm") else ""))
+        if row.get("progress"):
+            click.echo(f"    {describe_progress(row['progress'])}")
         if row["last_run_error"]:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
@@ -377,22 +381,27 @@ def check(obj: Context) -> None:
 @click.option("--legal-basis", type=click.Choice(LEGAL_BASES), help="Stored on every event of the import.")
 @click.option("--explanation", help="Free text stored on every event of the import.")
 @click.option("--rejected-out", type=click.Path(dir_okay=False, path_type=Path), help="Write every rejected row here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the preview (or the result) as JSON, and no progress bar.")
 @click.pass_obj
 @_edge
 def import_command(obj: Context, file: Path, column: str | None, scope: str, reason: str, confirm: int | None,
-                   legal_basis: str | None, explanation: str | None, rejected_out: Path | None) -> None:
+                   legal_basis: str | None, explanation: str | None, rejected_out: Path | None,
+                   as_json: bool) -> None:
     """Import an opt-out list (CSV, TSV or .xlsx): preview first, then --confirm N."""
     settings = obj.settings()
-    tty = sys.stderr.isatty()
+    # The bar is for a person watching: not in a log file or a pipe, and never mixed into JSON.
+    bar = None
+    if sys.stderr is not None and sys.stderr.isatty() and not as_json:
+        from .terminal_progress import ImportBar
 
-    def progress(rows: int) -> None:
-        click.echo(f"\rreading: {rows:,} rows", err=True, nl=False)
-
-    source, preview = operator.import_file(
-        settings, file, column=column, scope=scope, reason=reason, confirm=confirm, legal_basis=legal_basis,
-        explanation=explanation, rejected_out=rejected_out, progress=progress if tty else None)
-    if tty:
-        click.echo("", err=True)
+        bar = ImportBar(file.name, click.get_text_stream("stderr"))
+    with bar or nullcontext():
+        source, preview = operator.import_file(
+            settings, file, column=column, scope=scope, reason=reason, confirm=confirm, legal_basis=legal_basis,
+            explanation=explanation, rejected_out=rejected_out, progress=bar)
+    if as_json:
+        click.echo(json.dumps(_import_dict(obj, file, source, preview, scope, reason, rejected_out), indent=2))
+        return
     click.echo(f"{file.name}: {source.describe()}")
     scope_text = "all email" if scope in ("*", "all") else f"topic {scope}"
     for label, value in (("rows read", preview.rows_read), ("valid unique addresses", preview.unique),
@@ -412,6 +421,26 @@ def import_command(obj: Context, file: Path, column: str | None, scope: str, rea
                    "they reach every sink at its next cycle. No contacts were created anywhere.")
     else:
         click.echo(f"Nothing was changed. To apply, run the same command with --confirm {preview.new}")
+
+
+def _import_dict(obj: Context, file: Path, source, preview, scope: str, reason: str,
+                 rejected_out: Path | None) -> dict:
+    """`import --json`: the preview or result as data; rejected values masked unless --show-addresses."""
+    rejected = []
+    for item in preview.rejected_sample:
+        value, message = item.value, item.reason
+        if not obj.show_addresses:
+            value, message = mask_value(value) if value else value, mask_rejected(message, value)
+        rejected.append({"row": getattr(item, "row", None), "value": value, "reason": message})
+    return {
+        "file": str(file), "read_as": source.describe(), "scope": "*" if scope in ("*", "all") else scope,
+        "reason": reason, "rows_read": preview.rows_read, "valid_unique": preview.unique,
+        "duplicates": preview.duplicates, "already_suppressed": preview.already_suppressed, "new": preview.new,
+        "rejected": preview.rejected_count, "rejected_sample": rejected,
+        "rejected_out": str(rejected_out) if rejected_out else None, "applied": preview.applied,
+        # The count to confirm with, as the text output asks for it; None once applied.
+        "confirm_with": None if preview.applied else preview.new,
+    }
 
 
 @main.command()

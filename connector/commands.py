@@ -27,6 +27,7 @@ from state.store import Store
 from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
+from .progress import clear_stored_progress, stored_progress
 from .settings import Settings
 from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
@@ -80,8 +81,10 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
     store = adapters = None
     try:
         store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings, create=create)
+        if not dry_run:  # this process holds the lock now: a row left by a killed one is stale
+            clear_stored_progress(store, names or [a.name for a in settings.adapters])
         adapters = build_adapters(settings, names)
-        yield Engine(settings, store, adapters)
+        yield Engine(settings, store, adapters, report_progress=not dry_run)
     finally:
         for adapter in (adapters or {}).values():
             adapter.close()
@@ -207,11 +210,12 @@ def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
 
 
 def status(settings: Settings, store: Store | None = None) -> dict:
-    """Per adapter: last run, lag, cursor age, pending, pause, failures, lag alarm; and store totals.
+    """Per adapter: last run, lag, cursor age, pending, pause, failures, lag alarm, progress; and store totals.
 
     `lag_alarm` is true while the oldest opt-out an adapter has not applied yet
     (`lag_s`) is older than [server] max_lag. Reads `store` if given (the daemon's
-    monitor), else opens the configured one.
+    monitor), else opens the configured one. `progress` is the running push or reconcile's last
+    report (connector.progress), or None; shown only while a process holds the store's lock.
     """
     now = datetime.fromisoformat(utc_now())
     max_lag = settings.server.max_lag
@@ -244,8 +248,12 @@ def status(settings: Settings, store: Store | None = None) -> dict:
                 "staged": store.staged_count(config.name),
                 "failures": store.failure_count(config.name),
                 "last_reconcile_at": checkpoint.last_reconcile_at,
+                "progress": stored_progress(store, config.name),
             })
         holder = StoreLock(settings.store.path).holder()
+        if holder is None:  # a row a killed process left behind describes no running work
+            for row in rows:
+                row["progress"] = None
         return {
             "store": str(settings.store.path),
             "suppressions": store.count_suppressions(),

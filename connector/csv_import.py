@@ -6,6 +6,7 @@ the chosen column row by row in bounded memory. It judges no address finally and
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import io
@@ -80,6 +81,12 @@ class ImportFile:
     def __init__(self, path: Path | str, column: str | int | None = None):
         self.path = Path(path)
         self._check_is_file()
+        try:
+            self.size = self.path.stat().st_size
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+        self._reading: _CountedFile | None = None  # the file rows() reads, for bytes_read
+        self._read_all = False
         self._sheet: str | None = None
         self._sheets = 0
         if self.path.suffix.lower() in XLSX_SUFFIXES:
@@ -101,7 +108,20 @@ class ImportFile:
         Raises InputError (naming the file and row) when the file turns out unreadable further on:
         an unclosed quote, a line too long to be a row.
         """
+        self._reading, self._read_all = None, False
         return self._xlsx_rows() if self.encoding == "xlsx" else self._text_rows()
+
+    @property
+    def bytes_read(self) -> int:
+        """How far rows() has got, in bytes of the file on disk (for a progress bar against `size`).
+
+        The bytes of the binary file read so far, whatever the encoding: a UTF-16 or Windows-1252
+        file is decoded from them, a workbook unzipped. Reading runs ahead of the rows returned by
+        at most one block (64 KiB for text). `size` once rows() has read the whole file; never more.
+        """
+        if self._read_all:
+            return self.size
+        return min(self._reading.consumed, self.size) if self._reading is not None else 0
 
     def describe(self) -> str:
         """One line saying how the file is being read, for the import preview."""
@@ -130,9 +150,9 @@ class ImportFile:
         except OSError as exc:
             raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> _CountedFile:
         try:
-            return open(self.path, "rb")
+            return _CountedFile(self.path)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
 
@@ -238,6 +258,7 @@ class ImportFile:
         new, set_number, set_raw, set_problem = (
             object.__new__, ImportRow.number.__set__, ImportRow.raw.__set__, ImportRow.problem.__set__)
         with self._open() as handle:
+            self._reading = handle
             handle.seek(self._bom)
             if self.encoding.startswith("utf-16"):
                 lines: Iterator[str] = _utf16_lines(handle, self.encoding)
@@ -269,6 +290,7 @@ class ImportFile:
                         skip_header = False
                         continue
                     yield self._odd_row(number, fields, utf8)
+                self._read_all = True
             except csv.Error as exc:
                 raise self._unreadable(number + 1, f"{exc} (perhaps a quote that is never closed)") from None
             except _LineTooLong:
@@ -300,6 +322,7 @@ class ImportFile:
                 skip_header = False
                 continue
             yield self._row(number, fields, fallback)
+        self._read_all = True
 
     def _xlsx_sample(self) -> list[_Record]:
         sample = []
@@ -320,11 +343,15 @@ class ImportFile:
             raise InputError(f"{self.path}: reading .xlsx needs openpyxl: pip install openpyxl") from None
         # openpyxl reports a broken workbook with many exception types (BadZipFile, KeyError,
         # InvalidFileException, XML errors); all of them mean the same thing to the user.
+        # Our own handle, so that bytes_read can count what the zip reader takes from the file.
+        handle = self._open()
+        self._reading = handle
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # it warns about Excel features it skips, irrelevant here
-                book = openpyxl.load_workbook(self.path, read_only=True, data_only=True)
+                book = openpyxl.load_workbook(handle, read_only=True, data_only=True)
         except Exception as exc:
+            handle.close()
             raise InputError(f"{self.path}: not a readable .xlsx workbook ({exc})") from None
         try:
             if not book.worksheets:
@@ -342,6 +369,7 @@ class ImportFile:
             raise InputError(f"{self.path}: not a readable .xlsx workbook ({exc})") from None
         finally:
             book.close()
+            handle.close()  # a zip archive leaves a file object it was given open
 
     # ------------------------------------------------------ column choice
 
@@ -415,6 +443,60 @@ class ImportFile:
 
 
 # ------------------------------------------------------------------- helpers
+
+
+class _CountedFile(io.BufferedReader):
+    """The file opened for reading, counting the distinct bytes read through it (ImportFile.bytes_read).
+
+    Counted at the read calls, as spans of the file, so it works alike for sequential text reading
+    and for a zip reader that seeks about and reads some headers twice: a workbook's progress is
+    the share of its bytes read so far, never more than the file.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path, "rb"), buffer_size=_CHUNK)
+        self.consumed = 0
+        self._spans: list[list[int]] = []  # [start, end) of what was read, sorted, not touching
+
+    def _count(self, start: int, length: int) -> None:
+        if not length:
+            return
+        end = start + length
+        spans = self._spans
+        if spans and spans[-1][0] <= start <= spans[-1][1]:  # sequential reading: extend the last span
+            last = spans[-1]
+            if end > last[1]:
+                self.consumed += end - last[1]
+                last[1] = end
+            return
+        index = bisect.bisect_left(spans, [start, start])
+        low = index - 1 if index and spans[index - 1][1] >= start else index
+        high = index
+        while high < len(spans) and spans[high][0] <= end:
+            high += 1
+        merged = spans[low:high]
+        new_start = min([start] + [s for s, _ in merged])
+        new_end = max([end] + [e for _, e in merged])
+        self.consumed += (new_end - new_start) - sum(e - s for s, e in merged)
+        spans[low:high] = [[new_start, new_end]]
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self.tell()
+        data = super().read(size)
+        self._count(start, len(data))
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        start = self.tell()
+        data = super().read1(size)
+        self._count(start, len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        start = self.tell()
+        count = super().readinto(buffer)
+        self._count(start, count or 0)
+        return count
 
 
 class _LineTooLong(Exception):

@@ -32,6 +32,7 @@ from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
 from .lock import StoreLock, real_store_path
 from .logs import log_event
+from .progress import clear_stored_progress
 from .store_guard import mark_store_lost, prepare_store_folder
 from .store_identity import StoreIdentity, set_aside_own_wal
 from .metrics import Metrics
@@ -101,6 +102,7 @@ class Daemon:
                     log_event("store_created", path=str(path),
                               message=f"created a new, empty store at {path}")
                 self.identity = StoreIdentity.of(path, store)
+                clear_stored_progress(store, list(self.wakes))  # left by a process that was killed
                 self.metrics.observe_applies(store)  # apply latency counts from here on
             for adapter in build_adapters(self.settings).values():  # and on adapter settings that cannot work
                 adapter.close()
@@ -189,8 +191,8 @@ class Daemon:
                         self.store_intact()
                         if self.store_problem:
                             break
-                ok = self._cycle(Engine(self.settings, store, {name: adapter}, self.stop, self._notify),
-                                 name, push_only=not full)
+                ok = self._cycle(Engine(self.settings, store, {name: adapter}, self.stop, self._notify,
+                                        report_progress=True), name, push_only=not full)
             except Exception as exc:  # the edge: log, start over with fresh connections, back off
                 ok = False
                 self.metrics.observe_worker_error(name)

@@ -24,6 +24,7 @@ from state.errors import ConfigError, PermanentError, RefusedError, TransientErr
 from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
+from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
 from .settings import Settings
 
 SCAN_WINDOW = 2000
@@ -39,7 +40,8 @@ def memory_kept(adapter: Adapter, store: Store, name: str, *, save: bool = True)
     if not isinstance(memory, AdapterMemory):
         yield
         return
-    memory.load(store.adapter_memory(name))
+    # The progress row of running work shares the table; it is the engine's, not the adapter's.
+    memory.load({key: value for key, value in store.adapter_memory(name).items() if key != PROGRESS_KEY})
     try:
         yield
     finally:
@@ -108,12 +110,14 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store, adapters: dict[str, Adapter],
                  stop: threading.Event | None = None,
-                 on_new_events: Callable[[str], None] | None = None):
+                 on_new_events: Callable[[str], None] | None = None, *, report_progress: bool = False):
         self.settings = settings
         self.store = store
         self.adapters = adapters
         self.stop = stop or threading.Event()
         self.on_new_events = on_new_events
+        # Log and store the progress of long pushes and reconciles (connector.progress).
+        self.report_progress = report_progress
 
     # -- whole cycles -------------------------------------------------------------
 
@@ -220,24 +224,29 @@ class Engine:
         start = scan_from = self.store.checkpoint(name).applied_seq
         batch: list[tuple[PendingEvent, OptOut]] = []
         skipped: list[PushOutcome] = []
-        while not self.stop.is_set():
-            pending, scanned_to = self.store.pending_events(name, scan_from, max(SCAN_WINDOW, batch_size))
-            if scanned_to == scan_from:
-                break
-            for event in pending:
-                target = self._as_sent(event, adapter, config)
-                if target is None:
-                    skipped.append(PushOutcome(event.seq, event.optout, None,
-                                               f"topic {event.optout.scope!r} is not mapped at {name}"))
-                    continue
-                batch.append((event, target))
-                if len(batch) == batch_size:
-                    if not self._apply(name, adapter, batch, skipped, event.seq, report):
-                        return
-                    batch, skipped = [], []
-            scan_from = scanned_to
-        if not self.stop.is_set() and (batch or skipped or scan_from > start):
-            self._apply(name, adapter, batch, skipped, scan_from, report)
+        with self._progress(name, "push", report) as progress:
+            while not self.stop.is_set():
+                pending, scanned_to = self.store.pending_events(name, scan_from, max(SCAN_WINDOW, batch_size))
+                if scanned_to == scan_from:
+                    break
+                for event in pending:
+                    target = self._as_sent(event, adapter, config)
+                    if target is None:
+                        skipped.append(PushOutcome(event.seq, event.optout, None,
+                                                   f"topic {event.optout.scope!r} is not mapped at {name}"))
+                        continue
+                    batch.append((event, target))
+                    if len(batch) == batch_size:
+                        if not self._apply(name, adapter, batch, skipped, event.seq, report):
+                            return
+                        # The total is counted at the first report only (a long push): what is
+                        # done plus what is still pending after this batch.
+                        progress.step(len(batch) + len(skipped),
+                                      lambda seq=event.seq: self.store.pending_summary(name, seq)[0])
+                        batch, skipped = [], []
+                scan_from = scanned_to
+            if not self.stop.is_set() and (batch or skipped or scan_from > start):
+                self._apply(name, adapter, batch, skipped, scan_from, report)
 
     def _as_sent(self, event: PendingEvent, adapter: Adapter, config: AdapterSettings) -> OptOut | None:
         return self._mapped(event.optout, adapter, config)
@@ -305,12 +314,14 @@ class Engine:
         ingest = config.reads and adapter.capabilities.read_changes
         with self.store.rolled_back() if report.dry_run else nullcontext():
             self.store.begin_source_set()
-            for page in adapter.read_all():
-                self.store.add_to_source_set(page.optouts)
-                report.pulled += len(page.optouts)
-                report.rejected += len(page.rejected)  # listed when the rows were first pulled
-                if self.stop.is_set():
-                    return  # a partial full set must not be diffed
+            with self._progress(name, "reconcile_read", report) as progress:
+                for page in adapter.read_all():
+                    self.store.add_to_source_set(page.optouts)
+                    report.pulled += len(page.optouts)
+                    report.rejected += len(page.rejected)  # listed when the rows were first pulled
+                    progress.step(len(page.optouts))  # no total: a full read does not say its size
+                    if self.stop.is_set():
+                        return  # a partial full set must not be diffed
             if ingest and not self.store.checkpoint(name).paused:
                 report.absorb(self.store.stage_from_source_set(name))
                 self._promote_within_guard(name, config, report)
@@ -324,26 +335,33 @@ class Engine:
         as_global = self.settings.unmapped_policy(config) == "global"
         missing = self.store.missing_at_source(set(adapter.capabilities.scopes), as_global,
                                                adapter.capabilities.batch_size)
-        for rows in missing:
-            report.missing_at_source += len(rows)
-            if report.dry_run:
-                continue
-            # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
-            sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
-            seqs = [seq for seq, _ in rows]
-            resent = self.store.mark_inflight(name, seqs)
-            try:
-                results = self._scrubbed(name, adapter.apply([o for _, o in sent]))
-            except Exception:
-                self.store.clear_inflight(name, seqs)
-                raise
-            self.store.record_applied(name, [(seq, original, result)
-                                             for (seq, original), result in zip(rows, results)], resent)
-            report.pushed += sum(1 for r in results if r.ok)
-            report.parked += sum(1 for r in results if r.outcome == TRANSIENT)
-            report.failed += sum(1 for r in results if not r.ok and r.outcome != TRANSIENT)
-            if self.stop.is_set():
-                return
+        with self._progress(name, "reconcile_apply", report) as progress:
+            for rows in missing:
+                report.missing_at_source += len(rows)
+                if report.dry_run:
+                    continue
+                self._reapply(name, adapter, config, report, rows)
+                progress.step(len(rows))  # no total: the missing rows are found as they are re-applied
+                if self.stop.is_set():
+                    return
+
+    def _reapply(self, name: str, adapter: Adapter, config: AdapterSettings, report: CycleReport,
+                 rows: list[tuple[int, OptOut]]) -> None:
+        """Re-apply one batch of suppressions the sink's full read lacked, and record the outcomes."""
+        # missing_at_source only yields rows this sink can represent, so _mapped is never None here.
+        sent = [(seq, self._mapped(o, adapter, config)) for seq, o in rows]
+        seqs = [seq for seq, _ in rows]
+        resent = self.store.mark_inflight(name, seqs)
+        try:
+            results = self._scrubbed(name, adapter.apply([o for _, o in sent]))
+        except Exception:
+            self.store.clear_inflight(name, seqs)
+            raise
+        self.store.record_applied(name, [(seq, original, result)
+                                         for (seq, original), result in zip(rows, results)], resent)
+        report.pushed += sum(1 for r in results if r.ok)
+        report.parked += sum(1 for r in results if r.outcome == TRANSIENT)
+        report.failed += sum(1 for r in results if not r.ok and r.outcome != TRANSIENT)
 
     def reconcile_due(self, name: str, schedule_start: str | None = None) -> bool:
         """True when the adapter's reconcile is requested or older than its reconcile_every.
@@ -362,6 +380,11 @@ class Engine:
         return age.total_seconds() >= config.reconcile_every
 
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def _progress(self, name: str, phase: str, report: CycleReport) -> WorkProgress:
+        """A WorkProgress for this work; one that never reports when progress is off or in a dry run."""
+        every = None if self.report_progress and not report.dry_run else float("inf")
+        return WorkProgress(self.store, name, phase, every=every)
 
     def _kept(self, name: str, dry_run: bool) -> AbstractContextManager:
         return memory_kept(self.adapters[name], self.store, name, save=not dry_run)

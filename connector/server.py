@@ -25,6 +25,7 @@ from state.store import Store
 from . import commands
 from .logs import log_event, mask_addresses
 from .metrics import Metrics
+from .progress import describe_progress
 from .settings import Settings, listen_address
 
 JSON_TYPE = "application/json"
@@ -254,6 +255,8 @@ def _adapter_row(row: dict, settings: Settings) -> str:
         state = '<span class="state-error">FAILING</span>'
     else:
         state = '<span class="state-active">active</span>'
+    if row.get("progress"):
+        state += f'<br><span class="progress">{_e(describe_progress(row["progress"]))}</span>'
     lag = _e(_duration(row["lag_s"]) if row["lag_s"] is not None else "-")
     if row.get("lag_alarm"):
         lag = f'<span class="alarm">LAG ALARM</span> {lag} (max {_e(_duration(settings.server.max_lag))})'
