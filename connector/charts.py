@@ -26,15 +26,36 @@ def esc(value: object) -> str:
     return html.escape(mask_addresses(str(value)), quote=True)
 
 
-def nice_ceiling(value: float) -> float:
-    """The axis maximum: `value` rounded up to 1, 2 or 5 times a power of ten (1 for nothing)."""
-    if value <= 0:
-        return 1
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if value <= step * power:
-            return step * power
-    return 10 * power
+COUNT_STEPS = (1, 2, 3, 5)
+# Seconds a person reads at a glance on a duration axis: 15 s, 1 min, 15 min, 1 h, 6 h, 1 d...
+DURATION_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 4 * 3600, 6 * 3600,
+                  12 * 3600, 86_400, 2 * 86_400, 7 * 86_400)
+GRID_LINES = 4
+
+
+def nice_ceiling(value: float, floor: float = 1, steps: tuple[float, ...] = COUNT_STEPS) -> float:
+    """The axis maximum: 4 grid steps, each a round number (1, 2, 3 or 5 times a power of ten by
+    default, or one of `steps` if it lists its own scale), covering `value` and at least `floor`.
+    """
+    need = max(value, floor) / GRID_LINES
+    if steps is not COUNT_STEPS:
+        for step in steps:
+            if step >= need:
+                return step * GRID_LINES
+        return math.ceil(need / steps[-1]) * steps[-1] * GRID_LINES
+    power = 10 ** max(0, math.floor(math.log10(need))) if need >= 1 else 1
+    for step in COUNT_STEPS:
+        if step * power >= need:
+            return step * power * GRID_LINES
+    return 10 * power * GRID_LINES
+
+
+def compact(value: float) -> str:
+    """A count short enough for an axis tick: 950, 2k, 1.5M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def top_series(series: dict[str, list[float]], keep: int = len(PALETTE)) -> list[tuple[str, list[float], str]]:
@@ -74,17 +95,13 @@ def _frame(chart_id: str, title: str, y_max: float, y_label: str, x_label: str,
     return parts
 
 
-def _count_text(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
-
-
 def stacked_bars(chart_id: str, title: str, days: list[str], series: dict[str, list[int]],
                  y_label: str = "new opt-outs", x_label: str = "day (UTC)") -> str:
     """A stacked bar per day, one colour per series, with its legend; an empty chart says so."""
     shown = top_series(series)
     totals = [sum(values[i] for _name, values, _colour in shown) for i in range(len(days))]
     y_max = nice_ceiling(max(totals, default=0))
-    parts = _frame(chart_id, title, y_max, y_label, x_label, _count_text)
+    parts = _frame(chart_id, title, y_max, y_label, x_label, compact)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(days))
     bar_w = max(1.0, slot * 0.8)
@@ -112,13 +129,15 @@ def stacked_bars(chart_id: str, title: str, days: list[str], series: dict[str, l
 
 
 def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[float, float]]], start: float,
-               end: float, y_label: str, y_text: Callable[[float], str], x_label: str = "hours ago") -> str:
+               end: float, y_label: str, y_text: Callable[[float], str], x_label: str = "hours ago",
+               y_floor: float = 4, y_steps: tuple[float, ...] = COUNT_STEPS) -> str:
     """One line per series over [start, end] (Unix times), the newest point marked, with its legend.
 
-    x ticks are hours before `end`; a series of one point shows as its mark alone.
+    x ticks are hours before `end`; a series of one point shows as its mark alone. The y axis
+    reaches at least `y_floor`, in round steps from `y_steps` (see nice_ceiling).
     """
     values = [value for points in series.values() for _at, value in points]
-    y_max = nice_ceiling(max(values, default=0))
+    y_max = nice_ceiling(max(values, default=0), y_floor, y_steps)
     parts = _frame(chart_id, title, y_max, y_label, x_label, y_text)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     span = max(1.0, end - start)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from state import dashboard
 from state.store import Store
 
-from .charts import esc, line_chart, stacked_bars
+from .charts import DURATION_STEPS, compact, esc, line_chart, stacked_bars
 from .history import LagHistory
 from .logs import mask_rejected, mask_value
 from .settings import Settings
@@ -37,8 +37,11 @@ ul.legend li { overflow-wrap: anywhere; }
 .swatch { display: inline-block; width: .75rem; height: .75rem; margin-right: .3rem; vertical-align: -.05rem;
           border-radius: .1rem; }
 .scroll { overflow-x: auto; max-width: 100%; }
+p.summary, code { overflow-wrap: anywhere; }
 @media (max-width: 600px) {
   body { margin: .75rem; }
+  svg.chart .tick { font-size: 12px; }
+  svg.chart .axis-label { font-size: 12px; }
   table { font-size: .85rem; }
   th, td { padding: .35rem .4rem; }
 }
@@ -89,10 +92,11 @@ def _lag(settings: Settings, history: LagHistory | None, now: float) -> str:
 <h2>Lag and pending, last 24 hours</h2>
 {note}<div class="charts">
 <figure><figcaption>Lag (age of the oldest opt-out not yet applied)</figcaption>{line_chart(
-    "chart-lag", "Lag per adapter, last 24 hours", lag, start, now, "lag", _short)}</figure>
+    "chart-lag", "Lag per adapter, last 24 hours", lag, start, now, "lag", _short, y_floor=60,
+    y_steps=DURATION_STEPS)}</figure>
 <figure><figcaption>Pending opt-outs</figcaption>{line_chart(
     "chart-pending", "Pending opt-outs per adapter, last 24 hours", pending, start, now, "pending",
-    lambda value: f"{value:,.0f}")}</figure>
+    compact)}</figure>
 </div>
 </section>"""
 
