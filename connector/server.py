@@ -70,6 +70,7 @@ class StatusServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="status-server", daemon=True)
         self._thread.start()
+        threading.Thread(target=self.warm_pictures, name="status-page-warm-up", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -136,6 +137,14 @@ class StatusServer:
             return 503, HTML_TYPE, page.encode()
         return 200, HTML_TYPE, render_status_page(commands.status(self.settings), self.settings,
                                                   self.pictures()).encode()
+
+    def warm_pictures(self) -> None:
+        """Count the last 30 days' new opt-outs now, so the first page need not (0.7 s on 5,000,000)."""
+        try:
+            with Store(self.settings.store.path, create=False) as store:
+                self.daily.refresh(store.conn)
+        except Exception as exc:  # the first page counts them instead, and reports what fails
+            log_event("status_page_warm_up_failed", logging.DEBUG, error_class=type(exc).__name__, error=str(exc))
 
     def pictures(self) -> str:
         """The page's charts and lists below the adapter table (connector/status_pictures.py)."""
