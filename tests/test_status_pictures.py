@@ -79,6 +79,7 @@ def test_new_opt_outs_per_day_count_the_window_once_then_only_what_was_appended(
         moved = counter.refresh(store.conn, NOW + timedelta(days=1))
         assert moved.days[0] == "2024-06-02" and "spam_complaint" not in moved.by_reason
         assert moved.by_reason["unsubscribed"][-2] == 3 and moved.total == 6
+        assert all(day >= "2024-06-02" for day, _reason, _source in counter._counts), "memory holds 30 days"
 
 
 def test_the_lag_history_keeps_one_sample_a_minute_for_24_hours_and_the_newest_reading():
@@ -101,15 +102,15 @@ def test_the_lag_history_keeps_one_sample_a_minute_for_24_hours_and_the_newest_r
 def test_open_failures_are_listed_newest_first_at_most_50_with_their_count(tmp_path):
     with Store(tmp_path / "store.db") as store:
         with store.transaction():
-            for n in range(70):
+            for n in range(140):
                 store.conn.execute(
                     "INSERT INTO failures (adapter, kind, address, scope, message, first_at, last_at, resolved_at)"
                     " VALUES (?, 'permanent', ?, '*', 'refused', ?, ?, ?)",
                     ("sink" if n % 2 else "crm", f"p{n}@example.com", NOW.isoformat(), NOW.isoformat(),
                      NOW.isoformat() if n % 7 == 0 else None))
         rows, total = dashboard.open_failures(store.conn, ["crm", "sink", "absent"])
-        open_ids = [n + 1 for n in range(70) if n % 7]
-        assert total == len(open_ids) == 60
+        open_ids = [n + 1 for n in range(140) if n % 7]
+        assert total == len(open_ids) == 120
         assert [row["id"] for row in rows] == sorted(open_ids, reverse=True)[:50]
         events = dashboard.last_events(store.conn)
         assert events == []
