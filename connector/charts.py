@@ -150,7 +150,8 @@ def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[float, fl
     step = 6 if hours >= 12 else max(1, round(hours / 4))
     for ago in range(0, int(hours) + 1, step):
         x = LEFT + plot_w * (1 - ago * 3600 / span)
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{TOP + plot_h + 13}" text-anchor="middle">'
+        anchor = "end" if ago == 0 else "middle"  # "now" ends at the right edge, inside the picture
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{TOP + plot_h + 13}" text-anchor="{anchor}">'
                      f'{"now" if ago == 0 else f"-{ago}h"}</text>')
     parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
     items = []
