@@ -30,6 +30,7 @@ from state.store import Store
 
 from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
+from .history import LagHistory
 from .lock import StoreLock, real_store_path
 from .logs import log_event
 from .progress import clear_stored_progress
@@ -65,6 +66,8 @@ class Daemon:
         self.wakes = {a.name: threading.Event() for a in settings.adapters}
         self.threads: list[threading.Thread] = []
         self.metrics = Metrics(self.wakes)
+        # Each adapter's lag and pending count over the last 24 h, for the status page (sampled by the monitor).
+        self.history = LagHistory()
         self._observer = lambda kind, adapter: (self.metrics.count_http_retry(adapter) if kind == "retry"
                                                 else self.metrics.count_rate_limited(adapter))
         self.server: StatusServer | None = None
@@ -108,7 +111,8 @@ class Daemon:
                 adapter.close()
             if self.settings.server.listen:
                 self.server = StatusServer(self.settings, self.metrics, self.problems, self.stop.is_set,
-                                           store_problem=lambda: self.store_problem).start()
+                                           store_problem=lambda: self.store_problem,
+                                           history=self.history).start()
                 log_event("server_listening", url=self.server.url)
             if threading.current_thread() is threading.main_thread():  # tests run it in a thread
                 for signum in (signal.SIGTERM, signal.SIGINT):
@@ -307,7 +311,9 @@ class Daemon:
 
     def _observe(self, store: Store) -> None:
         max_lag = self.settings.server.max_lag
-        for row in status(self.settings, store)["adapters"]:
+        rows = status(self.settings, store)["adapters"]
+        self.history.record(rows)
+        for row in rows:
             name = row["adapter"]
             self.metrics.set_state(name, pending=row["pending"], oldest_age_s=row["lag_s"],
                                    last_success_at=row["last_success_at"], paused=row["paused"],
