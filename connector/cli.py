@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,8 +25,10 @@ from state.models import REASONS
 
 from . import __version__, commands, operator
 from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
-from .settings import Settings, load_settings, secret_file_warnings
 from .store_guard import require_store
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -63,14 +66,22 @@ class Context:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config)
+            # Imported here: pydantic-settings loads only for the commands that read settings.
+            from .settings import load_settings, secret_file_warnings
+
+            self._settings = load_settings(self.config, cli=self.options())
             logging_settings = self._settings.logging
-            self.show_addresses = self.show_addresses or logging_settings.show_addresses
-            setup_logging(self.log_format or logging_settings.format, logging_settings.level,
-                          self.show_addresses, file=logging_settings.file)
+            self.show_addresses = logging_settings.show_addresses
+            setup_logging(logging_settings.format, logging_settings.level, self.show_addresses,
+                          file=logging_settings.file)
             for warning in secret_file_warnings(self._settings):
                 log_event("insecure_settings_file", 30, message=warning)
         return self._settings
+
+    def options(self) -> dict:
+        """The command-line options given that are settings (the strongest source of `Settings`)."""
+        return {**({"--log-format": self.log_format} if self.log_format else {}),
+                **({"--show-addresses": True} if self.show_addresses else {})}
 
     def shown(self, text: str) -> str:
         """Text for the terminal, with addresses masked unless asked otherwise."""

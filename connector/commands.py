@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters import registry
 from adapters.base import Adapter
@@ -27,9 +28,11 @@ from state.store import Store
 from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
-from .settings import Settings
 from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
+
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+    from .settings import Settings
 
 
 def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[str, Adapter]:

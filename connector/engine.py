@@ -16,6 +16,7 @@ from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -24,7 +25,8 @@ from state.errors import ConfigError, PermanentError, RefusedError, TransientErr
 from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
-from .settings import Settings
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+    from .settings import Settings
 
 SCAN_WINDOW = 2000
 
