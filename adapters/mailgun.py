@@ -93,8 +93,9 @@ class MailgunSettings(HttpAdapterSettings):
 
     type: Literal["mailgun"] = "mailgun"
     base_url: str = "https://api.mailgun.net"  # EU region: https://api.eu.mailgun.net
-    api_key: SecretStr
-    domain: str
+    api_key: SecretStr = Field(description="A Mailgun private API key (or a domain sending key).")
+    domain: str = Field(description="The sending domain whose suppressions this adapter keeps.",
+                        examples=["mg.example.com"])
     batch_size: int = Field(default=MAX_RECORDS, ge=1, le=MAX_RECORDS)
     page_size: int = Field(default=MAX_RECORDS, ge=1, le=MAX_RECORDS)
     # Requests one incremental read may make; the sweep goes on next cycle from where it stopped.

@@ -359,24 +359,76 @@ def failures_dismiss(obj: Context, ids: tuple[int, ...], reason: str) -> None:
 
 
 @main.command()
+@click.option("--adapter", "names", multiple=True, metavar="NAME",
+              help="Only probe this adapter's credentials and mapping (repeatable).")
 @click.pass_obj
 @_edge
-def check(obj: Context) -> None:
+def check(obj: Context, names: tuple[str, ...]) -> None:
     """Validate the settings and each adapter without changing anything."""
     settings = obj.settings()
+    for name in names:
+        settings.adapter(name)
     click.echo(f"settings {settings.source}: ok ({len(settings.adapters)} adapters, {len(settings.topics)} topics)")
     store_ok, store_lines = commands.check_store(settings)
     click.echo(f"  store: {'ok' if store_ok else 'FAILED'}")
     for line in store_lines:
         click.echo(f"    {line}")
     failed = not store_ok
-    for name, ok, lines in commands.check(settings):
+    for name, ok, lines in commands.check(settings, list(names) or None):
         click.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
         for line in lines:
             click.echo(f"    {line}")
         failed = failed or not ok
     if failed:
         sys.exit(EXIT_FAILURE)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_edge
+def config_command(obj: Context, as_json: bool) -> None:
+    """Show the settings in force, each with where it came from (secrets as ***)."""
+    from .configure import effective_settings
+    from .settings import load_with_origins
+
+    obj.settings()  # the same checks, logging and warnings as every command
+    settings, load = load_with_origins(obj.config, cli=obj.options())
+    entries = effective_settings(settings, load)
+    if as_json:
+        click.echo(json.dumps({"settings_file": str(settings.source),
+                               "settings": [entry.as_dict() for entry in entries]}, indent=2))
+        return
+    click.echo(f"settings file {settings.source}")
+    for entry in entries:
+        click.echo(entry.line())
+
+
+@main.command("init")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), default="settings.toml")
+@click.option("--adapter", "specs", multiple=True, metavar="TYPE[:NAME]",
+              help="An adapter to configure (repeatable; default: a csv_folder and a csv_file).")
+@click.pass_obj
+@_edge
+def init_command(obj: Context, file: Path, specs: tuple[str, ...]) -> None:
+    """Write a commented settings FILE for the chosen adapters, then check it and say what is missing."""
+    from .configure import parse_adapter, write_settings_file
+    from .settings import load_settings
+
+    report = write_settings_file(file, [parse_adapter(spec) for spec in specs])
+    click.echo(f"wrote {report.path} with adapters {', '.join(f'{n} ({t})' for t, n in report.adapters)}")
+    for secret in report.secret_files:
+        click.echo(f"  created {secret} (empty, mode 0600): put the secret in it")
+    click.echo(f"checking {report.path}:")
+    try:
+        settings = load_settings(report.path, cli=obj.options())
+    except ConfigError as exc:
+        click.echo(f"still missing or invalid: {exc}")
+        return
+    store_ok, store_lines = commands.check_store(settings)
+    click.echo(f"  store: {'ok' if store_ok else 'FAILED'}")
+    for name, ok, lines in commands.check(settings):
+        click.echo(f"  {name}: {'ok' if ok else 'still missing: ' + '; '.join(lines)}")
 
 
 @main.command(name="import")

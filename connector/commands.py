@@ -191,10 +191,10 @@ def who() -> str:
         return "unknown user"
 
 
-def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
-    """Validate every adapter without changing anything: (name, ok, lines) each."""
+def check(settings: Settings, names: list[str] | None = None) -> list[tuple[str, bool, list[str]]]:
+    """Validate every (or each named) adapter without changing anything: (name, ok, lines) each."""
     results = []
-    for config in settings.adapters:
+    for config in settings.adapters if names is None else [settings.adapter(name) for name in names]:
         try:
             adapter = build_adapters(settings, [config.name])[config.name]
         except ConfigError as exc:
