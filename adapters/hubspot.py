@@ -101,6 +101,7 @@ from state.models import (
 
 from .base import AdapterMemory, Capabilities, Duration, chunks
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -908,6 +909,15 @@ class HubSpotAdapter:
         lines.append("subscription timeline: readable")
         lines.append(self._probe_batch())
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the token, or the OAuth scope it lacks (named by HubSpot if it says)."""
+        named = re.search(r"scopes are required: \[([^\]]*)\]", str(getattr(exc, "vendor_message", "")))
+        endpoint = str(getattr(exc, "endpoint", ""))
+        scope = (named.group(1).replace("'", "") if named else "content" if TIMELINE in endpoint
+                 else "communication_preferences.read_write" if "/communication-preferences/" in endpoint
+                 else "crm.objects.contacts.read" if "/crm/" in endpoint else None)
+        return explain_refusal(exc, "token", scope and f"OAuth scope {scope} (add it to the private app)")
 
     def _probe_batch(self) -> str:
         path = f"{V4}/statuses/batch/unsubscribe-all/read"

@@ -83,6 +83,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -597,6 +598,12 @@ class MailchimpAdapter:
                                            "Mailchimp bills)" if self.settings.create_members else
                                            "off (non-members are reported, never created)"))
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the API key, or audience `list_id` (or its interest) not found."""
+        if getattr(exc, "status", None) == 404 and "/lists/" in str(getattr(exc, "endpoint", "")):
+            return f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
+        return explain_refusal(exc, "api_key", f"access to audience {self.settings.list_id}")
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -67,6 +67,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -563,6 +564,13 @@ class MailgunAdapter:
             self._list_page(list_name, None)
             lines.append(f"{list_name}: readable")
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the API key, the domain it may not use, or a domain not in the account."""
+        if getattr(exc, "status", None) == 404 and "/domains/" in str(getattr(exc, "endpoint", "")):
+            return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` "
+                    "for an EU domain)")
+        return explain_refusal(exc, "api_key", f"access to domain {self.settings.domain}")
 
     def close(self) -> None:
         """Close the HTTP connections."""

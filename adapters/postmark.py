@@ -68,6 +68,7 @@ from state.models import (
 
 from .base import Capabilities
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -526,6 +527,10 @@ class PostmarkAdapter:
                 lines.append(f"UNMAPPED: stream {stream.ID} ({stream.MessageStreamType or 'unknown type'}); its "
                              "suppressions are not read until a topic maps to it")
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the server token (a stream that does not exist is named by check())."""
+        return explain_refusal(exc, "server_token", "access to the server's message streams")
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -203,7 +203,9 @@ def check(settings: Settings, names: list[str] | None = None) -> list[tuple[str,
         try:
             results.append((config.name, True, adapter.check()))
         except Exception as exc:  # the edge: every adapter gets its line, whatever went wrong
-            results.append((config.name, False, [f"{type(exc).__name__}: {exc}"]))
+            # A refused probe says what is missing: the credential, a scope or permission, a domain.
+            explained = getattr(adapter, "probe_refusal", lambda _: None)(exc)
+            results.append((config.name, False, [explained] if explained else [f"{type(exc).__name__}: {exc}"]))
         finally:
             adapter.close()
     return results

@@ -71,6 +71,8 @@ class Origin:
 
 
 DEFAULT = Origin("default")
+# The sources' order, strongest first (the file is read before the others, but is the weakest).
+STRENGTH = {"command_line": 4, "environment": 3, "secret_file": 2, "file": 1, "default": 0}
 
 
 @dataclass
@@ -92,6 +94,12 @@ class Load:
     @property
     def base_dir(self) -> Path:
         return self.path.resolve().parent
+
+    def record(self, location: tuple, origin: Origin) -> None:
+        """Note where the value at `location` came from, unless a stronger source set it."""
+        held = self.origins.get(location)
+        if held is None or STRENGTH[origin.kind] >= STRENGTH[held.kind]:
+            self.origins[location] = origin
 
     def origin(self, location: tuple) -> Origin:
         """The origin of the value at `location`, or of the nearest table around it that has one."""
@@ -127,16 +135,16 @@ def adapters_as_list(adapters: Any) -> Any:
     return adapters
 
 
-def _record_file(origins: dict[tuple, Origin], path: Path, node: Any, location: tuple) -> None:
+def _record_file(record: Any, path: Path, node: Any, location: tuple) -> None:
     if location:
         key = ".".join(f"[{p}]" if isinstance(p, int) else p for p in location).replace(".[", "[")
-        origins[location] = Origin("file", str(path), key)
+        record(location, Origin("file", str(path), key))
     if isinstance(node, dict):
         for key, value in node.items():
-            _record_file(origins, path, value, (*location, key))
+            _record_file(record, path, value, (*location, key))
     elif isinstance(node, list) and location == ("adapters",):
         for index, value in enumerate(node):
-            _record_file(origins, path, value, (*location, index))
+            _record_file(record, path, value, (*location, index))
 
 
 class SettingsFileSource(TomlConfigSettingsSource):
@@ -148,7 +156,7 @@ class SettingsFileSource(TomlConfigSettingsSource):
 
     def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
         data = self._read_file(self.load.path) if self.load.preloaded is None else self.load.preloaded
-        _record_file(self.load.origins, self.load.path, data, ())
+        _record_file(self.load.record, self.load.path, data, ())
         self.load.file_data = data
         return {**data, "adapters": adapters_as_table(data["adapters"])} if "adapters" in data else data
 
@@ -214,7 +222,7 @@ class EnvironmentSource(_LoadSource):
             node[parts[-1]] = env_value(value)
             if parts == ["adapters"]:
                 node["adapters"] = adapters_as_table(node["adapters"])
-            self.load.origins[tuple(parts)] = Origin("environment", variable)
+            self.load.record(tuple(parts), Origin("environment", variable))
         return data
 
 
@@ -240,7 +248,7 @@ class AdapterEnvironmentSource(_LoadSource):
                     raise ConfigError(f"environment variable {variable} sets inside '{part}', which another "
                                       "variable sets to a value")
             node[parts[-1]] = env_value(value)
-            self.load.origins[("adapters", index, *parts[2:])] = Origin("environment", variable)
+            self.load.record(("adapters", index, *parts[2:]), Origin("environment", variable))
         return {"adapters": adapters} if adapters else {}
 
     def _adapter_by_name(self, adapters: Any, part: str, variable: str) -> int:
@@ -292,8 +300,8 @@ class SecretFileSource(_LoadSource):
                     continue  # unreadable or empty: the model's validator says so, naming the key
                 found.setdefault(str(index), {})[secret] = text
                 via = self.load.origin(("adapters", index, key))
-                self.load.origins[("adapters", index, secret)] = Origin(
-                    "secret_file", str(_anchored(named, self.load.base_dir)), via=via)
+                self.load.record(("adapters", index, secret),
+                                 Origin("secret_file", str(_anchored(named, self.load.base_dir)), via=via))
         return {"adapters": found} if found else {}
 
 
