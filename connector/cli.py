@@ -405,17 +405,18 @@ def config_command(obj: Context, as_json: bool) -> None:
 
 
 @main.command("init")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), default="settings.toml")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--adapter", "specs", multiple=True, metavar="TYPE[:NAME]",
               help="An adapter to configure (repeatable; default: a csv_folder and a csv_file).")
 @click.pass_obj
 @_edge
-def init_command(obj: Context, file: Path, specs: tuple[str, ...]) -> None:
-    """Write a commented settings FILE for the chosen adapters, then check it and say what is missing."""
+def init_command(obj: Context, file: Path | None, specs: tuple[str, ...]) -> None:
+    """Write a commented settings FILE (default: --config, $OPTOUT_SYNC_CONFIG, ./settings.toml) and check it."""
     from .configure import parse_adapter, write_settings_file
-    from .settings import load_settings
+    from .settings import config_path, load_settings
 
-    report = write_settings_file(file, [parse_adapter(spec) for spec in specs])
+    adapters = [parse_adapter(spec) for spec in specs]
+    report = write_settings_file(file or config_path(obj.config), adapters)
     click.echo(f"wrote {report.path} with adapters {', '.join(f'{n} ({t})' for t, n in report.adapters)}")
     for secret in report.secret_files:
         click.echo(f"  created {secret} (empty, mode 0600): put the secret in it")
