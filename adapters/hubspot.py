@@ -151,7 +151,8 @@ class HubSpotSettings(HttpAdapterSettings):
 
     type: Literal["hubspot"] = "hubspot"
     base_url: str = "https://api.hubapi.com"
-    token: SecretStr = Field(description="The access token of a HubSpot private app with the communication preferences scopes.")
+    token: SecretStr = Field(
+        description="The access token of a HubSpot private app with the communication preferences scopes.")
     business_unit_id: int = Field(default=0, ge=0)
     legal_basis: LegalBasis | None = None
     legal_basis_explanation: str | None = Field(default=None, max_length=1000)

@@ -115,7 +115,8 @@ class MailchimpSettings(HttpAdapterSettings):
     api_key: SecretStr = Field(description="A Mailchimp API key; its -usNN suffix names the data center.")
     # None: derived from the key's data-center suffix (https://<dc>.api.mailchimp.com/3.0).
     base_url: str | None = None
-    list_id: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$", description="The audience id (Audience > Settings > Unique id for audience).", examples=["a1b2c3d4e5"])
+    list_id: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$", examples=["a1b2c3d4e5"],
+                         description="The audience id (Audience > Settings > Unique id for audience).")
     scope: str = GLOBAL_SCOPE
     create_members: bool = False
     batch_size: int = Field(default=500, ge=1, le=500)

@@ -102,7 +102,8 @@ class PostmarkSettings(HttpAdapterSettings):
 
     type: Literal["postmark"] = "postmark"
     base_url: str = "https://api.postmarkapp.com"
-    server_token: SecretStr = Field(description="The Postmark server API token of the server whose streams this adapter keeps.")
+    server_token: SecretStr = Field(
+        description="The Postmark server API token of the server whose streams this adapter keeps.")
     all_email_stream: str | None = "outbound"
     batch_size: int = Field(default=MAX_SUPPRESSIONS, ge=1, le=MAX_SUPPRESSIONS)
     # The dump has no paging: its answer is handed to the store in pages of this size.

@@ -101,7 +101,8 @@ class SendGridSettings(HttpAdapterSettings):
 
     type: Literal["sendgrid"] = "sendgrid"
     base_url: str = "https://api.sendgrid.com"
-    api_key: SecretStr = Field(description="A SendGrid API key with the Suppressions permission (read, and full access to write).")
+    api_key: SecretStr = Field(
+        description="A SendGrid API key with the Suppressions permission (read, and full access to write).")
     on_behalf_of: str | None = Field(default=None, min_length=1, max_length=256)
     # SendGrid publishes no per-request maximum for suppression adds.
     batch_size: int = Field(default=1000, ge=1, le=10_000)

@@ -51,7 +51,8 @@ class Origin:
         if self.kind == "file":
             return f"{self.name}, key {self.key}"
         if self.kind == "secret_file":
-            return f"secret file {self.name} (named by {self.via.describe()})" if self.via else f"secret file {self.name}"
+            named_by = f" (named by {self.via.describe()})" if self.via else ""
+            return f"secret file {self.name}{named_by}"
         return "default"
 
     def as_dict(self) -> dict[str, Any]:
