@@ -4,7 +4,6 @@ and a probe that names what a refused adapter lacks."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 
 import httpx
