@@ -61,6 +61,23 @@ def resolve_path(value: Any, info: ValidationInfo) -> Any:
 SettingsPath = Annotated[Path, BeforeValidator(resolve_path)]
 
 
+def secret_keys(model: type[BaseModel]) -> list[str]:
+    """The secret fields of a settings model (those that may be given as `<field>_file` instead)."""
+    return [name for name, info in model.model_fields.items() if info.annotation in (SecretStr, SecretStr | None)]
+
+
+def resolve_secret_file(path: Any, base: Path) -> str | None:
+    """The stripped text of a secret file (relative to `base`); None if it cannot be read or is empty."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = Path(path).expanduser()
+    try:
+        text = (path if path.is_absolute() else base / path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     """Consecutive slices of at most `size` items (vendor batch limits)."""
     for start in range(0, len(items), size):
@@ -105,10 +122,10 @@ class AdapterSettings(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        secrets = secret_keys(cls)
         for key in [k for k in data if isinstance(k, str) and k.endswith("_file")]:
             secret = key[: -len("_file")]
-            field_info = cls.model_fields.get(secret)
-            if field_info is None or field_info.annotation not in (SecretStr, SecretStr | None):
+            if secret not in secrets:
                 continue
             path = resolve_path(data.pop(key), info)
             if data.get(secret):
@@ -117,6 +134,9 @@ class AdapterSettings(BaseModel):
                 data[secret] = Path(path).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from None
+            if not data[secret]:
+                # An empty secret would only fail later, at the vendor, as a refused credential.
+                raise ValueError(f"{key}: {path} is empty; put the {secret} in it")
         return data
 
     @property

@@ -32,7 +32,8 @@ class CsvFileSettings(AdapterSettings):
 
     type: Literal["csv_file"] = "csv_file"
     role: Literal["write"] = "write"
-    path: SettingsPath
+    path: SettingsPath = Field(description="The CSV file to keep (relative to the settings file).",
+                               examples=["suppression-list.csv"])
     scope: str | None = None  # one topic key: keep only it (and all-email); None: every scope
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     page_size: int = Field(default=5000, ge=1, le=100_000)

@@ -45,7 +45,8 @@ class CsvFolderSettings(AdapterSettings):
 
     type: Literal["csv_folder"] = "csv_folder"
     role: Literal["read"] = "read"
-    path: SettingsPath
+    path: SettingsPath = Field(
+        description="The folder to watch for *.csv opt-out lists (relative to the settings file).", examples=["inbox"])
     pattern: str = "*.csv"
     email_column: str | None = None
     scope_column: str = "scope"

@@ -160,6 +160,21 @@ class VendorPermanentError(VendorErrorMixin, PermanentError):
         super().__init__(self._describe())
 
 
+def explain_refusal(exc: BaseException, credential: str, needs: str | None) -> str | None:
+    """A check's probe that the vendor refused, said plainly: the credential refused (401), or what it lacks (403).
+
+    `needs` names the missing permission for the refused endpoint (a scope, a permission); None for other errors.
+    """
+    if not isinstance(exc, VendorPermanentError):
+        return None
+    answered = f"{exc.endpoint} answered {exc.status}{' ' + exc.category if exc.category else ''}"
+    if exc.status == 401:
+        return f"the {credential} was refused ({answered}): put a valid one in {credential} (or {credential}_file)"
+    if exc.status == 403 and needs:
+        return f"missing {needs} ({answered})"
+    return None
+
+
 class RetryBudgetSpent(TransientError):
     """This cycle's retry budget is spent: the caller parks what is left for the next cycle."""
 

@@ -101,6 +101,7 @@ from state.models import (
 
 from .base import AdapterMemory, Capabilities, Duration, chunks
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -150,7 +151,8 @@ class HubSpotSettings(HttpAdapterSettings):
 
     type: Literal["hubspot"] = "hubspot"
     base_url: str = "https://api.hubapi.com"
-    token: SecretStr
+    token: SecretStr = Field(
+        description="The access token of a HubSpot private app with the communication preferences scopes.")
     business_unit_id: int = Field(default=0, ge=0)
     legal_basis: LegalBasis | None = None
     legal_basis_explanation: str | None = Field(default=None, max_length=1000)
@@ -908,6 +910,15 @@ class HubSpotAdapter:
         lines.append("subscription timeline: readable")
         lines.append(self._probe_batch())
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the token, or the OAuth scope it lacks (named by HubSpot if it says)."""
+        named = re.search(r"scopes are required: \[([^\]]*)\]", str(getattr(exc, "vendor_message", "")))
+        endpoint = str(getattr(exc, "endpoint", ""))
+        scope = (named.group(1).replace("'", "") if named else "content" if TIMELINE in endpoint
+                 else "communication_preferences.read_write" if "/communication-preferences/" in endpoint
+                 else "crm.objects.contacts.read" if "/crm/" in endpoint else None)
+        return explain_refusal(exc, "token", scope and f"OAuth scope {scope} (add it to the private app)")
 
     def _probe_batch(self) -> str:
         path = f"{V4}/statuses/batch/unsubscribe-all/read"

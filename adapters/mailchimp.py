@@ -83,6 +83,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -111,10 +112,11 @@ class MailchimpSettings(HttpAdapterSettings):
     """Settings of a `mailchimp` adapter instance (one per audience)."""
 
     type: Literal["mailchimp"] = "mailchimp"
-    api_key: SecretStr
+    api_key: SecretStr = Field(description="A Mailchimp API key; its -usNN suffix names the data center.")
     # None: derived from the key's data-center suffix (https://<dc>.api.mailchimp.com/3.0).
     base_url: str | None = None
-    list_id: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$")
+    list_id: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$", examples=["a1b2c3d4e5"],
+                         description="The audience id (Audience > Settings > Unique id for audience).")
     scope: str = GLOBAL_SCOPE
     create_members: bool = False
     batch_size: int = Field(default=500, ge=1, le=500)
@@ -597,6 +599,12 @@ class MailchimpAdapter:
                                            "Mailchimp bills)" if self.settings.create_members else
                                            "off (non-members are reported, never created)"))
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the API key, or audience `list_id` (or its interest) not found."""
+        if getattr(exc, "status", None) == 404 and "/lists/" in str(getattr(exc, "endpoint", "")):
+            return f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
+        return explain_refusal(exc, "api_key", f"access to audience {self.settings.list_id}")
 
     def close(self) -> None:
         """Close the HTTP connections."""

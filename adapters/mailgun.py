@@ -67,6 +67,7 @@ from state.models import (
 
 from .base import Capabilities, Duration
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -93,8 +94,9 @@ class MailgunSettings(HttpAdapterSettings):
 
     type: Literal["mailgun"] = "mailgun"
     base_url: str = "https://api.mailgun.net"  # EU region: https://api.eu.mailgun.net
-    api_key: SecretStr
-    domain: str
+    api_key: SecretStr = Field(description="A Mailgun private API key (or a domain sending key).")
+    domain: str = Field(description="The sending domain whose suppressions this adapter keeps.",
+                        examples=["mg.example.com"])
     batch_size: int = Field(default=MAX_RECORDS, ge=1, le=MAX_RECORDS)
     page_size: int = Field(default=MAX_RECORDS, ge=1, le=MAX_RECORDS)
     # Requests one incremental read may make; the sweep goes on next cycle from where it stopped.
@@ -562,6 +564,13 @@ class MailgunAdapter:
             self._list_page(list_name, None)
             lines.append(f"{list_name}: readable")
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the API key, the domain it may not use, or a domain not in the account."""
+        if getattr(exc, "status", None) == 404 and "/domains/" in str(getattr(exc, "endpoint", "")):
+            return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` "
+                    "for an EU domain)")
+        return explain_refusal(exc, "api_key", f"access to domain {self.settings.domain}")
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -68,6 +68,7 @@ from state.models import (
 
 from .base import Capabilities
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -101,7 +102,8 @@ class PostmarkSettings(HttpAdapterSettings):
 
     type: Literal["postmark"] = "postmark"
     base_url: str = "https://api.postmarkapp.com"
-    server_token: SecretStr
+    server_token: SecretStr = Field(
+        description="The Postmark server API token of the server whose streams this adapter keeps.")
     all_email_stream: str | None = "outbound"
     batch_size: int = Field(default=MAX_SUPPRESSIONS, ge=1, le=MAX_SUPPRESSIONS)
     # The dump has no paging: its answer is handed to the store in pages of this size.
@@ -526,6 +528,10 @@ class PostmarkAdapter:
                 lines.append(f"UNMAPPED: stream {stream.ID} ({stream.MessageStreamType or 'unknown type'}); its "
                              "suppressions are not read until a topic maps to it")
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the server token (a stream that does not exist is named by check())."""
+        return explain_refusal(exc, "server_token", "access to the server's message streams")
 
     def close(self) -> None:
         """Close the HTTP connections."""

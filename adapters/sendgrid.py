@@ -75,6 +75,7 @@ from state.models import (
 
 from .base import Capabilities, Duration, chunks
 from .http import (
+    explain_refusal,
     VendorAnswer,
     Clock,
     HttpAdapterSettings,
@@ -100,7 +101,8 @@ class SendGridSettings(HttpAdapterSettings):
 
     type: Literal["sendgrid"] = "sendgrid"
     base_url: str = "https://api.sendgrid.com"
-    api_key: SecretStr
+    api_key: SecretStr = Field(
+        description="A SendGrid API key with the Suppressions permission (read, and full access to write).")
     on_behalf_of: str | None = Field(default=None, min_length=1, max_length=256)
     # SendGrid publishes no per-request maximum for suppression adds.
     batch_size: int = Field(default=1000, ge=1, le=10_000)
@@ -597,6 +599,14 @@ class SendGridAdapter:
                 self.http.request("GET", path, endpoint=f"GET {path}", params={"limit": 1, "offset": 0})
         lines.append(f"suppression lists readable: {', '.join(self.settings.read_lists)}")
         return lines
+
+    def probe_refusal(self, exc: BaseException) -> str | None:
+        """Why a check() probe was refused: the API key, or the permission (scope) it lacks."""
+        endpoint = str(getattr(exc, "endpoint", ""))
+        listed = next((name for name, (path, _) in LISTS.items() if path in endpoint), None)
+        scope = ("asm.groups.read" if GROUPS in endpoint
+                 else f"suppression.read (or suppression.{listed}.read)" if listed else None)
+        return explain_refusal(exc, "api_key", scope and f"API key permission {scope}")
 
     def close(self) -> None:
         """Close the HTTP connections."""

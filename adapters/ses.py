@@ -94,7 +94,7 @@ class SesSettings(HttpAdapterSettings):
 
     type: Literal["ses"] = "ses"
     base_url: str = ""  # https://email.{region}.amazonaws.com unless set
-    region: str
+    region: str = Field(description="The AWS region of the SES account, such as eu-west-1.", examples=["eu-west-1"])
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,8 +27,10 @@ from state.models import REASONS
 from . import __version__, commands, operator
 from .logs import log_event, mask_addresses, mask_rejected, mask_value, setup_logging
 from .progress import describe_progress
-from .settings import Settings, load_settings, secret_file_warnings
 from .store_guard import require_store
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -65,14 +68,22 @@ class Context:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config)
+            # Imported here: pydantic-settings loads only for the commands that read settings.
+            from .settings import load_settings, secret_file_warnings
+
+            self._settings = load_settings(self.config, cli=self.options())
             logging_settings = self._settings.logging
-            self.show_addresses = self.show_addresses or logging_settings.show_addresses
-            setup_logging(self.log_format or logging_settings.format, logging_settings.level,
-                          self.show_addresses, file=logging_settings.file)
+            self.show_addresses = logging_settings.show_addresses
+            setup_logging(logging_settings.format, logging_settings.level, self.show_addresses,
+                          file=logging_settings.file)
             for warning in secret_file_warnings(self._settings):
                 log_event("insecure_settings_file", 30, message=warning)
         return self._settings
+
+    def options(self) -> dict:
+        """The command-line options given that are settings (the strongest source of `Settings`)."""
+        return {**({"--log-format": self.log_format} if self.log_format else {}),
+                **({"--show-addresses": True} if self.show_addresses else {})}
 
     def shown(self, text: str) -> str:
         """Text for the terminal, with addresses masked unless asked otherwise."""
@@ -352,24 +363,77 @@ def failures_dismiss(obj: Context, ids: tuple[int, ...], reason: str) -> None:
 
 
 @main.command()
+@click.option("--adapter", "names", multiple=True, metavar="NAME",
+              help="Only probe this adapter's credentials and mapping (repeatable).")
 @click.pass_obj
 @_edge
-def check(obj: Context) -> None:
+def check(obj: Context, names: tuple[str, ...]) -> None:
     """Validate the settings and each adapter without changing anything."""
     settings = obj.settings()
+    for name in names:
+        settings.adapter(name)
     click.echo(f"settings {settings.source}: ok ({len(settings.adapters)} adapters, {len(settings.topics)} topics)")
     store_ok, store_lines = commands.check_store(settings)
     click.echo(f"  store: {'ok' if store_ok else 'FAILED'}")
     for line in store_lines:
         click.echo(f"    {line}")
     failed = not store_ok
-    for name, ok, lines in commands.check(settings):
+    for name, ok, lines in commands.check(settings, list(names) or None):
         click.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
         for line in lines:
             click.echo(f"    {line}")
         failed = failed or not ok
     if failed:
         sys.exit(EXIT_FAILURE)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_edge
+def config_command(obj: Context, as_json: bool) -> None:
+    """Show the settings in force, each with where it came from (secrets as ***)."""
+    from .configure import effective_settings
+    from .settings import load_with_origins
+
+    obj.settings()  # the same checks, logging and warnings as every command
+    settings, load = load_with_origins(obj.config, cli=obj.options())
+    entries = effective_settings(settings, load)
+    if as_json:
+        click.echo(json.dumps({"settings_file": str(settings.source),
+                               "settings": [entry.as_dict() for entry in entries]}, indent=2))
+        return
+    click.echo(f"settings file {settings.source}")
+    for entry in entries:
+        click.echo(entry.line())
+
+
+@main.command("init")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--adapter", "specs", multiple=True, metavar="TYPE[:NAME]",
+              help="An adapter to configure (repeatable; default: a csv_folder and a csv_file).")
+@click.pass_obj
+@_edge
+def init_command(obj: Context, file: Path | None, specs: tuple[str, ...]) -> None:
+    """Write a commented settings FILE (default: --config, $OPTOUT_SYNC_CONFIG, ./settings.toml) and check it."""
+    from .configure import parse_adapter, write_settings_file
+    from .settings import config_path, load_settings
+
+    adapters = [parse_adapter(spec) for spec in specs]
+    report = write_settings_file(file or config_path(obj.config), adapters)
+    click.echo(f"wrote {report.path} with adapters {', '.join(f'{n} ({t})' for t, n in report.adapters)}")
+    for secret in report.secret_files:
+        click.echo(f"  created {secret} (empty, mode 0600): put the secret in it")
+    click.echo(f"checking {report.path}:")
+    try:
+        settings = load_settings(report.path, cli=obj.options())
+    except ConfigError as exc:
+        click.echo(f"still missing or invalid: {exc}")
+        return
+    store_ok, store_lines = commands.check_store(settings)
+    click.echo(f"  store: {'ok' if store_ok else 'FAILED'}")
+    for name, ok, lines in commands.check(settings):
+        click.echo(f"  {name}: {'ok' if ok else 'still missing: ' + '; '.join(lines)}")
 
 
 @main.command(name="import")

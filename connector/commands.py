@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters import registry
 from adapters.base import Adapter
@@ -28,9 +29,11 @@ from .engine import CycleReport, Engine
 from .lock import StoreLock
 from .logs import log_event
 from .progress import clear_stored_progress, stored_progress
-from .settings import Settings
 from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
+
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+    from .settings import Settings
 
 
 def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[str, Adapter]:
@@ -191,10 +194,10 @@ def who() -> str:
         return "unknown user"
 
 
-def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
-    """Validate every adapter without changing anything: (name, ok, lines) each."""
+def check(settings: Settings, names: list[str] | None = None) -> list[tuple[str, bool, list[str]]]:
+    """Validate every (or each named) adapter without changing anything: (name, ok, lines) each."""
     results = []
-    for config in settings.adapters:
+    for config in settings.adapters if names is None else [settings.adapter(name) for name in names]:
         try:
             adapter = build_adapters(settings, [config.name])[config.name]
         except ConfigError as exc:
@@ -203,7 +206,9 @@ def check(settings: Settings) -> list[tuple[str, bool, list[str]]]:
         try:
             results.append((config.name, True, adapter.check()))
         except Exception as exc:  # the edge: every adapter gets its line, whatever went wrong
-            results.append((config.name, False, [f"{type(exc).__name__}: {exc}"]))
+            # A refused probe says what is missing: the credential, a scope or permission, a domain.
+            explained = getattr(adapter, "probe_refusal", lambda _: None)(exc)
+            results.append((config.name, False, [explained] if explained else [f"{type(exc).__name__}: {exc}"]))
         finally:
             adapter.close()
     return results

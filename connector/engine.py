@@ -16,6 +16,7 @@ from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -25,7 +26,8 @@ from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected,
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
-from .settings import Settings
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+    from .settings import Settings
 
 SCAN_WINDOW = 2000
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import InputError, OptOutSyncError
@@ -28,7 +28,8 @@ from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso, ut
 
 from .commands import build_adapters, open_store, who
 from .csv_import import ImportFile
-from .settings import Settings
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+    from .settings import Settings
 
 EXPORT_HEADER = ["email", "scope", "reason", "origin", "source", "occurred_at"]
 IMPORT_REASONS = ("imported", "manual", "unsubscribed", "hard_bounce", "spam_complaint")

@@ -1,4 +1,4 @@
-"""Settings: a TOML file, overridden by OPTOUT_SYNC_* environment variables, validated strictly.
+"""Settings: a pydantic-settings model over command-line options, OPTOUT_SYNC_* variables, secret files and a TOML file.
 
 The file is chosen by --config, else OPTOUT_SYNC_CONFIG, else ./settings.toml.
 Relative paths are relative to the settings file. Unknown keys and bad values
@@ -7,7 +7,6 @@ stop the start with a message naming the file, the key and what was expected.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -16,15 +15,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapters import registry
 from adapters.base import AdapterSettings, Duration, SettingsPath
 from state.errors import ConfigError
-from state.failpoint import ENV as FAILPOINT_ENV
+
+from . import settings_sources as sources
+from .settings_sources import CONFIG_ENV
 
 ENV_PREFIX = "OPTOUT_SYNC_"
-CONFIG_ENV = "OPTOUT_SYNC_CONFIG"
 DEFAULT_CONFIG = "settings.toml"
 TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # The least stale_after when it is left unset: above the daemon's 5-minute cap on error
@@ -101,14 +102,19 @@ def listen_address(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class Settings(BaseModel):
-    """Everything the daemon is configured with.
+class Settings(BaseSettings):
+    """Everything the daemon is configured with: a pydantic-settings model over the sources below.
 
-    A plain model: the loader below merges the file and the environment itself, since
-    environment variables address adapters by name, which settings sources cannot express.
+    Load it with `load_settings()` (or, from a mapping, `validate_settings()`): they set up the
+    load (file, environment, command-line values) that the sources read, and turn validation errors
+    into one message naming where each bad value came from. Sources, strongest first: command-line
+    options, `OPTOUT_SYNC_<SECTION>__<KEY>` variables, `OPTOUT_SYNC_ADAPTERS__<NAME>__<KEY>`,
+    `<key>_file` secrets, the TOML file, the defaults (see connector/settings_sources.py).
+    Adapters are validated each with its own type's model, after the sections.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False)
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
@@ -117,6 +123,34 @@ class Settings(BaseModel):
     topics: dict[str, str] = Field(default_factory=dict)
     adapters: list[AdapterSettings] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        load = sources.LOADING.get()
+        if load is None or load.raw is not None:
+            return (init_settings,)  # validate_settings(), or a bare Settings(...): the values given only
+        file = sources.SettingsFileSource(settings_cls, load)  # read first: the adapter sources need its list
+        return (init_settings, sources.EnvironmentSource(settings_cls, load),
+                sources.AdapterEnvironmentSource(settings_cls, load), sources.SecretFileSource(settings_cls, load),
+                file)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _take_adapters(cls, data: Any) -> Any:
+        # Adapters are validated by type after the sections (a list of the base model cannot hold
+        # each type's own keys); during a load they are taken out here, as the sources merged them.
+        load = sources.LOADING.get()
+        if load is not None and isinstance(data, dict):
+            data = dict(data)
+            if "adapters" in data:
+                data["adapters"] = load.adapters = sources.adapters_as_list(data["adapters"])
+            load.merged = dict(data)
+            data.pop("adapters", None)
+        return data
 
     @field_validator("topics")
     @classmethod
@@ -144,85 +178,112 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
     return Path(explicit or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def load_settings(explicit: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge and validate the settings; ConfigError with a precise message otherwise."""
+# Command-line options that are settings: option -> (section, key).
+CLI_OPTIONS = {"--log-format": ("logging", "format"), "--show-addresses": ("logging", "show_addresses")}
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                  cli: Mapping[str, Any] | None = None) -> Settings:
+    """Read, merge and validate the settings; ConfigError with a precise message otherwise.
+
+    `cli` holds the command-line options that are settings and were given, {"--log-format": "json"}.
+    """
+    return load_with_origins(explicit, environ, cli)[0]
+
+
+def load_with_origins(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                      cli: Mapping[str, Any] | None = None) -> tuple[Settings, sources.Load]:
+    """`load_settings()`, and the load that says where each value came from (for `optout-sync config`)."""
     environ = os.environ if environ is None else environ
-    path = config_path(explicit, environ)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        # Say where the name came from: "give --config" is no help to someone who gave it.
-        if explicit:
-            raise ConfigError(f"{path}: the settings file given with --config does not exist") from None
-        if environ.get(CONFIG_ENV):
-            raise ConfigError(f"{path}: the settings file named by {CONFIG_ENV} does not exist") from None
-        raise ConfigError(f"{path}: settings file not found (give --config or set {CONFIG_ENV})") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a settings file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: settings file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    origins = apply_env_overrides(raw, environ, path)
-    return validate_settings(raw, path, origins)
+    named_by = "--config" if explicit else CONFIG_ENV if environ.get(CONFIG_ENV) else None
+    load = sources.Load(config_path(explicit, environ), environ, named_by)
+    for option, value in (cli or {}).items():
+        section, key = CLI_OPTIONS[option]
+        load.cli.setdefault(section, {})[key] = value
+        load.origins[(section, key)] = sources.Origin("command_line", option)
+    return _validate(load), load
 
 
 def validate_settings(raw: dict[str, Any], path: Path, origins: Mapping[tuple, str] | None = None) -> Settings:
-    """Validate a raw settings mapping that came from `path`.
+    """Validate a raw settings mapping that came from `path` (no environment, no file is read).
 
     `origins` maps a raw key location (("logging", "level"), ("adapters", 0, "interval"))
     to the environment variable that set it, so a bad value is blamed on that variable.
     """
-    context = {"base_dir": path.resolve().parent}
-    origins = origins or {}
-    raw = dict(raw)
-    adapters_raw = raw.pop("adapters", [])
+    load = sources.Load(Path(path), {}, raw=dict(raw))
+    load.origins.update({location: sources.Origin("environment", variable)
+                         for location, variable in (origins or {}).items()})
+    return _validate(load)
+
+
+def _validate(load: sources.Load) -> Settings:
+    """Build `Settings` from the load's sources, then each adapter by its type; one ConfigError for all problems."""
+    context = {"base_dir": load.base_dir}
     problems: list[str] = []
+    token = sources.LOADING.set(load)
     try:
-        settings = Settings.model_validate(raw, context=context)
-    except ValidationError as exc:
-        problems.extend(_describe(exc, (), origins))
-        settings = None
+        values = dict(load.raw) if load.raw is not None else load.cli
+        if load.raw is not None and "adapters" not in values:
+            load.adapters = []
+        try:
+            settings = Settings.model_validate(values, context=context) if load.raw is not None else \
+                Settings(**values)
+        except ValidationError as exc:
+            problems.extend(_describe(exc, (), load))
+            settings = None
+    finally:
+        sources.LOADING.reset(token)
+    adapters_raw = [] if load.adapters is None else load.adapters
     adapters: list[AdapterSettings] = []
     if not isinstance(adapters_raw, list):
-        problems.append("key 'adapters': expected a list of [[adapters]] tables")
+        problems.append(_blame("key 'adapters': expected a list of [[adapters]] tables", ("adapters",), load))
         adapters_raw = []
     for index, item in enumerate(adapters_raw):
         label = f"adapters[{index}]"
         if not isinstance(item, dict):
-            problems.append(f"key '{label}': expected a table")
+            problems.append(_blame(f"key '{label}': expected a table", ("adapters", index), load))
             continue
         if isinstance(item.get("name"), str):
             label = f"adapters[{index}] ({item['name']})"
         type_name = item.get("type")
         if type_name not in registry.ADAPTER_TYPES:
             known = ", ".join(sorted(registry.ADAPTER_TYPES))
-            line = f"key '{label}.type': expected one of {known}, got {type_name!r}"
-            variable = origins.get(("adapters", index, "type"))
-            problems.append(f"environment variable {variable} sets {line}" if variable else line)
+            problems.append(_blame(f"key '{label}.type': expected one of {known}, got {type_name!r}",
+                                   ("adapters", index, "type"), load, exact=True))
             continue
         try:
             adapters.append(registry.settings_model(type_name).model_validate(item, context=context))
         except ValidationError as exc:
-            problems.extend(_describe(exc, (label,), origins, ("adapters", index)))
+            problems.extend(_describe(exc, (label,), load, ("adapters", index)))
     if settings is not None:
         problems.extend(_cross_check(settings.topics, adapters))
     if problems:
         from_env = sum(1 for line in problems if line.startswith("environment variable "))
-        where = (f"{path}: invalid settings" if not from_env else "invalid settings in the environment"
-                 if from_env == len(problems) else f"invalid settings in {path} and the environment")
+        where = (f"{load.path}: invalid settings" if not from_env else "invalid settings in the environment"
+                 if from_env == len(problems) else f"invalid settings in {load.path} and the environment")
         raise ConfigError(f"{where}:\n  " + "\n  ".join(problems))
     settings.adapters = adapters
-    settings.source = path
+    settings.source = load.path
     # The store and log paths are anchored here, beside the adapters' (validated with a context).
     base = context["base_dir"]
     settings.store.path = base / settings.store.path
     if settings.logging.file is not None:
         settings.logging.file = base / settings.logging.file
     return settings
+
+
+def _variable(location: tuple, load: sources.Load, exact: bool = False) -> str | None:
+    """The environment variable that set `location`, a table around it, or (for an unknown table) a key inside it."""
+    envs = {k: o.name for k, o in load.origins.items() if o.kind == "environment"}
+    if exact:
+        return envs.get(location)
+    return next((envs[location[:n]] for n in range(len(location), 0, -1) if location[:n] in envs),
+                None) or next((v for k, v in envs.items() if location and k[:len(location)] == location), None)
+
+
+def _blame(line: str, location: tuple, load: sources.Load, exact: bool = False) -> str:
+    variable = _variable(location, load, exact)
+    return f"environment variable {variable} sets {line}" if variable else line
 
 
 def _cross_check(topics: dict[str, str], adapters: list[AdapterSettings]) -> list[str]:
@@ -241,8 +302,7 @@ def _cross_check(topics: dict[str, str], adapters: list[AdapterSettings]) -> lis
     return problems
 
 
-def _describe(exc: ValidationError, prefix: tuple[str, ...], origins: Mapping[tuple, str],
-              raw_prefix: tuple = ()) -> list[str]:
+def _describe(exc: ValidationError, prefix: tuple[str, ...], load: sources.Load, raw_prefix: tuple = ()) -> list[str]:
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join((*prefix, *(str(part) for part in error["loc"]))) or "(top level)"
@@ -256,10 +316,7 @@ def _describe(exc: ValidationError, prefix: tuple[str, ...], origins: Mapping[tu
                      else f", got {error.get('input')!r}")
             line = f"key '{key}': {message}{shown}"
         location = (*raw_prefix, *error["loc"])
-        # The variable that set this key, a table around it, or (for an unknown table) a key inside it.
-        variable = next((origins[location[:n]] for n in range(len(location), 0, -1) if location[:n] in origins),
-                        None) or next((v for k, v in origins.items() if location and k[:len(location)] == location),
-                                      None)
+        variable = _variable(location, load)
         if variable is not None:
             line = f"environment variable {variable} sets {line}"
             if error["type"] == "extra_forbidden" and len(location) == 1:
@@ -279,59 +336,21 @@ def _separator_hint(key: str, variable: str) -> str:
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> dict[tuple, str]:
-    """Fold OPTOUT_SYNC_A__B__C=value into raw[a][b][c]; adapters are addressed by name or index.
+    """Fold the OPTOUT_SYNC_* variables of `environ` into `raw` (a settings file's data), as a load would.
 
-    Values that look like JSON (numbers, booleans, lists, tables) are parsed as JSON.
-    Returns where each variable landed: {("a", "b", "c"): variable}, adapters by index.
+    Returns where each variable landed: {("a", "b", "c"): variable}, adapters by position.
     """
-    origins: dict[tuple, str] = {}
-    for variable, value in sorted(environ.items()):
-        # The test-only crash point (state/failpoint.py) shares the prefix but is never a setting.
-        if not variable.startswith(ENV_PREFIX) or variable in (CONFIG_ENV, FAILPOINT_ENV):
-            continue
-        parts = [p.lower() for p in variable[len(ENV_PREFIX):].split("__") if p]
-        if not parts:
-            continue
-        node: Any = raw
-        location: list = []
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                index = _adapter_by_name(node, part, variable, path)
-                node = node[index]
-                location.append(index)
-                continue
-            if part not in node:
-                node[part] = [] if part == "adapters" and depth == 0 else {}
-            node = node[part]
-            location.append(part)
-            if not isinstance(node, (dict, list)):
-                raise ConfigError(f"environment variable {variable} sets inside "
-                                  f"'{part}', which is not a table (in {path})")
-        if isinstance(node, list):
-            raise ConfigError(f"environment variable {variable} must name a key inside an adapter")
-        node[parts[-1]] = _env_value(value)
-        origins[(*location, parts[-1])] = variable
-    return origins
-
-
-def _adapter_by_name(adapters: list, part: str, variable: str, path: Path) -> int:
-    if part.isdigit() and int(part) < len(adapters):
-        return int(part)
-    wanted = part.replace("-", "_")
-    for index, adapter in enumerate(adapters):
-        if isinstance(adapter, dict) and str(adapter.get("name", "")).lower().replace("-", "_") == wanted:
-            return index
-    raise ConfigError(f"environment variable {variable} names adapter {part!r}, which is not configured in {path}")
-
-
-def _env_value(value: str) -> Any:
-    text = value.strip()
-    if text[:1] in "[{" or text in ("true", "false") or re.fullmatch(r"-?\d+(\.\d+)?", text):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value
-    return value
+    load = sources.Load(Path(path), environ, preloaded=raw)
+    token = sources.LOADING.set(load)
+    try:
+        Settings()  # the sources merge; the values are judged by load_settings(), not here
+    except ValidationError:
+        pass
+    finally:
+        sources.LOADING.reset(token)
+    raw.clear()
+    raw.update(load.merged)
+    return {location: origin.name for location, origin in load.origins.items()}
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:

@@ -84,3 +84,10 @@ def test_export_writes_exactly_what_csv_writer_writes(tmp_path, monkeypatch):
         out = io.StringIO()
         assert operator.export(settings, out) == 40
         assert out.getvalue() == expected.getvalue()
+
+
+def test_pydantic_settings_loads_only_with_the_settings():
+    # Only a command that reads settings pays for pydantic-settings; --help and --version do not.
+    probe = "import connector.cli, sys\nprint('pydantic_settings' in sys.modules, 'connector.settings' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.split() == ["False", "False"]
