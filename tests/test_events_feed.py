@@ -156,6 +156,14 @@ class Follower:
     def events(self) -> list[dict]:
         return [json.loads(line) for line in list(self.lines)]
 
+    def __enter__(self) -> "Follower":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.proc.poll() is None:  # a failed test: leave no process behind
+            self.proc.kill()
+            self.proc.wait(10)
+
     def stop(self, how: int) -> tuple[int, str]:
         self.proc.send_signal(how)
         code = self.proc.wait(10)
@@ -168,30 +176,30 @@ def test_a_follower_beside_the_daemon_sees_events_live_and_resumes_without_gaps_
     inbox = tmp_path / "inbox"
     with Daemon(settings) as daemon:
         wait_for(lambda: "started" in daemon.log())
-        first = Follower(settings)
-        time.sleep(1.0)
-        assert first.lines == [] and first.proc.poll() is None  # an empty log: waiting, not ended
-        drop(inbox, "a.csv", ["Anna@Example.com,,unsubscribed", "bertha@example.com,,"])
-        # Live: each address's suppression, then its application at the sink, while the daemon runs.
-        wait_for(lambda: first.kinds_of("a***@example.com") == ["suppressed", "applied"]
-                 and first.kinds_of("b***@example.com") == ["suppressed", "applied"], timeout=15)
-        code, stderr = first.stop(signal.SIGTERM)
-        assert code == 0 and stderr == ""
-        seen = first.events()
-        seqs = [e["seq"] for e in seen]
-        assert seqs == sorted(set(seqs)) and len(seqs) == 4
-        assert all(list(e) == COLUMNS for e in seen)
-        assert not any("anna@" in line or "bertha@" in line for line in first.lines)
+        with Follower(settings) as first:
+            time.sleep(1.0)
+            assert first.lines == [] and first.proc.poll() is None  # an empty log: waiting, not ended
+            drop(inbox, "a.csv", ["Anna@Example.com,,unsubscribed", "bertha@example.com,,"])
+            # Live: each address's suppression, then its application at the sink, while the daemon runs.
+            wait_for(lambda: first.kinds_of("a***@example.com") == ["suppressed", "applied"]
+                     and first.kinds_of("b***@example.com") == ["suppressed", "applied"], timeout=15)
+            code, stderr = first.stop(signal.SIGTERM)
+            assert code == 0 and stderr == ""
+            seen = first.events()
+            seqs = [e["seq"] for e in seen]
+            assert seqs == sorted(set(seqs)) and len(seqs) == 4
+            assert all(list(e) == COLUMNS for e in seen)
+            assert not any("anna@" in line or "bertha@" in line for line in first.lines)
 
         # Events written while nobody follows, then a new follower from the last seq shipped.
         drop(inbox, "b.csv", ["carla@example.com,,", "dora@example.com,,hard_bounce"])
         wait_for(lambda: {"carla@example.com", "dora@example.com"} <= sink_addresses(tmp_path), timeout=15)
-        second = Follower(settings, "--since", str(seqs[-1]), show_addresses=True)
-        wait_for(lambda: len(second.lines) >= 4, timeout=10)
-        drop(inbox, "c.csv", ["emma@example.com,,"])
-        wait_for(lambda: second.kinds_of("emma@example.com") == ["suppressed", "applied"], timeout=15)
-        code, stderr = second.stop(signal.SIGINT)
-        assert code == 0 and stderr == ""
+        with Follower(settings, "--since", str(seqs[-1]), show_addresses=True) as second:
+            wait_for(lambda: len(second.lines) >= 4, timeout=10)
+            drop(inbox, "c.csv", ["emma@example.com,,"])
+            wait_for(lambda: second.kinds_of("emma@example.com") == ["suppressed", "applied"], timeout=15)
+            code, stderr = second.stop(signal.SIGINT)
+            assert code == 0 and stderr == ""
         assert daemon.terminate() == 0
 
     # The whole log, read once after the fact, is exactly the first follower's part and then the rest.
@@ -248,16 +256,22 @@ def test_memory_stays_flat_from_30k_to_300k_events(tmp_path, capsys):
     assert peaks[300_000] <= peaks[30_000] + 4 * 1024, peaks
 
 
-@pytest.mark.parametrize("follow", [False, True], ids=["once", "follow"])
-def test_a_reader_that_stops_after_one_line_ends_events_quietly_with_0(world, follow):
+# Once: more than a pipe holds, so that a write meets the closed pipe. Following: all of it fits the pipe,
+# so the follower is idle, waiting for new events, when the reader goes, and must notice that by itself.
+@pytest.mark.parametrize("follow, count", [(False, 5_000), (True, 3)], ids=["once", "follow"])
+def test_a_reader_that_stops_after_one_line_ends_events_quietly_with_0(world, follow, count):
     settings_path, _, store = world
-    add_events(store, 5_000)
+    add_events(store, count)
     ours = subprocess.Popen([*command(), "--config", str(settings_path), "events", *(["--follow"] if follow else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    head = subprocess.run(["head", "-1"], stdin=ours.stdout, capture_output=True, text=True, timeout=30)
-    ours.stdout.close()
-    started = time.monotonic()
-    _, stderr = ours.communicate(timeout=10)
+    try:
+        head = subprocess.run(["head", "-1"], stdin=ours.stdout, capture_output=True, text=True, timeout=30)
+        ours.stdout.close()
+        started = time.monotonic()
+        _, stderr = ours.communicate(timeout=10)
+    finally:
+        if ours.poll() is None:
+            ours.kill()
     assert head.stdout.startswith("1 2026-01-01T00:00:00+00:00 suppressed ")
     assert ours.returncode == 0 and stderr.decode() == ""
     assert time.monotonic() - started < 5  # --follow notices the closed pipe while idle, not only on a write
