@@ -136,6 +136,10 @@ def test_it_reads_while_another_process_holds_the_stores_lock(world):
         lock.release()
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["1", "2"]
+    # A saved seq past the log (a store restored from an older backup) is said, not silently waited on.
+    ahead = run_cli("--config", str(settings_path), "events", "--since", "5")
+    assert (ahead.returncode, ahead.stdout) == (0, "")
+    assert ahead.stderr == "note: --since 5 is past the last event (2); nothing to show\n"
 
 
 class Follower:
