@@ -552,6 +552,42 @@ def history(obj: Context, address: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--since", type=COUNT, default=0, metavar="SEQ", help="Only events after this sequence number.")
+@click.option("--follow", is_flag=True, help="Keep waiting for new events until SIGINT/SIGTERM.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, every column.")
+@click.pass_obj
+@_edge
+def events(obj: Context, since: int, follow: bool, as_json: bool) -> None:
+    """The event log, oldest first, one event per line; resumable with --since SEQ."""
+    import signal
+
+    from . import feed
+
+    settings = obj.settings()
+    last = feed.last_seq(settings)  # also: a missing store is one line and exit 2, before any output
+    if since > last:
+        click.echo(f"note: --since {since} is past the last event ({last}); "
+                   + ("waiting for events after it" if follow else "nothing to show"), err=True)
+    if sys.stdout is None:
+        raise InputError("stdout is closed; events writes to stdout")
+    signalled: list[int] = []
+    # A signal stops the feed after the chunk being written (a plain flag: safe in a handler), so every
+    # line out is a whole event and the last seq printed is where to resume.
+    previous = {number: signal.signal(number, lambda number, _frame: signalled.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    render = feed.event_json if as_json else feed.event_line
+    out = click.get_text_stream("stdout")
+    try:
+        for chunk in feed.event_chunks(settings, since, follow=follow,
+                                       should_stop=lambda: bool(signalled) or _stdout_closed()):
+            out.write("".join(render(event, obj.show_addresses) + "\n" for event in chunk))
+            out.flush()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@main.command()
 @click.argument("address")
 @click.option("--scope", required=True, help="'*' (all email) or the topic key to lift.")
 @click.option("--legal-basis", required=True, type=click.Choice(LEGAL_BASES), help="The GDPR basis for mailing again.")

@@ -894,6 +894,20 @@ class Store:
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row)) for row in cursor]
 
+    def events_after(self, after_seq: int, limit: int) -> list[dict]:
+        """At most `limit` events with seq > `after_seq`, oldest first, every column.
+
+        A range of the primary key, read to the end at once: the read snapshot ends with the
+        call, so a reader paging through a large log never holds back the daemon's WAL checkpoints.
+        """
+        cursor = self.conn.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def last_event_seq(self) -> int:
+        """The highest seq in the event log, 0 when it is empty."""
+        return self.conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()[0]
+
 
 def _create_private_file(path: Path) -> None:
     """Create the database file with mode 0600 before SQLite opens it (SQLite would use the umask)."""

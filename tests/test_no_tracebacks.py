@@ -28,6 +28,7 @@ EVERY_COMMAND = [
     ["import", "LIST"],
     ["export"],
     ["history", "a@example.com"],
+    ["events"],
     ["lift", "a@example.com", "--scope", "*", "--legal-basis", "consent", "--explanation", "test"],
     ["cleanup", "sink", "--reason", "hard_bounce"],
     ["backup", "TMP/backup.db"],
@@ -102,6 +103,8 @@ BAD_VALUES = [
     ([*CONFIG, "export", "--source", "nosuch"], 2, "--source 'nosuch' is not a configured adapter"),
     ([*CONFIG, "export", "--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
     ([*CONFIG, "history", "not-an-address"], 2, "'not-an-address' is not a valid address"),
+    ([*CONFIG, "events", "--since", "-1"], 2, "Invalid value for '--since': -1"),
+    ([*CONFIG, "events", "--since", "abc"], 2, "Invalid value for '--since': 'abc' is not a valid integer"),
     ([*CONFIG, "lift", "a@example.com", "--scope", "bogus", "--legal-basis", "consent", "--explanation", "x"], 2,
      "scope 'bogus' is not '*' or a topic"),
     ([*CONFIG, "lift", "a@example.com", "--scope", "*", "--legal-basis", "whim", "--explanation", "x"], 2,
@@ -153,7 +156,7 @@ def test_bad_environment_overrides_are_settings_errors(world, variable, value, m
 
 
 READERS = [["status"], ["status", "--json"], ["failures"], ["history", "a@example.com"], ["export"], ["check"],
-           ["import", "LIST"]]
+           ["import", "LIST"], ["events", "--json"]]
 
 
 @pytest.mark.parametrize("args", READERS, ids=names)
@@ -174,6 +177,7 @@ def test_a_reader_that_closes_early_ends_the_command_quietly_with_0(world, args)
     (["status"], 0, ""),
     (["history", "a@example.com"], 0, ""),
     (["export"], 2, "stdout is closed; give -o FILE to export to a file"),
+    (["events", "--follow"], 2, "stdout is closed; events writes to stdout"),
 ], ids=lambda value: names(value) if isinstance(value, list) else None)
 def test_a_closed_stdout_is_no_traceback(world, args, code, message):
     folder, settings = world
