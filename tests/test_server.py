@@ -7,6 +7,7 @@ unit, Dockerfile), which are checked for the settings that matter.
 from __future__ import annotations
 
 import configparser
+import http.client
 import json
 import shlex
 import shutil
@@ -50,8 +51,8 @@ def answers(url: str) -> int | None:
     """The status code at `url`, or None while nothing listens there."""
     try:
         return fetch(url)[0]
-    except (urllib.error.URLError, ConnectionError):
-        return None
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+        return None  # nothing listens, or the daemon exited while it answered (IncompleteRead)
 
 
 def scrape(base: str) -> dict[tuple[str, str], float]:
