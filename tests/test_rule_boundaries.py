@@ -7,6 +7,7 @@ Every test here was seen to fail on a deliberately broken copy of the code it gu
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -245,3 +246,23 @@ def test_a_dismissed_failure_that_recurs_is_open_again_without_the_old_dismissal
     assert [(f["id"], f["address"], f["dismissed_reason"]) for f in again] == [
         (failure["id"], "bad@example.com", None)]
     assert store.failure_count("b") == 1
+
+
+# -- a lift removes exactly the (address, scope) it names ------------------------------------
+
+def test_a_lift_of_a_topic_removes_that_topic_only_and_records_who(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a", "topics": {"news": "n"}}], topics={"news": "News"})
+    v["a"].opt_out(OptOut("x@example.com", "news", "manual", "user"))
+    v["a"].opt_out(OptOut("x@example.com", "*", "manual", "user"))
+    engine.sync_once()
+
+    lift(store, "x@example.com", "news", "consent", "asked for the newsletter again", by="ops-anna")
+
+    assert store.suppression("x@example.com", "news") is None
+    assert store.suppression("x@example.com", "*") is not None
+    lifted = [e for e in store.events_for("x@example.com") if e["kind"] == "lifted"]
+    assert [(e["scope"], e["legal_basis"], e["message"]) for e in lifted] == [
+        ("news", "consent", "lifted by ops-anna")]
+    assert json.loads(lifted[0]["details"]) == {"by": "ops-anna"}
+    with pytest.raises(InputError, match="has no opt-out for scope 'news'"):
+        lift(store, "x@example.com", "news", "consent", "again", by="ops-anna")
