@@ -266,3 +266,31 @@ def test_a_lift_of_a_topic_removes_that_topic_only_and_records_who(memory_world)
     assert json.loads(lifted[0]["details"]) == {"by": "ops-anna"}
     with pytest.raises(InputError, match="has no opt-out for scope 'news'"):
         lift(store, "x@example.com", "news", "consent", "again", by="ops-anna")
+
+
+# -- what reconcile re-applies: the stored opt-out as it is, mapped like a push ------------------
+
+def test_reconcile_reapplies_the_stored_reason_origin_date_and_details_and_maps_topics_like_push(memory_world):
+    settings, store, engine, v = memory_world(
+        [{"name": "a", "topics": {"news": "n"}}, {"name": "b"}, {"name": "c", "unmapped_topics": "global"}],
+        topics={"news": "News"})
+    when = "2026-03-04T05:06:07+00:00"
+    v["a"].opt_out(OptOut("x@example.com", "*", "hard_bounce", "system", when, {"bounce_category": "bad_mailbox"}))
+    v["a"].opt_out(OptOut("y@example.com", "news", "manual", "user"))
+    engine.sync_once()
+    for sink in ("b", "c"):       # drift: the sinks lost everything, and nothing is pending any more
+        v[sink].held.clear()
+        v[sink].apply_calls.clear()
+
+    assert engine.reconcile("b").error is None
+    assert engine.reconcile("c").error is None
+
+    sent_b = {(o.address, o.scope): o for call in v["b"].apply_calls for o in call}
+    assert set(sent_b) == {("x@example.com", "*")}          # b maps no topic and skips unmapped ones
+    x = sent_b[("x@example.com", "*")]
+    assert (x.reason, x.origin, x.occurred_at) == ("hard_bounce", "system", "2026-03-04T05:06:07.000000+00:00")
+    assert (x.details or {}).get("bounce_category") == "bad_mailbox"
+    sent_c = {(o.address, o.scope): o for call in v["c"].apply_calls for o in call}
+    assert set(sent_c) == {("x@example.com", "*"), ("y@example.com", "*")}   # global: the topic as all email
+    y = sent_c[("y@example.com", "*")]
+    assert (y.reason, y.origin) == ("manual", "user") and (y.details or {}).get("topic") == "news"
