@@ -195,7 +195,7 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
     settings = obj.settings()
     for name in names:
         settings.adapter(name)
-    reports = commands.sync_once(settings, list(names) or None, dry_run=dry_run)
+    reports = commands.sync_once(settings, list(names) or None, dry_run=dry_run, list_all=as_json)
     if as_json:
         data = [commands.report_dict(r) for r in reports]
         if not obj.show_addresses:
@@ -224,25 +224,24 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
         sys.exit(EXIT_REFUSED)
 
 
-DRY_RUN_SHOWN = 20
-
-
 def _echo_dry_run_lists(obj: Context, report) -> None:
-    """The first DRY_RUN_SHOWN new, rejected and to-be-pushed items of a dry run (all with --json)."""
+    """The first DRY_RUN_LIST_LIMIT new, rejected and to-be-pushed items of a dry run (all with --json)."""
+    from .engine import DRY_RUN_LIST_LIMIT as shown
 
-    def heading(label: str, items: list) -> None:
-        more = f", the first {DRY_RUN_SHOWN}; all of them with --json" if len(items) > DRY_RUN_SHOWN else ""
-        click.echo(f"  {label} ({len(items)}{more}):")
+    def heading(label: str, total: int) -> None:
+        more = f", the first {shown}; all of them with --json" if total > shown else ""
+        click.echo(f"  {label} ({total}{more}):")
 
-    for label, items in (("new opt-outs", report.would_add), ("would push", report.would_push)):
+    for label, items, total in (("new opt-outs", report.would_add, report.staged),
+                                ("would push", report.would_push, report.pushed)):
         if items:
-            heading(label, items)
-            for o in items[:DRY_RUN_SHOWN]:
+            heading(label, max(total, len(items)))
+            for o in items[:shown]:
                 click.echo(obj.shown(f"    {o.address} ({'all email' if o.scope == '*' else 'topic ' + o.scope}, "
                                      f"{o.reason} by {o.origin})"))
         if label == "new opt-outs" and report.would_reject:
-            heading("rejected", report.would_reject)
-            for item in report.would_reject[:DRY_RUN_SHOWN]:
+            heading("rejected", max(report.rejected, len(report.would_reject)))
+            for item in report.would_reject[:shown]:
                 click.echo(obj.shown_rejected(f"    {_rejected_text(item.where, item.value, item.reason)}",
                                               item.value))
 

@@ -133,9 +133,15 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paus
         log_event("note", logging.INFO, adapter=report.adapter, message=note)
 
 
-def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool = False) -> list[CycleReport]:
-    """One cycle of every (or each named) adapter: all pulls, then all pushes."""
+def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool = False,
+              list_all: bool = False) -> list[CycleReport]:
+    """One cycle of every (or each named) adapter: all pulls, then all pushes.
+
+    A dry run's report lists the first DRY_RUN_LIST_LIMIT items of each kind; `list_all` keeps every one.
+    """
     with engine_for(settings, names, dry_run=dry_run, create=True) as engine:
+        if list_all:
+            engine.dry_run_list_limit = None
         reports = engine.sync_once(names, dry_run=dry_run)
     for report in reports:
         log_report(report)

@@ -16,6 +16,7 @@ from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -63,6 +64,10 @@ def retry_budget_held(adapter: Adapter) -> AbstractContextManager:
     return cycle() if callable(cycle) else nullcontext()
 
 
+# A dry run lists this many new, rejected and to-be-pushed items per adapter (the rest are counted).
+DRY_RUN_LIST_LIMIT = 20
+
+
 @dataclass
 class CycleReport:
     """What one cycle (or reconcile) of one adapter did."""
@@ -92,6 +97,13 @@ class CycleReport:
     would_add: list[OptOut] = field(default_factory=list)
     would_reject: list[Rejected] = field(default_factory=list)
     would_push: list[OptOut] = field(default_factory=list)
+    # How many of each the lists keep (None: all, for --json). The counts above are always whole.
+    list_limit: int | None = DRY_RUN_LIST_LIMIT
+
+    def keep(self, items: list, more) -> None:
+        """Extend a dry-run list with `more`, up to `list_limit`, so memory stays bounded."""
+        room = None if self.list_limit is None else max(0, self.list_limit - len(items))
+        items.extend(more if room is None else islice(more, room))
 
     @property
     def duplicates(self) -> int:
@@ -120,12 +132,15 @@ class Engine:
         self.on_new_events = on_new_events
         # Log and store the progress of long pushes and reconciles (connector.progress).
         self.report_progress = report_progress
+        # How many items a dry-run report lists (None: every one, for `sync --dry-run --json`).
+        self.dry_run_list_limit: int | None = DRY_RUN_LIST_LIMIT
 
     # -- whole cycles -------------------------------------------------------------
 
     def cycle(self, name: str, *, dry_run: bool = False, push_only: bool = False) -> CycleReport:
         """Pull then push one adapter; the run is recorded (unless dry), an error is in the report."""
-        report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run)
+        report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run,
+                             list_limit=self.dry_run_list_limit)
         with self._kept(name, dry_run), retry_budget_held(self.adapters[name]):
             return self._recorded(report, lambda: self._pull_and_push(report, push_only))
 
@@ -146,7 +161,7 @@ class Engine:
         A failing adapter does not stop the others; its error is in its report.
         """
         names = names or list(self.adapters)
-        reports = {name: CycleReport(name, dry_run=dry_run) for name in names}
+        reports = {name: CycleReport(name, dry_run=dry_run, list_limit=self.dry_run_list_limit) for name in names}
         with ExitStack() as budgets, self.store.rolled_back() if dry_run else nullcontext():
             for name in names:
                 budgets.enter_context(self._kept(name, dry_run))
@@ -177,7 +192,7 @@ class Engine:
         for page in adapter.read_changes(checkpoint.read_cursor):
             report.absorb(self.store.ingest_page(name, page))
             if report.dry_run:
-                report.would_reject.extend(page.rejected)
+                report.keep(report.would_reject, page.rejected)
             if self.stop.is_set():
                 break  # the cursor is saved per page; the rest comes next cycle
         self._promote_within_guard(name, config, report)
@@ -185,7 +200,7 @@ class Engine:
     def _promote_within_guard(self, name: str, config: AdapterSettings, report: CycleReport) -> None:
         staged = self.store.staged_count(name)
         if report.dry_run:
-            report.would_add.extend(self.store.staged_optouts(name))
+            report.keep(report.would_add, self.store.staged_optouts(name, report.list_limit))
         if staged > config.max_new_per_cycle:
             self.store.pause(name)
             report.paused = True
@@ -267,7 +282,7 @@ class Engine:
         report.skipped += len(skipped)
         if report.dry_run:
             report.pushed += len(batch)
-            report.would_push.extend(sent for _, sent in batch)
+            report.keep(report.would_push, (sent for _, sent in batch))
             return True
         results: list[ApplyResult] = []
         error: BaseException | None = None
@@ -305,7 +320,7 @@ class Engine:
 
         The run is recorded (unless dry); an error is in the report.
         """
-        report = CycleReport(name, phase="reconcile", dry_run=dry_run)
+        report = CycleReport(name, phase="reconcile", dry_run=dry_run, list_limit=self.dry_run_list_limit)
         with self._kept(name, dry_run), retry_budget_held(self.adapters[name]):
             return self._recorded(report, lambda: self._reconcile(name, report))
 

@@ -488,11 +488,13 @@ class Store:
             )
         return changed
 
-    def staged_optouts(self, adapter: str) -> list[OptOut]:
-        """The new opt-outs from this adapter that wait in staging, in the order they were staged."""
+    def staged_optouts(self, adapter: str, limit: int | None = None) -> list[OptOut]:
+        """The new opt-outs from this adapter that wait in staging, in the order they were staged
+        (the first `limit` of them, or all)."""
         return [OptOut(address, scope, reason, origin, occurred_at, _details_from(details))
                 for address, scope, reason, origin, occurred_at, details in self.conn.execute(
-                    f"SELECT {_OPTOUT_COLUMNS} FROM staged WHERE adapter = ? ORDER BY rowid", (adapter,))]
+                    f"SELECT {_OPTOUT_COLUMNS} FROM staged WHERE adapter = ? ORDER BY rowid LIMIT ?",
+                    (adapter, -1 if limit is None else limit))]
 
     def staged_count(self, adapter: str) -> int:
         """How many new opt-outs from this adapter wait in staging."""

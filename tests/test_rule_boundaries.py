@@ -294,3 +294,20 @@ def test_reconcile_reapplies_the_stored_reason_origin_date_and_details_and_maps_
     assert set(sent_c) == {("x@example.com", "*"), ("y@example.com", "*")}   # global: the topic as all email
     y = sent_c[("y@example.com", "*")]
     assert (y.reason, y.origin) == ("manual", "user") and (y.details or {}).get("topic") == "news"
+
+
+# -- a dry run's lists stay bounded; its counts are whole ---------------------------------------
+
+@pytest.mark.parametrize("limit, listed", [(20, 20), (None, 45)])
+def test_a_dry_run_lists_at_most_its_limit_and_counts_everything(memory_world, limit, listed):
+    settings, store, engine, v = memory_world([{"name": "a", "page_size": 50}, {"name": "b", "batch_size": 7}])
+    for i in range(45):
+        v["a"].opt_out(OptOut(f"u{i:02d}@example.com"))
+    engine.dry_run_list_limit = limit
+
+    reports = {r.adapter: r for r in engine.sync_once(dry_run=True)}
+
+    assert reports["a"].staged == 45 and reports["b"].pushed == 45
+    assert [o.address for o in reports["a"].would_add] == [f"u{i:02d}@example.com" for i in range(listed)]
+    assert [o.address for o in reports["b"].would_push] == [f"u{i:02d}@example.com" for i in range(listed)]
+    assert store.count_suppressions() == 0 and v["b"].held == {}
