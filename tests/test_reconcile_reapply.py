@@ -1,0 +1,152 @@
+"""Reconcile's re-apply and schedule: batching, outcome counts, stop, dry run, and when a reconcile is due.
+
+Written for the mutants a mutation run left alive in Engine._reapply_missing, Engine._reconcile,
+Engine.reconcile_due and CycleReport.absorb (docs/testing.md); each was seen to fail on a broken copy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import connector.engine as engine_module
+from connector.engine import CycleReport
+from state.models import OptOut
+from state.store import IngestCounts
+
+ADDRESSES = [f"r{i}@example.com" for i in range(7)]
+
+
+def drifted_world(memory_world):
+    """a holds seven opt-outs, b (batch limit 3) got them all and then lost every one by hand."""
+    settings, store, engine, v = memory_world([{"name": "a", "role": "read"},
+                                               {"name": "b", "batch_size": 3, "role": "write"}])
+    for address in ADDRESSES:
+        v["a"].opt_out(OptOut(address))
+    engine.sync_once()
+    assert len(v["b"].held) == 7
+    v["b"].held.clear()
+    v["b"].apply_calls.clear()
+    return settings, store, engine, v
+
+
+def test_reconcile_reapplies_in_address_order_in_batches_of_the_sinks_limit(memory_world):
+    settings, store, engine, v = drifted_world(memory_world)
+    report = engine.reconcile("b")
+    assert report.error is None
+    assert [[o.address for o in call] for call in v["b"].apply_calls] == [ADDRESSES[0:3], ADDRESSES[3:6],
+                                                                          ADDRESSES[6:7]]
+    assert (report.missing_at_source, report.pushed, report.parked, report.failed) == (7, 7, 0, 0)
+    assert set(v["b"].held) == {(a, "*") for a in ADDRESSES}
+    # Nothing is left to re-apply: a second reconcile sends nothing.
+    v["b"].apply_calls.clear()
+    again = engine.reconcile("b")
+    assert (again.missing_at_source, again.pushed, v["b"].apply_calls) == (0, 0, [])
+
+
+def test_reconcile_counts_each_outcome_of_a_reapply_and_records_the_refusal(memory_world):
+    settings, store, engine, v = drifted_world(memory_world)
+    v["b"].fail_permanent_addresses = {ADDRESSES[1]}
+    v["b"].fail_transient_addresses = {ADDRESSES[4], ADDRESSES[6]}
+    report = engine.reconcile("b")
+    assert (report.missing_at_source, report.pushed, report.parked, report.failed) == (7, 4, 2, 1)
+    refused = [f for f in store.failures("b") if f["address"] == ADDRESSES[1]]
+    assert [f["message"] for f in refused] == ["vendor refuses this address"]
+    run = store.last_run("b")
+    assert (run["phase"], run["pushed"], run["failed"]) == ("reconcile", 4, 3)  # the run counts parked as failed
+
+
+def test_a_dry_reconcile_counts_every_missing_row_and_sends_nothing(memory_world):
+    settings, store, engine, v = drifted_world(memory_world)
+    report = engine.reconcile("b", dry_run=True)
+    assert (report.missing_at_source, report.pushed, v["b"].apply_calls) == (7, 0, [])
+    assert store.checkpoint("b").last_reconcile_at is None
+
+
+def test_a_stop_during_the_reapply_ends_it_after_the_batch_in_hand(memory_world):
+    settings, store, engine, v = drifted_world(memory_world)
+    sink = v["b"]
+    original = sink.apply
+
+    def apply_then_stop(batch):
+        engine.stop.set()
+        return original(batch)
+
+    sink.apply = apply_then_stop
+    report = engine.reconcile("b")
+    assert [len(call) for call in sink.apply_calls] == [3]
+    assert (report.missing_at_source, report.pushed) == (3, 3)
+
+
+def test_a_source_that_does_not_write_is_read_but_never_sent_the_rows_it_lacks(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a", "role": "read"}, {"name": "b", "role": "read"}])
+    for address in ADDRESSES:
+        v["a"].opt_out(OptOut(address))
+    engine.sync_once()
+    v["b"].opt_out(OptOut("only-at-b@example.com"))
+    report = engine.reconcile("b")
+    assert (report.error, report.missing_at_source, v["b"].apply_calls) == (None, 0, [])
+    assert report.staged == 1 and store.suppression("only-at-b@example.com") is not None
+    assert store.checkpoint("b").last_reconcile_at is not None
+
+
+# -- when a reconcile is due ---------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    monkeypatch.setattr(engine_module, "utc_now", lambda: NOW.isoformat())
+
+
+def ago(seconds: float) -> str:
+    return (NOW - timedelta(seconds=seconds)).isoformat()
+
+
+@pytest.mark.parametrize("age, due", [(3599, False), (3600, True), (3601, True)])
+def test_a_reconcile_is_due_once_its_age_reaches_reconcile_every(memory_world, clock, age, due):
+    settings, store, engine, v = memory_world([{"name": "a", "reconcile_every": 3600}])
+    store.set_checkpoint("a", last_reconcile_at=ago(age))
+    assert engine.reconcile_due("a") is due
+    # The schedule start only stands in for a reconcile that never ran.
+    assert engine.reconcile_due("a", schedule_start=ago(10 * 3600)) is due
+
+
+@pytest.mark.parametrize("age, due", [(3599, False), (3600, True)])
+def test_a_never_reconciled_adapter_counts_from_the_schedule_start(memory_world, clock, age, due):
+    settings, store, engine, v = memory_world([{"name": "a", "reconcile_every": 3600}])
+    assert engine.reconcile_due("a") is False
+    assert engine.reconcile_due("a", schedule_start=ago(age)) is due
+
+
+def test_a_requested_reconcile_is_due_at_once_and_never_without_a_schedule(memory_world, clock):
+    settings, store, engine, v = memory_world([{"name": "a", "reconcile_every": 3600},
+                                               {"name": "b", "reconcile_every": 0}])
+    store.set_checkpoint("a", last_reconcile_at=ago(1), reconcile_requested=1)
+    assert engine.reconcile_due("a") is True
+    store.set_checkpoint("b", last_reconcile_at=ago(10 ** 7))
+    assert engine.reconcile_due("b", schedule_start=ago(10 ** 7)) is False
+    store.set_checkpoint("b", reconcile_requested=1)
+    assert engine.reconcile_due("b") is True
+
+
+# -- the report's counters ------------------------------------------------------------------------
+
+def test_the_report_adds_every_counter_of_each_page():
+    report = CycleReport("a")
+    page = IngestCounts(read=11, staged=5, changed=2, ignored_lifted=1, ignored_echoes=3, rejected=7, held=4)
+    report.absorb(page)
+    report.absorb(page)
+    assert (report.pulled, report.staged, report.changed, report.held, report.ignored, report.rejected) == (
+        22, 10, 4, 8, 8, 14)
+    assert report.duplicates == 22 - 10 - 8 - 8
+
+
+def test_ingest_counts_add_every_field():
+    total = IngestCounts(read=1, staged=2, changed=3, ignored_lifted=4, ignored_echoes=5, rejected=6, held=7)
+    total.add(IngestCounts(read=10, staged=20, changed=30, ignored_lifted=40, ignored_echoes=50, rejected=60,
+                           held=70))
+    assert total == IngestCounts(read=11, staged=22, changed=33, ignored_lifted=44, ignored_echoes=55,
+                                 rejected=66, held=77)
