@@ -90,3 +90,45 @@ def test_the_store_refuses_to_open_under_a_malformed_value(tmp_path, monkeypatch
     monkeypatch.setattr(failpoint, "ERROR", "bad value")
     with pytest.raises(ConfigError, match="bad value"):
         store.Store(tmp_path / "store.db")
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    (None, (None, 0, None)),
+    ("", (None, 0, None)),
+    ("commit:1", ("commit", 1, None)),              # the lowest N there is
+    ("precommit:12", ("precommit", 12, None)),
+    ("  commit:3\n", ("commit", 3, None)),          # as a shell or a unit file may leave it
+])
+def test_a_well_formed_value_names_its_point_and_number(value, parsed):
+    assert _parse(value) == parsed
+
+
+@pytest.mark.parametrize(("when", "at", "killed_before", "killed_after"), [
+    ("commit", 2, [], [2]),
+    ("precommit", 2, [2], []),
+    (None, 0, [], []),
+])
+def test_the_armed_commit_and_only_it_sends_sigkill_to_this_process(monkeypatch, when, at, killed_before,
+                                                                     killed_after):
+    """In-process, with the kill recorded instead of sent: which numbered commit fires, before or after."""
+    import itertools
+
+    from state import failpoint
+
+    kills: list[tuple[int, int, int]] = []
+    phase = {"now": "before"}
+    monkeypatch.setattr(failpoint, "WHEN_ARMED", when)
+    monkeypatch.setattr(failpoint, "AT", at)
+    monkeypatch.setattr(failpoint, "_commits", itertools.count(1))
+    monkeypatch.setattr(failpoint.os, "kill", lambda pid, sig: kills.append((phase["now"], pid, sig)))
+    numbers = []
+    for _ in range(3):
+        phase["now"] = "before"
+        number = failpoint.before_commit()
+        numbers.append(number)
+        phase["now"] = "after"
+        failpoint.after_commit(number)
+    assert numbers == [1, 2, 3]
+    me = os.getpid()
+    assert kills == ([("before", me, signal.SIGKILL)] if killed_before else []) + (
+        [("after", me, signal.SIGKILL)] if killed_after else [])
