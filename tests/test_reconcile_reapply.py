@@ -150,3 +150,53 @@ def test_ingest_counts_add_every_field():
                            held=70))
     assert total == IngestCounts(read=11, staged=22, changed=33, ignored_lifted=44, ignored_echoes=55,
                                  rejected=66, held=77)
+
+
+def test_a_reapply_resent_after_a_kill_counts_as_ours_though_the_sink_answers_already(memory_world):
+    """The kill fell after the vendor call: the in-flight mark says the send was ours, so the sink's
+    'already' on the next re-apply is recorded as our apply, and a lift may take it back there."""
+    settings, store, engine, v = drifted_world(memory_world)
+    sink = v["b"]
+    original = sink.apply
+
+    class Died(BaseException):
+        pass
+
+    def apply_then_die(batch):
+        original(batch)
+        raise Died()
+
+    sink.apply = apply_then_die
+    with pytest.raises(Died):
+        engine.reconcile("b")
+    sink.apply = original
+    first = {o.address for o in sink.apply_calls[0]}
+    # The sink's full read lags: what the dead send put there is not listed yet, so it is re-applied.
+    listed = sink.read_all
+    sink.read_all = lambda: (page.__class__([o for o in page.optouts if o.address not in first])
+                             for page in listed())
+    report = engine.reconcile("b")
+    assert report.error is None and report.pushed == 7
+    applied = store.conn.execute(
+        "SELECT address, json_extract(details, '$.outcome') FROM events WHERE kind = 'applied' AND target = 'b'"
+        " AND address IN (%s) ORDER BY seq DESC LIMIT 3" % ",".join("?" * len(first)), sorted(first)).fetchall()
+    assert sorted(applied) == [(a, "applied") for a in sorted(first)]
+
+
+def test_a_paused_adapter_keeps_its_staged_opt_outs_whole_and_in_order_until_approved(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a", "max_new_per_cycle": 2}])
+    staged = [OptOut("c@example.com", "*", "hard_bounce", "recipient", "2026-11-01T10:00:00.000000+00:00",
+                     {"bounce_category": "bad-mailbox"}),
+              OptOut("a@example.com", "*", "unsubscribed", "recipient", None, None),
+              OptOut("b@example.com", "*", "manual", "user", "2026-11-02T10:00:00.000000+00:00", {"note": "x"})]
+    for optout in staged:
+        v["a"].opt_out(optout)
+    before = datetime.now(timezone.utc).isoformat()
+    engine.sync_once()
+    checkpoint = store.checkpoint("a")
+    assert checkpoint.paused == 1 and before <= checkpoint.paused_at <= datetime.now(timezone.utc).isoformat()
+    assert store.staged_optouts("a") == staged
+    assert store.staged_optouts("a", 2) == staged[:2]
+    assert engine.approve("a", 3) == 3
+    checkpoint = store.checkpoint("a")
+    assert (checkpoint.paused, checkpoint.paused_at, store.staged_optouts("a")) == (0, None, [])
