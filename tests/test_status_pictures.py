@@ -6,6 +6,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 
+import pytest
+
 from connector import server, status_pictures
 from connector.history import LagHistory
 from connector.settings import load_settings
@@ -80,6 +82,36 @@ def test_new_opt_outs_per_day_count_the_window_once_then_only_what_was_appended(
         assert moved.days[0] == "2024-06-02" and "spam_complaint" not in moved.by_reason
         assert moved.by_reason["unsubscribed"][-2] == 3 and moved.total == 6
         assert all(day >= "2024-06-02" for day, _reason, _source in counter._counts), "memory holds 30 days"
+
+
+def test_counts_of_one_day_add_up_across_reasons_and_across_refreshes(tmp_path):
+    counter = dashboard.DailyOptOutCounter(days=3)
+    with Store(tmp_path / "store.db") as store:
+        add_suppressed(store, [(NOW, "hard_bounce", "crm"), (NOW, "unsubscribed", "crm")])
+        first = counter.refresh(store.conn, NOW)
+        assert first.by_source == {"crm": [0, 0, 2]}            # two reasons, one source, one day
+        add_suppressed(store, [(NOW, "hard_bounce", "crm")], first=5)
+        second = counter.refresh(store.conn, NOW)
+        assert second.by_reason == {"hard_bounce": [0, 0, 2], "unsubscribed": [0, 0, 1]}
+        assert second.by_source == {"crm": [0, 0, 3]} and second.total == 3
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_the_days_are_utc_days_whatever_the_local_time_zone(tmp_path, monkeypatch, zone):
+    """At any hour one of these zones (UTC+14, UTC-11) is on another date than UTC."""
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        before = datetime.now(timezone.utc).date().isoformat()
+        with Store(tmp_path / "store.db") as store:
+            daily = dashboard.DailyOptOutCounter(days=2).refresh(store.conn)
+        after = datetime.now(timezone.utc).date().isoformat()
+        assert daily.days[-1] in (before, after)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_the_lag_history_keeps_one_sample_a_minute_for_24_hours_and_the_newest_reading():
