@@ -48,36 +48,15 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import Capabilities, Duration
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
+from .kit import HttpAdapter, Outcomes, UnexpectedAnswer, json_body, require_topics, vendor_error
 
 LISTS = ("unsubscribes", "bounces", "complaints")
 ALL_TAGS = "*"
@@ -185,10 +164,6 @@ PAGE_MODELS: dict[str, type[_Answer]] = {"unsubscribes": UnsubscribePage, "bounc
                                          "complaints": ComplaintPage}
 
 
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
-
-
 @dataclass
 class Sweep:
     """Where an incremental sweep of the three lists stands (the saved cursor, as JSON)."""
@@ -224,17 +199,10 @@ class _Record:
 
 def mailgun_error(response: httpx.Response, now: float) -> VendorError:
     """Mailgun's `{"message": ...}` body (or its plain-text body) and any Retry-After."""
-    message = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        message = str(body["message"])
-    elif response.text.strip() and not response.text.lstrip().startswith("<"):
+    message = json_body(response).get("message")
+    if not message and response.text.strip() and not response.text.lstrip().startswith("<"):
         message = response.text.strip()[:300]
-    return VendorError(message or response.reason_phrase or "no message",
-                       retry_after=parse_retry_after(response.headers.get("retry-after"), now))
+    return vendor_error(response, now, str(message) if message else None)
 
 
 def parse_rfc822(text: str | None) -> datetime | None:
@@ -264,33 +232,24 @@ def _iso_to_datetime(text: str | None) -> datetime | None:
 # -- the adapter ----------------------------------------------------------------------------------------
 
 
-class MailgunAdapter:
+class MailgunAdapter(HttpAdapter):
     """Reads a sending domain's unsubscribes, bounces and complaints; writes unsubscribes."""
 
     settings_model = MailgunSettings
+    shown = ("base_url", "domain")
 
     def __init__(self, settings: MailgunSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
-        undefined = sorted(set(settings.topics) - set(topics))
-        if undefined:
-            raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
+        require_topics(settings, topics)
         self._tag_of = dict(settings.topics)
         self._topic_of_tag = {tag.lower(): topic for topic, tag in settings.topics.items()}
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(settings.topics))
         key = settings.api_key.get_secret_value()
         basic = base64.b64encode(f"api:{key}".encode()).decode()
-        self.http = HttpClient(settings.name, settings, headers={"Authorization": f"Basic {basic}"},
-                               describe_error=mailgun_error, pause_hint=generic_pause_hint, transport=transport,
-                               clock=clock, secrets=[key, basic])
-        self.clock = self.http.clock
+        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailgun_error,
+                   pause_hint=generic_pause_hint, transport=transport, clock=clock, secrets=[key, basic])
         self._domain_path = quote(settings.domain, safe="")
-
-    def __repr__(self) -> str:
-        return (f"MailgunAdapter(name={self.name!r}, base_url={self.settings.base_url!r}, "
-                f"domain={self.settings.domain!r})")
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -356,15 +315,15 @@ class MailgunAdapter:
                 raise ValueError("paging parameters are not text")
             return Sweep(saved["list"], next_params, saved.get("started"), saved.get("listed_before"))
         except (ValueError, TypeError, AttributeError) as exc:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor is not one this adapter "
-                                       f"wrote ({exc}); reset it to start a new sweep") from None
+            raise self.bad_cursor(f"the saved cursor is not one this adapter wrote ({exc}); reset it to start a "
+                                  "new sweep") from None
 
     def _list_page(self, list_name: str, params: dict[str, str] | None) -> tuple[list[Any], dict[str, str]]:
         """One page of a list and the query of its `paging.next` URL."""
         path = f"/v3/{self._domain_path}/{list_name}"
         endpoint = f"GET /v3/{{domain}}/{list_name}"
         query = {**(params or {}), "limit": str(self.settings.page_size)}
-        answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params=query),
+        answer = self.parse(self.http.request("GET", path, endpoint=endpoint, params=query),
                              PAGE_MODELS[list_name], endpoint)
         next_params = self._next_params(answer.paging, list_name, endpoint)
         if answer.items and next_params == (params or {}):
@@ -431,13 +390,12 @@ class MailgunAdapter:
         each item (it cannot tell which addresses it held already); an add is idempotent.
         """
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
+        outcomes = Outcomes(self.name, batch)
         records: dict[str, _Record] = {}
         for index, optout in enumerate(batch):
-            tag = ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
+            tag = self._tag(optout)
             if tag is None:
-                results[index] = ApplyResult(optout, PERMANENT,
-                                             f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+                outcomes.refuse(index, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
                 continue
             record = records.setdefault(optout.address, _Record(optout.address))
             record.tags.add(tag)
@@ -447,15 +405,13 @@ class MailgunAdapter:
                 record.created_at = moment
         pending = list(records.values())
         for start in range(0, len(pending), self.settings.batch_size):
-            if not self._add(batch, pending[start:start + self.settings.batch_size], results):
-                for record in pending[start + self.settings.batch_size:]:
-                    for index in record.indexes:
-                        results[index] = ApplyResult(batch[index], TRANSIENT, "not sent: an earlier request of "
-                                                     "this batch could not be sent in this cycle")
+            if not self._add(outcomes, pending[start:start + self.settings.batch_size]):
+                outcomes.park([i for r in pending[start + self.settings.batch_size:] for i in r.indexes],
+                              "not sent: an earlier request of this batch could not be sent in this cycle")
                 break
-        return self._finished(batch, results)
+        return outcomes.finished()
 
-    def _add(self, batch: list[OptOut], records: list[_Record], results: list[ApplyResult | None]) -> bool:
+    def _add(self, outcomes: Outcomes, records: list[_Record]) -> bool:
         """POST records; a refused request is split in halves until the refused records stand alone.
 
         Returns False when a transient failure means the rest should wait for the next cycle.
@@ -470,18 +426,16 @@ class MailgunAdapter:
                 raise  # bad key, no access or no such domain: the adapter, not these addresses
             if len(records) > 1:
                 middle = len(records) // 2
-                return self._add(batch, records[:middle], results) and self._add(batch, records[middle:], results)
+                return self._add(outcomes, records[:middle]) and self._add(outcomes, records[middle:])
             for index in records[0].indexes:
-                results[index] = ApplyResult(batch[index], PERMANENT, str(exc))
+                outcomes.set(index, PERMANENT, str(exc))
             return True
         except TransientError as exc:
-            for record in records:
-                for index in record.indexes:
-                    results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
+            outcomes.park([i for r in records for i in r.indexes], exc)
             return False
         for record in records:
             for index in record.indexes:
-                results[index] = ApplyResult(batch[index], APPLIED)
+                outcomes.set(index, APPLIED)
         return True
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
@@ -490,51 +444,32 @@ class MailgunAdapter:
         Never a whole record: that would also lift tags this lift is not about.
         """
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        endpoint = "DELETE /v3/{domain}/unsubscribes/{address}"
-        for position, optout in enumerate(batch):
-            tag = ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
-            if tag is None:
-                results[position] = ApplyResult(optout, PERMANENT,
-                                                f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
-                continue
-            path = f"/v3/{self._domain_path}/unsubscribes/{quote(optout.address, safe='@')}"
-            try:
-                self.http.request("DELETE", path, endpoint=endpoint, params={"tag": tag})
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                if exc.status == 404:
-                    results[position] = ApplyResult(optout, ALREADY, f"Mailgun holds no unsubscribe with tag {tag!r}")
-                else:
-                    results[position] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in range(position, len(batch)):
-                    results[rest] = results[rest] or ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[position] = ApplyResult(optout, TRANSIENT, str(exc))
-            else:
-                results[position] = ApplyResult(optout, APPLIED)
-        return self._finished(batch, results)
+        outcomes = Outcomes(self.name, batch)
 
-    def _finished(self, batch: list[OptOut], results: list[ApplyResult | None]) -> list[ApplyResult]:
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
-        return done
+        def delete(optout: OptOut) -> ApplyResult:
+            tag = self._tag(optout)
+            if tag is None:
+                return ApplyResult(optout, PERMANENT, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+            path = f"/v3/{self._domain_path}/unsubscribes/{quote(optout.address, safe='@')}"
+            self.http.request("DELETE", path, endpoint="DELETE /v3/{domain}/unsubscribes/{address}",
+                              params={"tag": tag})
+            return ApplyResult(optout, APPLIED)
+
+        self.each(outcomes, range(len(batch)), delete, lambda o, exc: ApplyResult(
+            o, ALREADY, f"Mailgun holds no unsubscribe with tag {self._tag(o)!r}") if exc.status == 404
+            else ApplyResult(o, PERMANENT, str(exc)))
+        return outcomes.finished()
+
+    def _tag(self, optout: OptOut) -> str | None:
+        return ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
 
     # -- operator checks --------------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Look the domain up, probe the three lists and list the tags unsubscribes use; changes nothing."""
-        self.http.new_cycle()
         domain = self.settings.domain
         endpoint = "GET /v4/domains/{name}"
-        answer = self._parse(self.http.request("GET", f"/v4/domains/{self._domain_path}", endpoint=endpoint),
+        answer = self.parse(self.http.request("GET", f"/v4/domains/{self._domain_path}", endpoint=endpoint),
                              DomainAnswer, endpoint)
         lines = [f"domain {domain}: {answer.domain.get('state') or 'state not reported'}"]
         counts: dict[str, int] = {}
@@ -570,19 +505,12 @@ class MailgunAdapter:
         if getattr(exc, "status", None) == 404 and "/domains/" in str(getattr(exc, "endpoint", "")):
             return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` "
                     "for an EU domain)")
-        return explain_refusal(exc, "api_key", f"access to domain {self.settings.domain}")
+        return super().probe_refusal(exc)
 
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
+    def probe_needs(self, exc: BaseException) -> str | None:
+        return f"access to domain {self.settings.domain}"
 
     # -- small helpers ----------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), timezone.utc)
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None
