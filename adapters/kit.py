@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
 import httpx
 
 from state.errors import ConfigError, TransientError
-from state.models import PERMANENT, TRANSIENT, ApplyResult, OptOut
+from state.models import PERMANENT, TRANSIENT, ApplyResult, OptOut, Page
 
 from .base import Capabilities
 from .http import (Clock, HttpAdapterSettings, HttpClient, RetryBudgetSpent, VendorError, VendorPermanentError,
@@ -65,6 +66,39 @@ def vendor_error(response: httpx.Response, now: float, message: str | None, cate
     """A `VendorError` with the vendor's message (else the reason phrase) and any Retry-After."""
     return VendorError(message or response.reason_phrase or "no message", category, correlation_id,
                        parse_retry_after(response.headers.get("retry-after"), now), **more)
+
+
+CURSOR_VERSION = 1
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An aware datetime from ISO 8601 text (`Z` allowed; naive taken as UTC); None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def cursor_text(**fields: Any) -> str:
+    """A saved cursor as compact JSON with its version, keys sorted."""
+    return json.dumps({"v": CURSOR_VERSION, **fields}, sort_keys=True, separators=(",", ":"))
+
+
+def last_page_carries(pages: Iterable[Page], cursor: Callable[[], str]) -> Iterator[Page]:
+    """The non-empty pages, the last one (an empty one if none) carrying `cursor()`, asked for at the end."""
+    held: Page | None = None
+    for page in pages:
+        if not (page.optouts or page.rejected):
+            continue
+        if held is not None:
+            yield held
+        held = page
+    held = held or Page()
+    held.cursor = cursor()
+    yield held
 
 
 def adapter_failure(exc: VendorPermanentError) -> bool:
@@ -157,6 +191,20 @@ class HttpAdapter:
     def bad_cursor(self, explanation: str) -> VendorPermanentError:
         """The error for a saved cursor this adapter cannot use."""
         return VendorPermanentError(self.name, "read cursor", explanation)
+
+    def load_cursor(self, cursor: str | None, check: Callable[[dict], Any] = dict, *,
+                    reset: str = "read from the start") -> Any:
+        """A cursor saved by `cursor_text`, passed through `check` (which raises on bad fields); None for none."""
+        if cursor is None:
+            return None
+        try:
+            saved = json.loads(cursor)
+            if not isinstance(saved, dict) or saved.get("v") != CURSOR_VERSION:
+                raise ValueError("unknown cursor version")
+            return check(saved)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise self.bad_cursor(f"the saved cursor is not one this adapter wrote ({exc}); reset it to "
+                                  f"{reset}") from None
 
     # -- paging ----------------------------------------------------------------------------------------
 
