@@ -91,7 +91,7 @@ from .hubspot_answers import (BulkStatusesEnvelope, BulkWideEnvelope, Definition
                               StatusEnvelope, TimelineChange, TimelineItem, TimelinePage, hubspot_error,
                               hubspot_pause_hint, number)
 from .hubspot_contacts import HubSpotContacts
-from .kit import Outcomes, UnexpectedAnswer, require_topics
+from .kit import Outcomes, UnexpectedAnswer, integer_ids, require_topics
 
 LegalBasis = Literal["CONSENT_WITH_NOTICE", "LEGITIMATE_INTEREST_CLIENT", "LEGITIMATE_INTEREST_OTHER",
                      "LEGITIMATE_INTEREST_PQL", "NON_GDPR", "PERFORMANCE_OF_CONTRACT", "PROCESS_AND_STORE"]
@@ -162,10 +162,7 @@ class HubSpotSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _subscription_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        for topic, subscription in topics.items():
-            if not str(subscription).strip().isdigit():
-                raise ValueError(f"topic {topic!r}: HubSpot subscription ids are integers, got {subscription!r}")
-        return {topic: str(subscription).strip() for topic, subscription in topics.items()}
+        return integer_ids(topics, "HubSpot subscription ids")
 
     @field_validator("sources")
     @classmethod

@@ -5,7 +5,7 @@ The facts behind them are in adapters/hubspot.py's docstring (C = confirmed, I =
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import Field
@@ -13,57 +13,52 @@ from pydantic import Field
 from .http import VendorAnswer, VendorError, generic_pause_hint, parse_retry_after
 from .kit import json_body
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
+Result = TypeVar("Result")
 
 
-class StandardError(_Answer):
+class StandardError(VendorAnswer):
     message: str = ""
     category: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
 
 
-class PublicStatus(_Answer):
+class PublicStatus(VendorAnswer):
     subscriberIdString: str
     subscriptionId: int
     status: str
     setStatusSuccessReason: str | None = None
 
 
-class StatusEnvelope(_Answer):
-    status: str
-    results: list[PublicStatus]
-    errors: list[StandardError] = Field(default_factory=list)
-
-
-class BulkStatuses(_Answer):
+class BulkStatuses(VendorAnswer):
     subscriberIdString: str
     statuses: list[PublicStatus] = Field(default_factory=list)
 
 
-class BulkStatusesEnvelope(_Answer):
-    status: str
-    results: list[BulkStatuses]
-    errors: list[StandardError] = Field(default_factory=list)
-
-
-class WideStatus(_Answer):
+class WideStatus(VendorAnswer):
     status: str
     wideStatusType: str | None = None
     businessUnitId: int | None = None
 
 
-class BulkWide(_Answer):
+class BulkWide(VendorAnswer):
     subscriberIdString: str
     wideStatuses: list[WideStatus] = Field(default_factory=list)
 
 
-class BulkWideEnvelope(_Answer):
+class Envelope(VendorAnswer, Generic[Result]):
+    """A v4 answer: results, and per-input errors (a 207 multi-status)."""
+
     status: str
-    results: list[BulkWide]
+    results: list[Result]
     errors: list[StandardError] = Field(default_factory=list)
 
 
-class TimelineChange(_Answer):
+StatusEnvelope = Envelope[PublicStatus]
+BulkStatusesEnvelope = Envelope[BulkStatuses]
+BulkWideEnvelope = Envelope[BulkWide]
+
+
+class TimelineChange(VendorAnswer):
     change: str
     changeType: str
     source: str | None = None
@@ -73,26 +68,26 @@ class TimelineChange(_Answer):
     causedByEvent: dict[str, Any] | None = None
 
 
-class TimelineItem(_Answer):
+class TimelineItem(VendorAnswer):
     timestamp: int
     recipient: str
     changes: list[TimelineChange]
 
 
-class TimelinePage(_Answer):
+class TimelinePage(VendorAnswer):
     hasMore: bool
     offset: str | None = None
     timeline: list[TimelineItem]
 
 
-class Definition(_Answer):
+class Definition(VendorAnswer):
     id: str
     name: str
     businessUnitId: int | None = None
     isActive: bool | None = None
 
 
-class DefinitionsEnvelope(_Answer):
+class DefinitionsEnvelope(VendorAnswer):
     results: list[Definition]
 
 

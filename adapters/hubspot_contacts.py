@@ -20,23 +20,21 @@ from .kit import HttpAdapter
 
 SEARCH = "/crm/v3/objects/contacts/search"
 ARCHIVE = "/crm/v3/objects/contacts/batch/archive"
-_Answer = VendorAnswer
 
-
-class SearchHit(_Answer):
+class SearchHit(VendorAnswer):
     id: str
     properties: dict[str, str | None] = Field(default_factory=dict)
 
 
-class SearchNext(_Answer):
+class SearchNext(VendorAnswer):
     after: str
 
 
-class SearchPaging(_Answer):
+class SearchPaging(VendorAnswer):
     next: SearchNext | None = None
 
 
-class SearchPage(_Answer):
+class SearchPage(VendorAnswer):
     results: list[SearchHit]
     paging: SearchPaging | None = None
 

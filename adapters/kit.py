@@ -52,6 +52,14 @@ def require_topics(settings: HttpAdapterSettings, topics: Mapping[str, str]) -> 
         raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
 
 
+def integer_ids(topics: Mapping[str, Any], what: str) -> dict[str, str]:
+    """A topic map whose vendor ids must be integers (given as text or numbers), stripped; else a ValueError."""
+    for topic, vendor_id in topics.items():
+        if not str(vendor_id).strip().isdigit():
+            raise ValueError(f"topic {topic!r}: {what} are integers, got {vendor_id!r}")
+    return {topic: str(vendor_id).strip() for topic, vendor_id in topics.items()}
+
+
 def json_body(response: httpx.Response) -> dict[str, Any]:
     """An error answer's JSON object, or {} when it is not one (an HTML page, plain text, a list)."""
     try:

@@ -133,61 +133,58 @@ class MailchimpSettings(HttpAdapterSettings):
 # -- Mailchimp's answers, as far as this adapter relies on them ---------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Member(_Answer):
+class Member(VendorAnswer):
     email_address: str
     status: str
     last_changed: str | None = None
     unsubscribe_reason: str | None = None
 
 
-class MembersPage(_Answer):
+class MembersPage(VendorAnswer):
     members: list[Member]
     total_items: int | None = None
 
 
-class AbuseReport(_Answer):
+class AbuseReport(VendorAnswer):
     id: str | None = None
     campaign_id: str | None = None
     email_address: str
     date: str | None = None
 
 
-class AbuseReportsPage(_Answer):
+class AbuseReportsPage(VendorAnswer):
     abuse_reports: list[AbuseReport]
     total_items: int | None = None
 
 
-class BatchError(_Answer):
+class BatchError(VendorAnswer):
     email_address: str = ""
     error: str = ""
     error_code: str | None = None
 
 
-class BatchMember(_Answer):
+class BatchMember(VendorAnswer):
     email_address: str
 
 
-class BatchAnswer(_Answer):
+class BatchAnswer(VendorAnswer):
     new_members: list[BatchMember] = Field(default_factory=list)
     updated_members: list[BatchMember] = Field(default_factory=list)
     errors: list[BatchError] = Field(default_factory=list)
 
 
-class Audience(_Answer):
+class Audience(VendorAnswer):
     id: str
     name: str = ""
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
-class AudiencesPage(_Answer):
+class AudiencesPage(VendorAnswer):
     lists: list[Audience]
     total_items: int | None = None
 
 
-class Ping(_Answer):
+class Ping(VendorAnswer):
     health_status: str = ""
 
 

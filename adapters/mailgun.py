@@ -43,8 +43,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, Literal
+from email.utils import format_datetime
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
@@ -55,14 +55,16 @@ from state.errors import TransientError
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import Capabilities, Duration
-from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import HttpAdapter, Outcomes, UnexpectedAnswer, json_body, require_topics, vendor_error
+from .http import (Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint,
+                   parse_http_date)
+from .kit import HttpAdapter, Outcomes, UnexpectedAnswer, json_body, parse_time, require_topics, vendor_error
 
 LISTS = ("unsubscribes", "bounces", "complaints")
 ALL_TAGS = "*"
 MAX_RECORDS = 1000  # [DOC] records per JSON add, and items per list page
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 CURSOR_VERSION = 1
+Item = TypeVar("Item")
 
 
 class MailgunSettings(HttpAdapterSettings):
@@ -115,53 +117,40 @@ class MailgunSettings(HttpAdapterSettings):
 # -- Mailgun's answers, as far as this adapter relies on them ------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Paging(_Answer):
+class Paging(VendorAnswer):
     next: str | None = None
 
 
-class UnsubscribeItem(_Answer):
+class UnsubscribeItem(VendorAnswer):
     address: str
     # Documented as an array; the single-record lookup has been seen to give a bare string.
     tags: list[str] | str | None = None
     created_at: str | None = None
 
 
-class BounceItem(_Answer):
+class BounceItem(VendorAnswer):
     address: str
     code: str | None = None
     error: str | None = None
     created_at: str | None = None
 
 
-class ComplaintItem(_Answer):
+class ComplaintItem(VendorAnswer):
     address: str
     created_at: str | None = None
 
 
-class UnsubscribePage(_Answer):
-    items: list[UnsubscribeItem]
+class ListPage(VendorAnswer, Generic[Item]):
+    items: list[Item]
     paging: Paging | None = None
 
 
-class BouncePage(_Answer):
-    items: list[BounceItem]
-    paging: Paging | None = None
-
-
-class ComplaintPage(_Answer):
-    items: list[ComplaintItem]
-    paging: Paging | None = None
-
-
-class DomainAnswer(_Answer):
+class DomainAnswer(VendorAnswer):
     domain: dict[str, Any]
 
 
-PAGE_MODELS: dict[str, type[_Answer]] = {"unsubscribes": UnsubscribePage, "bounces": BouncePage,
-                                         "complaints": ComplaintPage}
+PAGE_MODELS: dict[str, type[VendorAnswer]] = {"unsubscribes": ListPage[UnsubscribeItem],
+                                               "bounces": ListPage[BounceItem], "complaints": ListPage[ComplaintItem]}
 
 
 @dataclass
@@ -205,28 +194,10 @@ def mailgun_error(response: httpx.Response, now: float) -> VendorError:
     return vendor_error(response, now, str(message) if message else None)
 
 
-def parse_rfc822(text: str | None) -> datetime | None:
-    """A timezone-aware datetime from Mailgun's RFC 822 `created_at`; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _iso_to_datetime(text: str | None) -> datetime | None:
+def _utc(text: str | None) -> datetime | None:
     """A UTC datetime from the store's ISO text (naive taken as UTC); None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    moment = parse_time(text)
+    return moment.astimezone(timezone.utc) if moment else None
 
 
 # -- the adapter ----------------------------------------------------------------------------------------
@@ -263,7 +234,7 @@ class MailgunAdapter(HttpAdapter):
         sweep = self._load_sweep(cursor)
         if sweep.started_at is None:
             sweep.started_at = self._now().isoformat()
-        listed_before = _iso_to_datetime(sweep.listed_before)
+        listed_before = _utc(sweep.listed_before)
         if listed_before is not None:
             listed_before -= timedelta(seconds=self.settings.listing_overlap)
         for _ in range(self.settings.max_pages_per_cycle):
@@ -344,7 +315,7 @@ class MailgunAdapter(HttpAdapter):
     def _convert(self, list_name: str, item: Any, page: Page, listed_before: datetime | None,
                  list_problems: bool = True) -> None:
         """Turn one list item into opt-outs, or a listed problem when it is new since the last sweep."""
-        created = parse_rfc822(item.created_at)
+        created = parse_http_date(item.created_at)
         occurred = to_utc_iso(created) if created else None
         new = list_problems and (listed_before is None or (created is not None and created > listed_before))
         where = f"{list_name} of {self.settings.domain}"
@@ -400,7 +371,7 @@ class MailgunAdapter(HttpAdapter):
             record = records.setdefault(optout.address, _Record(optout.address))
             record.tags.add(tag)
             record.indexes.append(index)
-            moment = _iso_to_datetime(optout.occurred_at)
+            moment = _utc(optout.occurred_at)
             if moment is not None and (record.created_at is None or moment < record.created_at):
                 record.created_at = moment
         pending = list(records.values())

@@ -125,38 +125,35 @@ class PostmarkSettings(HttpAdapterSettings):
 # -- Postmark's answers, as far as this adapter relies on them ------------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Suppression(_Answer):
+class Suppression(VendorAnswer):
     EmailAddress: str
     SuppressionReason: str
     Origin: str | None = None
     CreatedAt: str | None = None
 
 
-class Dump(_Answer):
+class Dump(VendorAnswer):
     Suppressions: list[Suppression]
 
 
-class SuppressionStatus(_Answer):
+class SuppressionStatus(VendorAnswer):
     EmailAddress: str
     Status: str
     Message: str | None = None
 
 
-class Statuses(_Answer):
+class Statuses(VendorAnswer):
     Suppressions: list[SuppressionStatus]
 
 
-class Stream(_Answer):
+class Stream(VendorAnswer):
     ID: str
     Name: str | None = None
     MessageStreamType: str | None = None
     ArchivedAt: str | None = None
 
 
-class Streams(_Answer):
+class Streams(VendorAnswer):
     MessageStreams: list[Stream]
 
 

@@ -64,7 +64,7 @@ from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult,
 
 from .base import Capabilities, Duration, chunks
 from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import HttpAdapter, Outcomes, json_body, require_topics, vendor_error
+from .kit import HttpAdapter, Outcomes, integer_ids, json_body, require_topics, vendor_error
 
 ListName = Literal["unsubscribes", "bounces", "spam_reports", "groups"]
 ALL_LISTS: tuple[ListName, ...] = ("unsubscribes", "bounces", "spam_reports", "groups")
@@ -96,10 +96,7 @@ class SendGridSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _group_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        for topic, group in topics.items():
-            if not str(group).strip().isdigit():
-                raise ValueError(f"topic {topic!r}: SendGrid unsubscribe group ids are integers, got {group!r}")
-        return {topic: str(group).strip() for topic, group in topics.items()}
+        return integer_ids(topics, "SendGrid unsubscribe group ids")
 
     @field_validator("read_lists")
     @classmethod
@@ -110,70 +107,49 @@ class SendGridSettings(HttpAdapterSettings):
 # -- SendGrid's answers, as far as this adapter relies on them ------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Unsubscribe(_Answer):
+class Unsubscribe(VendorAnswer):
     email: str
     created: int | None = None
 
 
-class Bounce(_Answer):
+class Bounce(VendorAnswer):
     email: str
     created: int | None = None
     reason: str | None = None
     status: str | None = None
 
 
-class SpamReport(_Answer):
+class SpamReport(VendorAnswer):
     email: str
     created: int | None = None
     ip: str | None = None
 
 
-class GroupSuppression(_Answer):
+class GroupSuppression(VendorAnswer):
     email: str
     group_id: int
     group_name: str | None = None
     created_at: int | None = None
 
 
-class Group(_Answer):
+class Group(VendorAnswer):
     id: int
     name: str = ""
     description: str | None = None
     is_default: bool | None = None
 
 
-class UnsubscribeList(RootModel[list[Unsubscribe]]):
-    pass
+UnsubscribeList, BounceList, SpamReportList = RootModel[list[Unsubscribe]], RootModel[list[Bounce]], \
+    RootModel[list[SpamReport]]
+GroupSuppressionList, GroupList, AddressList = RootModel[list[GroupSuppression]], RootModel[list[Group]], \
+    RootModel[list[str]]
 
 
-class BounceList(RootModel[list[Bounce]]):
-    pass
-
-
-class SpamReportList(RootModel[list[SpamReport]]):
-    pass
-
-
-class GroupSuppressionList(RootModel[list[GroupSuppression]]):
-    pass
-
-
-class GroupList(RootModel[list[Group]]):
-    pass
-
-
-class AddressList(RootModel[list[str]]):
-    pass
-
-
-class RecipientEmails(_Answer):
+class RecipientEmails(VendorAnswer):
     recipient_emails: list[str] = Field(default_factory=list)
 
 
-class GlobalSuppression(_Answer):
+class GlobalSuppression(VendorAnswer):
     recipient_email: str | None = None
 
 
