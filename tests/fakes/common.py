@@ -136,8 +136,12 @@ class FakeVendor:
         """Called with every answer before it goes out (a fake adds its rate-limit headers here)."""
 
     def receive(self, request: httpx.Request, path: str | None = None, *, headers: bool = True,
-                body: Any = ...) -> Received:
-        """Record the request (decoded path, query, JSON body) and return it; bad JSON answers `bad_json()`."""
+                body: Any = ..., params: dict[str, Any] | None = None) -> Received:
+        """Record the request (decoded path, query, JSON body) and return it; bad JSON answers `bad_json()`.
+
+        `path`, `body` and `params` replace what is read from the request where the vendor reads
+        it otherwise (a path below a version prefix, a form body, repeated query names).
+        """
         if body is ...:
             try:
                 body = json.loads(request.content) if request.content else None
@@ -146,7 +150,8 @@ class FakeVendor:
                                               dict(request.url.params.multi_items()), None))
                 raise Reply(self.bad_json()) from None
         received = Received(request.method, path if path is not None else unquote(request.url.path),
-                            dict(request.url.params.multi_items()), body, dict(request.headers) if headers else {})
+                            params if params is not None else dict(request.url.params.multi_items()), body,
+                            dict(request.headers) if headers else {})
         self.requests.append(received)
         return received
 
