@@ -11,12 +11,14 @@ A fake subclasses `FakeVendor`, implements `_handle(request)` (its routes and st
 - `RateWindow`: a rolling window of at most `limit` requests per `period` seconds, whose
   `hit()` says when a request is over the limit (the fake then answers 429, with
   `Retry-After` when `retry_after` is set);
-- `moment(at)`: the time a seeded record gets (the fake's clock unless `at` says).
+- `moment(at)`: the time a seeded record gets (the fake's clock unless `at` says);
+- `dispatch()`: the first of its `routes()` (method, path pattern, handler) that matches.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -110,7 +112,9 @@ class FakeVendor:
 
     def calls(self, path: str = "", method: str | None = None) -> list[Received]:
         """The requests whose decoded path contains `path` (and of `method`), in order."""
-        return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
+        # Locked, since an end-to-end test polls this while the server thread writes.
+        with self._lock:
+            return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
 
     def moment(self, at: float | None = None) -> float:
         """When a seeded record happened: `at`, else now on the fake's clock."""
@@ -166,6 +170,18 @@ class FakeVendor:
     def error(self, status: int, message: str, fault: Fault | None = None) -> httpx.Response:
         """The vendor's error answer (its own body shape); `fault` when it is an injected one."""
         return httpx.Response(status, json={"message": message}, headers=fault.headers if fault else {})
+
+    def routes(self) -> list[tuple[str, str, Callable[..., httpx.Response]]]:
+        """(method, path pattern, handler(params, body, *groups)) for `dispatch`."""
+        return []
+
+    def dispatch(self, received: Received, path: str | None = None) -> httpx.Response | None:
+        """The answer of the first route matching the request (None: no route does)."""
+        for method, pattern, handler in self.routes():
+            match = re.fullmatch(pattern, received.path if path is None else path)
+            if match and method == received.method:
+                return handler(received.params, received.body, *match.groups())
+        return None
 
     def refuse(self, status: int, message: str) -> None:
         """Answer at once with the vendor's error."""
