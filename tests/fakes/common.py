@@ -68,20 +68,24 @@ class Reply(Exception):
 
 
 class RateWindow:
-    """At most `limit` requests in any rolling `period` seconds (None: no limit), on the fake's clock."""
+    """At most `limit` requests in any rolling `period` seconds (None: no limit), on the fake's clock.
 
-    def __init__(self, limit: int | None, period: float, clock: Callable[[], float]):
+    `limit` is read when each request comes (a callable), so a test may change a fake's limit at any time.
+    """
+
+    def __init__(self, limit: Callable[[], int | None], period: float, clock: Callable[[], float]):
         self.limit, self.period, self.clock = limit, period, clock
         self.recent: deque[float] = deque()
 
     def hit(self, now: float | None = None) -> bool:
-        """Count a request; False (and not counted) when the window is full."""
-        if not self.limit:
+        """Count a request (arriving at `now`, else the clock's now); False (not counted) when the window is full."""
+        limit = self.limit()
+        if not limit:
             return True
         now = self.clock() if now is None else now
         while self.recent and self.recent[0] <= now - self.period:
             self.recent.popleft()
-        if len(self.recent) >= self.limit:
+        if len(self.recent) >= limit:
             return False
         self.recent.append(now)
         return True

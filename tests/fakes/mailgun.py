@@ -43,7 +43,7 @@ class FakeMailgun(FakeVendor):
         self.rate_limit = rate_limit          # requests per rolling second, None = unlimited
         self.retry_after = retry_after        # Retry-After on a 429, when set
         self.refuse = {a.lower() for a in refuse or ()}  # addresses Mailgun refuses although they look valid
-        self.window = RateWindow(rate_limit, 1.0, clock)
+        self.window = RateWindow(lambda: self.rate_limit, 1.0, lambda: self.clock())
 
     # -- things that happen "at Mailgun" --------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class FakePostmark(FakeVendor):
         self.processing_delay = processing_delay  # [LIB] creates take effect asynchronously
         self.rate_limit = rate_limit
         self.retry_after = retry_after
-        self.window = RateWindow(rate_limit, 1.0, clock)
+        self.window = RateWindow(lambda: self.rate_limit, 1.0, lambda: self.clock())
         # stream -> address -> {EmailAddress, SuppressionReason, Origin, created (epoch), visible (epoch)}
         self.suppressions: dict[str, dict[str, dict]] = {s: {} for s in self.streams}
 

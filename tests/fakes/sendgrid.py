@@ -41,7 +41,7 @@ class FakeSendGrid(FakeVendor):
         self.rate_limit = rate_limit
         self.rate_period = rate_period
         self.invalid_addresses = {a.lower() for a in invalid_addresses or ()}
-        self.window = RateWindow(rate_limit, rate_period, clock)
+        self.window = RateWindow(lambda: self.rate_limit, rate_period, lambda: self.clock())
         # list name -> address -> record (with "email" and "created")
         self.lists: dict[str, dict[str, dict]] = {name: {} for name in LIST_NAMES}
         self.group_suppressions: dict[int, dict[str, int]] = {gid: {} for gid in self.groups}
