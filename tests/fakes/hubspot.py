@@ -517,22 +517,17 @@ class FakeHubSpot(FakeVendor):
         return self._envelope(statuses if params.get("verbose") == "true" else [])
 
     def _batch_read(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.read")
-        self._need_channel(params)
-        unit = int(params.get("businessUnitId", 0))
-        results, errors = [], []
-        for email in self._inputs(body):
-            problem = self._check_email(str(email))
-            if problem:
-                errors.append(self._item_error(email, problem))
-                continue
-            email = email.lower()
-            results.append({"subscriberIdString": email, "statuses": [
-                self._public_status(email, d["id"]) for d in self.definitions if d["businessUnitId"] == unit]})
-        return self._envelope(results, errors)
+        return self._per_address(params, body, "read", lambda email, unit: {"subscriberIdString": email, "statuses": [
+            self._public_status(email, d["id"]) for d in self.definitions if d["businessUnitId"] == unit]})
 
     def _batch_wide_read(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.read")
+        return self._per_address(params, body, "read", lambda email, unit: {
+            "subscriberIdString": email, "wideStatuses": self._wide_status(email, unit)})
+
+    def _per_address(self, params, body, kind: str, result_of: Callable[[str, int], dict]) -> httpx.Response:
+        """A batch `kind` ("read"/"write") call: a result per valid input address (lower-cased), an error per
+        invalid one."""
+        self._need_scope(f"communication_preferences.statuses.batch.{kind}")
         self._need_channel(params)
         unit = int(params.get("businessUnitId", 0))
         results, errors = [], []
@@ -541,8 +536,7 @@ class FakeHubSpot(FakeVendor):
             if problem:
                 errors.append(self._item_error(email, problem))
                 continue
-            results.append({"subscriberIdString": email.lower(),
-                            "wideStatuses": self._wide_status(email.lower(), unit)})
+            results.append(result_of(email.lower(), unit))
         return self._envelope(results, errors)
 
     def _batch_write(self, params, body):
@@ -559,22 +553,13 @@ class FakeHubSpot(FakeVendor):
         return self._envelope(results, errors)
 
     def _batch_unsubscribe_all(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.write")
-        self._need_channel(params)
-        unit = int(params.get("businessUnitId", 0))
         verbose = params.get("verbose") == "true"
-        results, errors = [], []
-        for email in self._inputs(body):
-            problem = self._check_email(str(email))
-            if problem:
-                errors.append(self._item_error(email, problem))
-                continue
-            statuses = self._unsubscribe_all(email.lower(), unit, API_SOURCE)
-            result: dict[str, Any] = {"subscriberIdString": email.lower()}
-            if verbose:
-                result["statuses"] = statuses
-            results.append(result)
-        return self._envelope(results, errors)
+
+        def result_of(email: str, unit: int) -> dict:
+            statuses = self._unsubscribe_all(email, unit, API_SOURCE)
+            return {"subscriberIdString": email, **({"statuses": statuses} if verbose else {})}
+
+        return self._per_address(params, body, "write", result_of)
 
     # -- contacts ----------------------------------------------------------------------------------
 
