@@ -6,8 +6,8 @@ apply of a fixed batch (its first write answered once with a 503, an early read
 with a 429 and `Retry-After`), a lift and `check`. A recording transport keeps
 every request as sent (method, path, query, parsed body, the non-secret
 headers) and the adapter's own results. tests/data/wire/<vendor>.json holds
-what the adapters did before their modules were moved onto adapters/kit.py;
-the refactor must not change one request. Re-record (only for a deliberate
+what the adapters did before their modules were moved onto adapters/kit.py
+(Klaviyo's, written on the kit, as first recorded); a refactor must not change one request. Re-record (only for a deliberate
 change of behaviour) with OPTOUT_SYNC_RECORD_WIRE=1.
 """
 
@@ -223,7 +223,23 @@ def _ses(clock):
     return SesAdapter(config, {}, transport=recorder, clock=clock), recorder
 
 
-BUILDERS = {"hubspot": _hubspot, "sendgrid": _sendgrid, "mailchimp": _mailchimp, "mailgun": _mailgun,
+def _klaviyo(clock):
+    from adapters.klaviyo import KlaviyoAdapter, KlaviyoSettings
+    from .fakes.klaviyo import FakeKlaviyo
+    key = "pk_wire0123456789abcdef0123456789"
+    fake = FakeKlaviyo(key, clock=clock)
+    fake.suppress("seen-unsub@example.com", "UNSUBSCRIBE", at=START - 3600)
+    fake.leave_list("seen-topic@example.com", "Y6nRLr", at=START - 3000)
+    fake.suppress("seen-bounce@example.com", "HARD_BOUNCE", at=START - 2400)
+    fake.suppress("seen-spam@example.com", "SPAM_COMPLAINT", at=START - 1800)
+    fake.suppress("held-unsub@example.com", "UNSUBSCRIBE", at=START - 1200)
+    recorder = Recorder(fake.handle, [key])
+    config = KlaviyoSettings.model_validate({"name": "klaviyo", "api_key": key, "topics": {"newsletter": "Y6nRLr"},
+                                             "backoff_initial": 1, "backoff_max": 4})
+    return KlaviyoAdapter(config, {"newsletter": "N"}, transport=recorder, clock=clock), recorder
+
+
+BUILDERS = {"hubspot": _hubspot, "klaviyo": _klaviyo, "sendgrid": _sendgrid, "mailchimp": _mailchimp, "mailgun": _mailgun,
             "postmark": _postmark, "ses": _ses}
 
 
