@@ -128,13 +128,26 @@ class Marketing(VendorAnswer):
     list_suppressions: list[Suppression] | None = None
 
 
+class Channel(VendorAnswer):
+    marketing: Marketing | None = None
+
+
+class Subscriptions(VendorAnswer):
+    email: Channel | None = None
+
+
+class ProfileAttributes(VendorAnswer):
+    email: str | None = None
+    subscriptions: Subscriptions | None = None
+
+
 class Profile(VendorAnswer):
     id: str
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: ProfileAttributes = Field(default_factory=ProfileAttributes)
 
     def marketing(self) -> Marketing:
-        email = ((self.attributes.get("subscriptions") or {}).get("email") or {})
-        return Marketing.model_validate(email.get("marketing") or {})
+        channel = self.attributes.subscriptions.email if self.attributes.subscriptions else None
+        return (channel.marketing if channel else None) or Marketing()
 
 
 class Links(VendorAnswer):
@@ -269,7 +282,7 @@ class KlaviyoAdapter(HttpAdapter):
     def _convert(self, profile: Profile, page: Page, since: datetime, listed_after: datetime | None,
                  list_problems: bool, lists: bool) -> datetime | None:
         """The opt-outs of one profile's suppressions after `since` (its list suppressions when `lists`)."""
-        raw = str(profile.attributes.get("email") or "")
+        raw = profile.attributes.email or ""
         marketing = profile.marketing()
         entries = (marketing.list_suppressions if lists else marketing.suppression) or []
         newest = None
