@@ -109,6 +109,20 @@ def last_page_carries(pages: Iterable[Page], cursor: Callable[[], str]) -> Itera
     yield held
 
 
+def newest_on_last_page(pairs: Iterable[tuple[Page, Any]], newest: Any,
+                        cursor_of: Callable[[Any], str]) -> Iterator[Page]:
+    """`last_page_carries` for (page, newest time in it) pairs: the cursor is `cursor_of(newest seen)`."""
+    seen = [newest]
+
+    def pages() -> Iterator[Page]:
+        for page, page_newest in pairs:
+            if page_newest is not None and (seen[0] is None or page_newest > seen[0]):
+                seen[0] = page_newest
+            yield page
+
+    return last_page_carries(pages(), lambda: cursor_of(seen[0]))
+
+
 def adapter_failure(exc: VendorPermanentError) -> bool:
     """True when a refusal is about the adapter (credentials, access, no status, an unreadable answer), not an item."""
     return isinstance(exc, UnexpectedAnswer) or exc.status in (401, 403) or exc.status is None

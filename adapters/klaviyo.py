@@ -65,7 +65,7 @@ from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult,
 
 from .base import Capabilities, Duration
 from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, generic_pause_hint
-from .kit import (HttpAdapter, Outcomes, UnexpectedAnswer, cursor_text, json_body, last_page_carries, parse_time,
+from .kit import (HttpAdapter, Outcomes, UnexpectedAnswer, cursor_text, json_body, newest_on_last_page, parse_time,
                   require_topics, vendor_error)
 
 REVISION = "2026-10-15"
@@ -227,15 +227,8 @@ class KlaviyoAdapter(HttpAdapter):
                 seconds=self.settings.initial_lookback)
         else:
             since = EPOCH
-        seen = [newest]
-
-        def pages() -> Iterator[Page]:
-            for page, page_newest in self._pages(since, listed_after=newest):
-                if page_newest is not None and (seen[0] is None or page_newest > seen[0]):
-                    seen[0] = page_newest
-                yield page
-
-        yield from last_page_carries(pages(), lambda: cursor_text(newest=seen[0].isoformat() if seen[0] else None))
+        yield from newest_on_last_page(self._pages(since, listed_after=newest), newest,
+                                       lambda seen: cursor_text(newest=seen.isoformat() if seen else None))
 
     def read_all(self) -> Iterator[Page]:
         """Every suppressed or list-suppressed profile, page by page (for reconcile)."""

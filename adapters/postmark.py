@@ -57,7 +57,7 @@ from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, A
 
 from .base import Capabilities
 from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import (HttpAdapter, Outcomes, cursor_text, json_body, last_page_carries, parse_time, require_topics,
+from .kit import (HttpAdapter, Outcomes, cursor_text, json_body, newest_on_last_page, parse_time, require_topics,
                   vendor_error)
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
@@ -211,16 +211,8 @@ class PostmarkAdapter(HttpAdapter):
             params["fromdate"] = (newest.date() - timedelta(days=self.settings.overlap_days)).isoformat()
         elif self.settings.initial_lookback_days is not None:
             params["fromdate"] = (self._today() - timedelta(days=self.settings.initial_lookback_days)).isoformat()
-        seen = [newest]
-
-        def pages() -> Iterator[Page]:
-            for stream in self._scope_of:
-                for page, stream_newest in self._stream_pages(stream, params, listed_up_to=newest):
-                    if stream_newest is not None and (seen[0] is None or stream_newest > seen[0]):
-                        seen[0] = stream_newest
-                    yield page
-
-        yield from last_page_carries(pages(), lambda: cursor_text(newest=seen[0].isoformat() if seen[0] else None))
+        pairs = (pair for stream in self._scope_of for pair in self._stream_pages(stream, params, listed_up_to=newest))
+        yield from newest_on_last_page(pairs, newest, lambda seen: cursor_text(newest=seen.isoformat() if seen else None))
 
     def read_all(self) -> Iterator[Page]:
         """Every suppression of every mapped stream, handed over page by page (for reconcile)."""

@@ -47,7 +47,7 @@ from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult,
 
 from .base import Capabilities, Duration
 from .http import Clock, HttpAdapterSettings, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import HttpAdapter, Outcomes, json_body, last_page_carries, vendor_error
+from .kit import HttpAdapter, Outcomes, json_body, newest_on_last_page, vendor_error
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 try:
@@ -250,16 +250,9 @@ class SesAdapter(HttpAdapter):
         if newest is not None:
             since = datetime.fromtimestamp(newest - self.settings.overlap, timezone.utc)
             params["StartDate"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
-        seen = [newest]
-
-        def pages() -> Iterator[Page]:
-            for page, page_newest in self._pages(params, listed_up_to=newest):
-                if page_newest is not None and (seen[0] is None or page_newest > seen[0]):
-                    seen[0] = page_newest
-                yield page
-
         # Key order as saved since the first release ("v" first): cursors compare as text in tests.
-        yield from last_page_carries(pages(), lambda: json.dumps({"v": 1, "newest": seen[0]}, separators=(",", ":")))
+        yield from newest_on_last_page(self._pages(params, listed_up_to=newest), newest,
+                                       lambda seen: json.dumps({"v": 1, "newest": seen}, separators=(",", ":")))
 
     def read_all(self) -> Iterator[Page]:
         """The whole suppression list, page by page (for reconcile)."""
