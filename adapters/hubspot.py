@@ -36,6 +36,10 @@ calls instead of spending another 403. It asks again once `batch_recheck_every`
 forgets the answer when a single call is refused too (401/403): the token or
 its scopes changed, so the old answer says nothing.
 
+Its v4 batch use (what the token may call, the full read's confirmation) is in
+adapters/hubspot_batch.py, its answer models and error reading in adapters/hubspot_answers.py,
+its contact clean-up in adapters/hubspot_contacts.py.
+
 Quota facts (C = confirmed, with where; I = inferred, hence a setting):
 - C: burst limit 100 per 10 s (Free/Starter), 190 (Professional, Enterprise),
   250 with the capacity pack; daily 250k/650k/1M (developers.hubspot.com/apisbytier,
@@ -85,12 +89,11 @@ from state.addresses import InvalidAddress, normalise_address
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ORIGINS, PERMANENT, REASONS, ApplyResult, OptOut, Page, \
     Rejected, to_utc_iso
 
-from .base import AdapterMemory, Capabilities, Duration, chunks
-from .http import Clock, HttpAdapterSettings, VendorPermanentError
-from .hubspot_answers import (BulkStatusesEnvelope, BulkWideEnvelope, DefinitionsEnvelope, PublicStatus, StandardError,
-                              StatusEnvelope, TimelineChange, TimelineItem, TimelinePage, hubspot_error,
-                              hubspot_pause_hint, number)
-from .hubspot_contacts import HubSpotContacts
+from .base import AdapterMemory, Capabilities, Duration
+from .http import Clock, HttpAdapterSettings
+from .hubspot_answers import (BulkStatusesEnvelope, DefinitionsEnvelope, PublicStatus, StandardError, StatusEnvelope,
+                              TimelineChange, TimelineItem, TimelinePage, hubspot_error, hubspot_pause_hint)
+from .hubspot_batch import V4, HubSpotBatches
 from .kit import Outcomes, UnexpectedAnswer, integer_ids, require_topics
 
 LegalBasis = Literal["CONSENT_WITH_NOTICE", "LEGITIMATE_INTEREST_CLIENT", "LEGITIMATE_INTEREST_OTHER",
@@ -111,7 +114,6 @@ DEFAULT_SOURCES = {
 UNDO_CHANGES = frozenset({"SUBSCRIBED", "UNBOUNCED", "UNREPORTED", "REMOVED"})
 
 TIMELINE = "/email/public/v1/subscriptions/timeline"
-V4 = "/communication-preferences/v4"
 DAY = 86_400.0
 
 
@@ -188,7 +190,7 @@ def _ms_to_iso(ms: int) -> str:
 # -- the adapter ---------------------------------------------------------------------------------
 
 
-class HubSpotAdapter(HubSpotContacts):
+class HubSpotAdapter(HubSpotBatches):
     """Reads opt-outs from HubSpot's subscription timeline and writes them as v4 preferences."""
 
     settings_model = HubSpotSettings
@@ -346,58 +348,6 @@ class HubSpotAdapter(HubSpotContacts):
         origin, _, reason = value.partition("/")
         return origin, reason
 
-    def _confirmed(self, optouts: list[OptOut]) -> list[OptOut]:
-        """Keep the timeline's unsubscribes that v4 says still hold (all of them without batch reads)."""
-        if not optouts or not self.settings.full_read_confirm or not self._batch_allowed("read"):
-            return optouts
-        wide_candidates = sorted({o.address for o in optouts if o.scope == GLOBAL_SCOPE and _is_status(o)})
-        topic_candidates = sorted({o.address for o in optouts if o.scope != GLOBAL_SCOPE})
-        try:
-            wide = self._opted_out_of_all(wide_candidates)
-            held = self._unsubscribed_topics(topic_candidates)
-        except VendorPermanentError as exc:
-            if exc.status != 403 or isinstance(exc, UnexpectedAnswer):
-                raise
-            self._batch_refused("read")
-            return optouts
-        self._batch_granted("read")
-        kept = []
-        for optout in optouts:
-            if not _is_status(optout):
-                kept.append(optout)
-            elif optout.scope == GLOBAL_SCOPE:
-                if optout.address in wide:
-                    kept.append(optout)
-            elif self._subscription_of[optout.scope] in held.get(optout.address, ()):
-                kept.append(optout)
-        return kept
-
-    def _opted_out_of_all(self, addresses: list[str]) -> set[str]:
-        path = f"{V4}/statuses/batch/unsubscribe-all/read"
-        endpoint = f"POST {path}"
-        out: set[str] = set()
-        for chunk in chunks(addresses, self._chunk_size):
-            answer = self.parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
-                                                   json={"inputs": list(chunk)}), BulkWideEnvelope, endpoint)
-            for result in answer.results:
-                if any(w.status == "UNSUBSCRIBED" and (w.wideStatusType == "PORTAL_WIDE" or w.businessUnitId
-                                                        in (None, self.settings.business_unit_id))
-                       for w in result.wideStatuses):
-                    out.add(result.subscriberIdString.strip().lower())
-        return out
-
-    def _unsubscribed_topics(self, addresses: list[str]) -> dict[str, set[int]]:
-        path = f"{V4}/statuses/batch/read"
-        endpoint = f"POST {path}"
-        out: dict[str, set[int]] = {}
-        for chunk in chunks(addresses, self._chunk_size):
-            answer = self.parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
-                                                   json={"inputs": list(chunk)}), BulkStatusesEnvelope, endpoint)
-            for result in answer.results:
-                out[result.subscriberIdString.strip().lower()] = {
-                    s.subscriptionId for s in result.statuses if s.status == "UNSUBSCRIBED"}
-        return out
-
     # -- writing -------------------------------------------------------------------------------
 
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
@@ -430,30 +380,6 @@ class HubSpotAdapter(HubSpotContacts):
             self.send_batches(outcomes, topics, lambda items: self._status_batch(items, state),
                               lambda optout: self._status_one(optout, state))
         return outcomes.finished()
-
-    # What a refused batch call means at HubSpot (the hooks of HttpAdapter.send_batches).
-
-    def batch_allowed(self) -> bool:
-        return self._batch_allowed("write")
-
-    def batch_refused(self, exc: VendorPermanentError) -> bool:
-        if exc.status != 403:
-            return False
-        self._batch_refused("write")  # no batch scopes (Marketing Hub Enterprise): one call each
-        return True
-
-    def batch_worked(self) -> None:
-        self._batch_granted("write")
-
-    def batch_refusal_is_items(self, exc: VendorPermanentError, items: list[OptOut]) -> bool:
-        # Something in the batch is refused: one call each finds which, and only it fails.
-        return exc.status in (400, 404, 422)
-
-    def on_adapter_failure(self, exc: VendorPermanentError) -> None:
-        if exc.status in (401, 403):
-            # Even the single call is refused: the token or its scopes changed, so what was
-            # learnt about the batch endpoints no longer holds; the next cycle asks again.
-            self._forget_batch_answers()
 
     def _unsubscribe_all_batch(self, items: list[OptOut]) -> list[ApplyResult | None]:
         path = f"{V4}/statuses/batch/unsubscribe-all"
@@ -560,36 +486,6 @@ class HubSpotAdapter(HubSpotContacts):
                  else "crm.objects.contacts.read" if "/crm/" in endpoint else None)
         return scope and f"OAuth scope {scope} (add it to the private app)"
 
-    def _probe_batch(self) -> str:
-        path = f"{V4}/statuses/batch/unsubscribe-all/read"
-        try:
-            self.http.request("POST", path, endpoint=f"POST {path}", params=self._unit_params(), json={"inputs": []})
-        except VendorPermanentError as exc:
-            if exc.status == 403:
-                self._batch_refused("read")
-                return "batch endpoints: not allowed for this token (one call per address; slower)"
-            return f"batch endpoints: could not tell ({exc.vendor_message})"
-        return "batch endpoints: available"
-
-    # -- what this token may call (remembered across processes) ---------------------------------------
-
-    def _batch_allowed(self, kind: str) -> bool:
-        """False while a 403 on a batch `kind` ("read"/"write") call is remembered and not yet due a re-check."""
-        if not self.settings.batch_endpoints:
-            return False
-        refused_at = number(self.memory.get(f"batch_{kind}_refused_at"))
-        return refused_at is None or self.clock.time() - refused_at >= self.settings.batch_recheck_every
-
-    def _batch_refused(self, kind: str) -> None:
-        self.memory.set(f"batch_{kind}_refused_at", str(int(self.clock.time())))
-
-    def _batch_granted(self, kind: str) -> None:
-        self.memory.forget(f"batch_{kind}_refused_at")
-
-    def _forget_batch_answers(self) -> None:
-        for kind in ("read", "write"):
-            self.memory.forget(f"batch_{kind}_refused_at")
-
     # -- small helpers -----------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
@@ -602,11 +498,3 @@ class HubSpotAdapter(HubSpotContacts):
             return int(cursor)
         except ValueError:
             raise self.bad_cursor(f"the saved cursor {cursor!r} is not a millisecond timestamp") from None
-
-    def _unit_params(self) -> dict[str, Any]:
-        return {"channel": "EMAIL", "businessUnitId": self.settings.business_unit_id}
-
-
-def _is_status(optout: OptOut) -> bool:
-    """True for an opt-out read from a status change (which v4 can confirm), not a bounce or spam report."""
-    return (optout.details or {}).get("hubspot_change_type") in ("PORTAL_STATUS", "SUBSCRIPTION_STATUS")
