@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -192,6 +193,19 @@ class VendorError:
     transient: bool = False
 
 
+def parse_http_date(text: str | None) -> datetime | None:
+    """An aware datetime from an HTTP (RFC 822) date; naive ones are UTC; None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta seconds or an HTTP-date); None if absent or unreadable."""
     if value is None or not value.strip():
@@ -201,13 +215,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return max(0.0, float(text))
     except ValueError:
         pass
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
-    return max(0.0, moment.timestamp() - now)
+    moment = parse_http_date(text)
+    return None if moment is None else max(0.0, moment.timestamp() - now)
 
 
 def generic_error(response: httpx.Response, now: float) -> VendorError:

@@ -36,6 +36,10 @@ calls instead of spending another 403. It asks again once `batch_recheck_every`
 forgets the answer when a single call is refused too (401/403): the token or
 its scopes changed, so the old answer says nothing.
 
+Its v4 batch use (what the token may call, the full read's confirmation) is in
+adapters/hubspot_batch.py, its answer models and error reading in adapters/hubspot_answers.py,
+its contact clean-up in adapters/hubspot_contacts.py.
+
 Quota facts (C = confirmed, with where; I = inferred, hence a setting):
 - C: burst limit 100 per 10 s (Free/Starter), 190 (Professional, Enterprise),
   250 with the capacity pack; daily 250k/650k/1M (developers.hubspot.com/apisbytier,
@@ -73,45 +77,24 @@ Quota facts (C = confirmed, with where; I = inferred, hence a setting):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
-from state.errors import ConfigError, TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    ORIGINS,
-    PERMANENT,
-    REASONS,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ORIGINS, PERMANENT, REASONS, ApplyResult, OptOut, Page, \
+    Rejected, to_utc_iso
 
-from .base import AdapterMemory, Capabilities, Duration, chunks
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .base import AdapterMemory, Capabilities, Duration
+from .http import Clock, HttpAdapterSettings
+from .hubspot_answers import (BulkStatusesEnvelope, DefinitionsEnvelope, PublicStatus, StandardError, StatusEnvelope,
+                              TimelineChange, TimelineItem, TimelinePage, hubspot_error, hubspot_pause_hint)
+from .hubspot_batch import V4, HubSpotBatches
+from .kit import Outcomes, UnexpectedAnswer, integer_ids, require_topics
 
 LegalBasis = Literal["CONSENT_WITH_NOTICE", "LEGITIMATE_INTEREST_CLIENT", "LEGITIMATE_INTEREST_OTHER",
                      "LEGITIMATE_INTEREST_PQL", "NON_GDPR", "PERFORMANCE_OF_CONTRACT", "PROCESS_AND_STORE"]
@@ -129,12 +112,8 @@ DEFAULT_SOURCES = {
 }
 # Change values of a bounce or spam-report change that take it back rather than record it.
 UNDO_CHANGES = frozenset({"SUBSCRIBED", "UNBOUNCED", "UNREPORTED", "REMOVED"})
-_LIMIT_WORDS = re.compile(r"\b(limit|maximum|max|too many|exceed\w*)\b", re.IGNORECASE)
 
 TIMELINE = "/email/public/v1/subscriptions/timeline"
-V4 = "/communication-preferences/v4"
-SEARCH = "/crm/v3/objects/contacts/search"
-ARCHIVE = "/crm/v3/objects/contacts/batch/archive"
 DAY = 86_400.0
 
 
@@ -185,10 +164,7 @@ class HubSpotSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _subscription_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        for topic, subscription in topics.items():
-            if not str(subscription).strip().isdigit():
-                raise ValueError(f"topic {topic!r}: HubSpot subscription ids are integers, got {subscription!r}")
-        return {topic: str(subscription).strip() for topic, subscription in topics.items()}
+        return integer_ids(topics, "HubSpot subscription ids")
 
     @field_validator("sources")
     @classmethod
@@ -207,246 +183,38 @@ class HubSpotSettings(HttpAdapterSettings):
         return self
 
 
-# -- HubSpot's answers, as far as this adapter relies on them ---------------------------------
-
-
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class StandardError(_Answer):
-    message: str = ""
-    category: str | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
-
-
-class PublicStatus(_Answer):
-    subscriberIdString: str
-    subscriptionId: int
-    status: str
-    setStatusSuccessReason: str | None = None
-
-
-class StatusEnvelope(_Answer):
-    status: str
-    results: list[PublicStatus]
-    errors: list[StandardError] = Field(default_factory=list)
-
-
-class BulkStatuses(_Answer):
-    subscriberIdString: str
-    statuses: list[PublicStatus] = Field(default_factory=list)
-
-
-class BulkStatusesEnvelope(_Answer):
-    status: str
-    results: list[BulkStatuses]
-    errors: list[StandardError] = Field(default_factory=list)
-
-
-class WideStatus(_Answer):
-    status: str
-    wideStatusType: str | None = None
-    businessUnitId: int | None = None
-
-
-class BulkWide(_Answer):
-    subscriberIdString: str
-    wideStatuses: list[WideStatus] = Field(default_factory=list)
-
-
-class BulkWideEnvelope(_Answer):
-    status: str
-    results: list[BulkWide]
-    errors: list[StandardError] = Field(default_factory=list)
-
-
-class TimelineChange(_Answer):
-    change: str
-    changeType: str
-    source: str | None = None
-    subscriptionId: str | None = None
-    businessUnitId: int | None = None
-    timestamp: int | None = None
-    causedByEvent: dict[str, Any] | None = None
-
-
-class TimelineItem(_Answer):
-    timestamp: int
-    recipient: str
-    changes: list[TimelineChange]
-
-
-class TimelinePage(_Answer):
-    hasMore: bool
-    offset: str | None = None
-    timeline: list[TimelineItem]
-
-
-class Definition(_Answer):
-    id: str
-    name: str
-    businessUnitId: int | None = None
-    isActive: bool | None = None
-
-
-class DefinitionsEnvelope(_Answer):
-    results: list[Definition]
-
-
-class SearchHit(_Answer):
-    id: str
-    properties: dict[str, str | None] = Field(default_factory=dict)
-
-
-class SearchNext(_Answer):
-    after: str
-
-
-class SearchPaging(_Answer):
-    next: SearchNext | None = None
-
-
-class SearchPage(_Answer):
-    results: list[SearchHit]
-    paging: SearchPaging | None = None
-
-
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveResult:
-    """The outcome of archiving (deleting) one contact."""
-
-    contact_id: str
-    ok: bool
-    message: str
-
-
-# -- error and rate-limit reading ---------------------------------------------------------------
-
-
-# HubSpot's rate-limit policies, as a 429 body names them in `policyName` (see the module docstring).
-TEN_SECONDLY = "TEN_SECONDLY_ROLLING"
-SECONDLY = "SECONDLY"
-DAILY = "DAILY"
-TEN_SECONDLY_WAIT = 10.0  # the rolling burst window: after this long every call that filled it has left it
-SECONDLY_WAIT = 1.0       # the search API's window
-
-
-def rate_limit_policy(body: dict) -> str | None:
-    """Which HubSpot limit a 429 body names: its `policyName`, else read from its message; None if neither says."""
-    policy = str(body.get("policyName") or "").strip().upper()
-    if policy in (TEN_SECONDLY, SECONDLY, DAILY):
-        return policy
-    # Older answers and some endpoints give only the message ("You have reached your
-    # ten_secondly_rolling limit." / "... secondly limit." / "... daily limit."). The
-    # ten-secondly test comes first: its message also contains the word "secondly".
-    message = str(body.get("message") or "").lower()
-    if "ten_secondly" in message or "ten secondly" in message:
-        return TEN_SECONDLY
-    if "daily" in message:
-        return DAILY
-    if "secondly" in message:
-        return SECONDLY
-    return policy or None
-
-
-def hubspot_error(response: httpx.Response, now: float) -> VendorError:
-    """HubSpot's Error body (message, category, correlationId, errors[]), and how long a 429 asks to wait.
-
-    A 429 is classified by the limit its body names: the rolling 10-second burst
-    limit is waited out whole (Retry-After, else the window HubSpot's headers
-    give, else 10 s), the search API's per-second limit for 1 s, and the daily
-    limit is not retried in this cycle.
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    body = body if isinstance(body, dict) else {}
-    message = str(body.get("message") or response.reason_phrase or "no message")
-    details = [str(e.get("message")) for e in body.get("errors") or [] if isinstance(e, dict) and e.get("message")]
-    if details:
-        message += " (" + "; ".join(details[:3]) + ")"
-    category = body.get("category") or body.get("errorType")
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-    retry = True
-    if response.status_code == 429:
-        policy = rate_limit_policy(body)
-        if policy == DAILY:
-            retry = False  # the daily quota resets at midnight in the account's time zone; park, do not spin
-        elif retry_after is None and policy == TEN_SECONDLY:
-            interval = _number(response.headers.get("x-hubspot-ratelimit-interval-milliseconds"))
-            retry_after = interval / 1000 if interval else TEN_SECONDLY_WAIT
-        elif retry_after is None and policy == SECONDLY:
-            retry_after = SECONDLY_WAIT
-    correlation = body.get("correlationId") or body.get("requestId")
-    return VendorError(message, str(category) if category else None, str(correlation) if correlation else None,
-                       retry_after, retry)
-
-
-def hubspot_pause_hint(response: httpx.Response, now: float) -> float | None:
-    """Hold back when HubSpot's rate-limit headers say this window is used up (headers are optional)."""
-    headers = response.headers
-    if _number(headers.get("x-hubspot-ratelimit-remaining")) == 0:
-        return (_number(headers.get("x-hubspot-ratelimit-interval-milliseconds")) or 10_000) / 1000
-    if _number(headers.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
-        return 1.0
-    return generic_pause_hint(response, now)
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _ms_to_iso(ms: int) -> str:
     return to_utc_iso(datetime.fromtimestamp(ms / 1000, timezone.utc))
-
-
 
 
 # -- the adapter ---------------------------------------------------------------------------------
 
 
-class HubSpotAdapter:
+class HubSpotAdapter(HubSpotBatches):
     """Reads opt-outs from HubSpot's subscription timeline and writes them as v4 preferences."""
 
     settings_model = HubSpotSettings
+    shown = ("base_url", "business_unit_id")
+    credential = "token"
 
     def __init__(self, settings: HubSpotSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
-        undefined = sorted(set(settings.topics) - set(topics))
-        if undefined:
-            raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
+        require_topics(settings, topics)
         self._subscription_of = {topic: int(sid) for topic, sid in settings.topics.items()}
         self._topic_of = {str(sid): topic for topic, sid in self._subscription_of.items()}
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(settings.topics))
         token = settings.token.get_secret_value()
-        self.http = HttpClient(
-            settings.name, settings, headers={"Authorization": f"Bearer {token}"},
-            buckets={"search": (settings.search_rate_limit_requests, settings.search_rate_limit_period)},
-            describe_error=hubspot_error, pause_hint=hubspot_pause_hint, transport=transport, clock=clock,
-            secrets=[token])
-        self.clock = self.http.clock
-        self._chunk_size = settings.batch_size
+        self.start(settings, headers={"Authorization": f"Bearer {token}"},
+                   buckets={"search": (settings.search_rate_limit_requests, settings.search_rate_limit_period)},
+                   describe_error=hubspot_error, pause_hint=hubspot_pause_hint, transport=transport, clock=clock,
+                   secrets=[token])
         # Remembered across processes (the engine loads and saves it): a 403 on a batch call,
         # so that a new process does not spend another 403 finding out again.
         self.memory = AdapterMemory()
         self._legal = {key: value for key, value in (("legalBasis", settings.legal_basis),
                                                      ("legalBasisExplanation", settings.legal_basis_explanation))
                        if value}
-
-    def __repr__(self) -> str:
-        return (f"HubSpotAdapter(name={self.name!r}, base_url={self.settings.base_url!r}, "
-                f"business_unit_id={self.settings.business_unit_id})")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -501,23 +269,17 @@ class HubSpotAdapter:
     def _timeline(self, start: int, end: int) -> Iterator[tuple[TimelinePage, bool]]:
         """Pages of the timeline between two inclusive ms bounds, newest first; (page, is_last)."""
         endpoint = f"GET {TIMELINE}"
-        offset: str | None = None
-        offsets_seen: set[str] = set()
-        while True:
+
+        def fetch(offset: str | None) -> tuple[list[TimelinePage], str | None]:
             params: dict[str, Any] = {"startTimestamp": start, "endTimestamp": end,
-                                      "limit": self.settings.timeline_page_size}
-            if offset:
-                params["offset"] = offset
-            answer = self._parse(self.http.request("GET", TIMELINE, endpoint=endpoint, params=params),
-                                 TimelinePage, endpoint)
-            if answer.hasMore and (not answer.offset or answer.offset in offsets_seen):
-                raise UnexpectedAnswer(self.name, endpoint, "the answer says hasMore but gives no new offset",
-                                       status=200)
+                                      "limit": self.settings.timeline_page_size, **({"offset": offset} if offset else {})}
+            answer = self.get(TIMELINE, TimelinePage, endpoint, params=params)
+            if answer.hasMore and not answer.offset:
+                raise UnexpectedAnswer(self.name, endpoint, "the answer says hasMore but gives no offset", status=200)
+            return [answer], answer.offset if answer.hasMore else None
+
+        for (answer,) in self.follow(fetch, endpoint):
             yield answer, not answer.hasMore
-            if not answer.hasMore:
-                return
-            offsets_seen.add(answer.offset)
-            offset = answer.offset
 
     def _convert(self, item: TimelineItem, page: Page, seen_up_to: int | None) -> None:
         """Turn one timeline item's changes into opt-outs, history notices or listed problems."""
@@ -586,58 +348,6 @@ class HubSpotAdapter:
         origin, _, reason = value.partition("/")
         return origin, reason
 
-    def _confirmed(self, optouts: list[OptOut]) -> list[OptOut]:
-        """Keep the timeline's unsubscribes that v4 says still hold (all of them without batch reads)."""
-        if not optouts or not self.settings.full_read_confirm or not self._batch_allowed("read"):
-            return optouts
-        wide_candidates = sorted({o.address for o in optouts if o.scope == GLOBAL_SCOPE and _is_status(o)})
-        topic_candidates = sorted({o.address for o in optouts if o.scope != GLOBAL_SCOPE})
-        try:
-            wide = self._opted_out_of_all(wide_candidates)
-            held = self._unsubscribed_topics(topic_candidates)
-        except VendorPermanentError as exc:
-            if exc.status != 403 or isinstance(exc, UnexpectedAnswer):
-                raise
-            self._batch_refused("read")
-            return optouts
-        self._batch_granted("read")
-        kept = []
-        for optout in optouts:
-            if not _is_status(optout):
-                kept.append(optout)
-            elif optout.scope == GLOBAL_SCOPE:
-                if optout.address in wide:
-                    kept.append(optout)
-            elif self._subscription_of[optout.scope] in held.get(optout.address, ()):
-                kept.append(optout)
-        return kept
-
-    def _opted_out_of_all(self, addresses: list[str]) -> set[str]:
-        path = f"{V4}/statuses/batch/unsubscribe-all/read"
-        endpoint = f"POST {path}"
-        out: set[str] = set()
-        for chunk in chunks(addresses, self._chunk_size):
-            answer = self._parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
-                                                   json={"inputs": list(chunk)}), BulkWideEnvelope, endpoint)
-            for result in answer.results:
-                if any(w.status == "UNSUBSCRIBED" and (w.wideStatusType == "PORTAL_WIDE" or w.businessUnitId
-                                                        in (None, self.settings.business_unit_id))
-                       for w in result.wideStatuses):
-                    out.add(result.subscriberIdString.strip().lower())
-        return out
-
-    def _unsubscribed_topics(self, addresses: list[str]) -> dict[str, set[int]]:
-        path = f"{V4}/statuses/batch/read"
-        endpoint = f"POST {path}"
-        out: dict[str, set[int]] = {}
-        for chunk in chunks(addresses, self._chunk_size):
-            answer = self._parse(self.http.request("POST", path, endpoint=endpoint, params=self._unit_params(),
-                                                   json={"inputs": list(chunk)}), BulkStatusesEnvelope, endpoint)
-            for result in answer.results:
-                out[result.subscriberIdString.strip().lower()] = {
-                    s.subscriptionId for s in result.statuses if s.status == "UNSUBSCRIBED"}
-        return out
-
     # -- writing -------------------------------------------------------------------------------
 
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
@@ -650,104 +360,31 @@ class HubSpotAdapter:
 
     def _write(self, batch: list[OptOut], state: str) -> list[ApplyResult]:
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
+        outcomes = Outcomes(self.name, batch)
         wide, topics = [], []
         for index, optout in enumerate(batch):
             if optout.scope == GLOBAL_SCOPE:
                 if state == "UNSUBSCRIBED":
                     wide.append(index)
                 else:
-                    results[index] = ApplyResult(optout, PERMANENT, (
+                    outcomes.refuse(index, (
                         "HubSpot has no way to undo an unsubscribe from all email short of re-subscribing, which "
                         "this daemon never does; the recipient or a HubSpot user must change it in HubSpot"))
             elif optout.scope in self._subscription_of:
                 topics.append(index)
             else:
-                results[index] = ApplyResult(optout, PERMANENT,
-                                             f"topic {optout.scope!r} has no HubSpot subscription id at {self.name}")
+                outcomes.refuse(index, f"topic {optout.scope!r} has no HubSpot subscription id at {self.name}")
         if wide:
-            self._send(batch, wide, results, self._unsubscribe_all_batch, self._unsubscribe_all_one)
+            self.send_batches(outcomes, wide, self._unsubscribe_all_batch, self._unsubscribe_all_one)
         if topics:
-            self._send(batch, topics, results, lambda items: self._status_batch(items, state),
-                       lambda optout: self._status_one(optout, state))
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
-        return done
-
-    def _send(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None],
-              batch_call: Callable[[list[OptOut]], list[ApplyResult | None]],
-              single_call: Callable[[OptOut], ApplyResult]) -> None:
-        pending = list(indexes)
-        while pending:
-            if not self._batch_allowed("write"):
-                self._send_singly(batch, pending, results, single_call)
-                return
-            chunk = pending[:self._chunk_size]
-            try:
-                outcomes = batch_call([batch[i] for i in chunk])
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status == 403:
-                    self._batch_refused("write")  # no batch scopes (Marketing Hub Enterprise): one call each
-                    continue
-                if exc.status == 400 and _LIMIT_WORDS.search(exc.vendor_message) and self._chunk_size > 1:
-                    self._chunk_size = max(1, self._chunk_size // 2)
-                    continue
-                if exc.status in (400, 404, 422):
-                    # Something in the batch is refused: one call each finds which, and only it fails.
-                    self._send_singly(batch, chunk, results, single_call)
-                    pending = pending[len(chunk):]
-                    continue
-                raise
-            except TransientError as exc:
-                for index in pending:
-                    results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
-                return
-            self._batch_granted("write")
-            unreported = []
-            for index, outcome in zip(chunk, outcomes):
-                if outcome is None:
-                    unreported.append(index)
-                else:
-                    results[index] = outcome
-            if unreported:
-                # The batch answer said nothing about these: ask about each one.
-                self._send_singly(batch, unreported, results, single_call)
-            pending = pending[len(chunk):]
-
-    def _send_singly(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None],
-                     single_call: Callable[[OptOut], ApplyResult]) -> None:
-        for position, index in enumerate(indexes):
-            optout = batch[index]
-            try:
-                results[index] = single_call(optout)
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403):
-                    # Even the single call is refused: the token or its scopes changed, so what
-                    # was learnt about the batch endpoints no longer holds; the next cycle asks again.
-                    self._forget_batch_answers()
-                    raise  # bad credentials or scopes: the adapter, not this address
-                if exc.status is None:
-                    raise
-                results[index] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in indexes[position:]:
-                    results[rest] = ApplyResult(batch[rest], TRANSIENT, str(exc))
-                return
-            except TransientError as exc:
-                results[index] = ApplyResult(optout, TRANSIENT, str(exc))
+            self.send_batches(outcomes, topics, lambda items: self._status_batch(items, state),
+                              lambda optout: self._status_one(optout, state))
+        return outcomes.finished()
 
     def _unsubscribe_all_batch(self, items: list[OptOut]) -> list[ApplyResult | None]:
         path = f"{V4}/statuses/batch/unsubscribe-all"
         endpoint = f"POST {path}"
-        answer = self._parse(self.http.request("POST", path, endpoint=endpoint,
+        answer = self.parse(self.http.request("POST", path, endpoint=endpoint,
                                                params={**self._unit_params(), "verbose": "true"},
                                                json={"inputs": [o.address for o in items]}),
                              BulkStatusesEnvelope, endpoint)
@@ -759,7 +396,7 @@ class HubSpotAdapter:
     def _unsubscribe_all_one(self, optout: OptOut) -> ApplyResult:
         path = f"{V4}/statuses/{quote(optout.address, safe='@')}/unsubscribe-all"
         endpoint = f"POST {V4}/statuses/{{email}}/unsubscribe-all"
-        answer = self._parse(self.http.request("POST", path, endpoint=endpoint,
+        answer = self.parse(self.http.request("POST", path, endpoint=endpoint,
                                                params={**self._unit_params(), "verbose": "true"}),
                              StatusEnvelope, endpoint)
         return self._wide_outcome(optout, answer.results)
@@ -769,7 +406,7 @@ class HubSpotAdapter:
         endpoint = f"POST {path}"
         inputs = [{"subscriberIdString": o.address, "channel": "EMAIL", "statusState": state,
                    "subscriptionId": self._subscription_of[o.scope], **self._legal} for o in items]
-        answer = self._parse(self.http.request("POST", path, endpoint=endpoint, json={"inputs": inputs}),
+        answer = self.parse(self.http.request("POST", path, endpoint=endpoint, json={"inputs": inputs}),
                              StatusEnvelope, endpoint)
         reported = {(s.subscriberIdString.strip().lower(), s.subscriptionId): s for s in answer.results}
         refused = self._refusals(answer.errors, items, endpoint)
@@ -783,7 +420,7 @@ class HubSpotAdapter:
         path = f"{V4}/statuses/{quote(optout.address, safe='@')}"
         endpoint = f"POST {V4}/statuses/{{email}}"
         subscription = self._subscription_of[optout.scope]
-        answer = self._parse(self.http.request("POST", path, endpoint=endpoint, json={
+        answer = self.parse(self.http.request("POST", path, endpoint=endpoint, json={
             "channel": "EMAIL", "statusState": state, "subscriptionId": subscription, **self._legal}),
             StatusEnvelope, endpoint)
         for status in answer.results:
@@ -823,136 +460,31 @@ class HubSpotAdapter:
                     f"{self.name}: {endpoint} refused it: {error.category or 'error'}: {error.message}"))
         return refused
 
-    # -- contacts (clean-up of bounced and spam-reporting contacts) ---------------------------------
-
-    def find_contact_ids(self, addresses: Sequence[str]) -> dict[str, list[str]]:
-        """Contact ids per address, through CRM search (`email IN [...]`); addresses without a contact are absent."""
-        self.http.new_cycle()
-        endpoint = f"POST {SEARCH}"
-        found: dict[str, list[str]] = {}
-        for chunk in chunks(sorted(set(addresses)), self.settings.search_in_values):
-            wanted = set(chunk)
-            after: str | None = None
-            while True:
-                body: dict[str, Any] = {
-                    "filterGroups": [{"filters": [{"propertyName": "email", "operator": "IN", "values": list(chunk)}]}],
-                    "properties": ["email"], "limit": self.settings.search_page_size,
-                    "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
-                if after:
-                    body["after"] = after
-                answer = self._parse(self.http.request("POST", SEARCH, endpoint=endpoint, bucket="search",
-                                                       json=body), SearchPage, endpoint)
-                for hit in answer.results:
-                    email = (hit.properties.get("email") or "").strip().lower()
-                    if email in wanted and hit.id not in found.get(email, []):
-                        found.setdefault(email, []).append(hit.id)
-                if not (answer.paging and answer.paging.next):
-                    break
-                if answer.paging.next.after == after:
-                    raise UnexpectedAnswer(self.name, endpoint, "paging.next.after repeats the last cursor",
-                                           status=200)
-                after = answer.paging.next.after
-        return found
-
-    def archive_contacts(self, contact_ids: Sequence[str]) -> list[ArchiveResult]:
-        """Archive (delete) contacts in batches; their per-address opt-outs stay at HubSpot."""
-        self.http.new_cycle()
-        endpoint = f"POST {ARCHIVE}"
-        results: list[ArchiveResult] = []
-        pending = list(contact_ids)
-        size = self.settings.contact_batch_size
-        while pending:
-            part = pending[:size]
-            try:
-                self.http.request("POST", ARCHIVE, endpoint=endpoint, json={"inputs": [{"id": i} for i in part]})
-            except VendorPermanentError as exc:
-                if exc.status == 400 and _LIMIT_WORDS.search(exc.vendor_message) and size > 1:
-                    size = max(1, size // 2)
-                    continue
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                results += [ArchiveResult(i, False, str(exc)) for i in part]
-            except TransientError as exc:
-                results += [ArchiveResult(i, False, str(exc)) for i in pending]
-                return results
-            else:
-                results += [ArchiveResult(i, True, "archived") for i in part]
-            pending = pending[len(part):]
-        return results
-
     # -- operator checks --------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """List the business unit's subscription types, flag unmapped ones, and probe scopes; changes nothing."""
-        self.http.new_cycle()
         unit = self.settings.business_unit_id
-        endpoint = f"GET {V4}/definitions"
-        definitions = self._parse(self.http.request("GET", f"{V4}/definitions", endpoint=endpoint,
-                                                    params={"businessUnitId": unit}),
-                                  DefinitionsEnvelope, endpoint).results
-        known = {d.id: d for d in definitions}
-        lines = [f"business unit {unit}: {len(definitions)} subscription types"]
-        problems = []
-        for topic, subscription in sorted(self.settings.topics.items()):
-            if subscription in known:
-                lines.append(f"topic {topic} -> subscription {subscription} ({known[subscription].name})")
-            else:
-                problems.append(f"topic {topic} maps to subscription {subscription}, which business unit {unit} "
-                                "does not have")
-        mapped = set(self.settings.topics.values())
-        for definition in definitions:
-            if definition.id not in mapped:
-                lines.append(f"UNMAPPED: subscription {definition.id} ({definition.name}); its unsubscribes are "
-                             "listed as rejected until a topic maps to it")
-        if problems:
-            raise ConfigError(f"{self.name}: " + "; ".join(problems))
+        definitions = self.get(f"{V4}/definitions", DefinitionsEnvelope, params={"businessUnitId": unit}).results
+        problems: list[str] = []
+        lines = [f"business unit {unit}: {len(definitions)} subscription types"] + self.topic_lines(
+            {d.id: d.name for d in definitions}, "subscription", problems,
+            missing=f"which business unit {unit} does not have",
+            unmapped="its unsubscribes are listed as rejected until a topic maps to it")
+        self.refuse_if(problems)
         self.http.request("GET", TIMELINE, endpoint=f"GET {TIMELINE}", params={"limit": 1})
         lines.append("subscription timeline: readable")
         lines.append(self._probe_batch())
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the token, or the OAuth scope it lacks (named by HubSpot if it says)."""
+    def probe_needs(self, exc: BaseException) -> str | None:
+        """The OAuth scope a refused probe lacked (named by HubSpot if it says)."""
         named = re.search(r"scopes are required: \[([^\]]*)\]", str(getattr(exc, "vendor_message", "")))
         endpoint = str(getattr(exc, "endpoint", ""))
         scope = (named.group(1).replace("'", "") if named else "content" if TIMELINE in endpoint
                  else "communication_preferences.read_write" if "/communication-preferences/" in endpoint
                  else "crm.objects.contacts.read" if "/crm/" in endpoint else None)
-        return explain_refusal(exc, "token", scope and f"OAuth scope {scope} (add it to the private app)")
-
-    def _probe_batch(self) -> str:
-        path = f"{V4}/statuses/batch/unsubscribe-all/read"
-        try:
-            self.http.request("POST", path, endpoint=f"POST {path}", params=self._unit_params(), json={"inputs": []})
-        except VendorPermanentError as exc:
-            if exc.status == 403:
-                self._batch_refused("read")
-                return "batch endpoints: not allowed for this token (one call per address; slower)"
-            return f"batch endpoints: could not tell ({exc.vendor_message})"
-        return "batch endpoints: available"
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
-
-    # -- what this token may call (remembered across processes) ---------------------------------------
-
-    def _batch_allowed(self, kind: str) -> bool:
-        """False while a 403 on a batch `kind` ("read"/"write") call is remembered and not yet due a re-check."""
-        if not self.settings.batch_endpoints:
-            return False
-        refused_at = _number(self.memory.get(f"batch_{kind}_refused_at"))
-        return refused_at is None or self.clock.time() - refused_at >= self.settings.batch_recheck_every
-
-    def _batch_refused(self, kind: str) -> None:
-        self.memory.set(f"batch_{kind}_refused_at", str(int(self.clock.time())))
-
-    def _batch_granted(self, kind: str) -> None:
-        self.memory.forget(f"batch_{kind}_refused_at")
-
-    def _forget_batch_answers(self) -> None:
-        for kind in ("read", "write"):
-            self.memory.forget(f"batch_{kind}_refused_at")
+        return scope and f"OAuth scope {scope} (add it to the private app)"
 
     # -- small helpers -----------------------------------------------------------------------------
 
@@ -965,19 +497,4 @@ class HubSpotAdapter:
         try:
             return int(cursor)
         except ValueError:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor {cursor!r} is not a "
-                                       "millisecond timestamp") from None
-
-    def _unit_params(self) -> dict[str, Any]:
-        return {"channel": "EMAIL", "businessUnitId": self.settings.business_unit_id}
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None
-
-
-def _is_status(optout: OptOut) -> bool:
-    """True for an opt-out read from a status change (which v4 can confirm), not a bounce or spam report."""
-    return (optout.details or {}).get("hubspot_change_type") in ("PORTAL_STATUS", "SUBSCRIPTION_STATUS")
+            raise self.bad_cursor(f"the saved cursor {cursor!r} is not a millisecond timestamp") from None

@@ -64,36 +64,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
-from state.errors import ConfigError, TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.errors import ConfigError
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected, \
+    to_utc_iso
 
 from .base import Capabilities, Duration
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    check_base_url,
-    parse_retry_after,
-)
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, check_base_url
+from .kit import HttpAdapter, Outcomes, json_body, parse_time, vendor_error
+from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 _DATA_CENTER = re.compile(r"-([a-z]{2,4}\d{1,3})$")
 _LIMIT_WORDS = re.compile(r"\b(limit|maximum|max|too many|exceed\w*|at most)\b", re.IGNORECASE)
@@ -152,75 +133,64 @@ class MailchimpSettings(HttpAdapterSettings):
 # -- Mailchimp's answers, as far as this adapter relies on them ---------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Member(_Answer):
+class Member(VendorAnswer):
     email_address: str
     status: str
     last_changed: str | None = None
     unsubscribe_reason: str | None = None
 
 
-class MembersPage(_Answer):
+class MembersPage(VendorAnswer):
     members: list[Member]
     total_items: int | None = None
 
 
-class AbuseReport(_Answer):
+class AbuseReport(VendorAnswer):
     id: str | None = None
     campaign_id: str | None = None
     email_address: str
     date: str | None = None
 
 
-class AbuseReportsPage(_Answer):
+class AbuseReportsPage(VendorAnswer):
     abuse_reports: list[AbuseReport]
     total_items: int | None = None
 
 
-class BatchError(_Answer):
+class BatchError(VendorAnswer):
     email_address: str = ""
     error: str = ""
     error_code: str | None = None
 
 
-class BatchMember(_Answer):
+class BatchMember(VendorAnswer):
     email_address: str
 
 
-class BatchAnswer(_Answer):
+class BatchAnswer(VendorAnswer):
     new_members: list[BatchMember] = Field(default_factory=list)
     updated_members: list[BatchMember] = Field(default_factory=list)
     errors: list[BatchError] = Field(default_factory=list)
 
 
-class Audience(_Answer):
+class Audience(VendorAnswer):
     id: str
     name: str = ""
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
-class AudiencesPage(_Answer):
+class AudiencesPage(VendorAnswer):
     lists: list[Audience]
     total_items: int | None = None
 
 
-class Ping(_Answer):
+class Ping(VendorAnswer):
     health_status: str = ""
-
-
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer this adapter cannot read: an adapter-level failure, never an item's."""
 
 
 def mailchimp_error(response: httpx.Response, now: float) -> VendorError:
     """Mailchimp's problem detail {type, title, status, detail, instance, errors[]}."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    body = body if isinstance(body, dict) else {}
+    body = json_body(response)
     title, detail = body.get("title"), body.get("detail")
     message = ": ".join(str(p) for p in (title, detail) if p) or response.reason_phrase or "no message"
     fields = [f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or []
@@ -228,65 +198,33 @@ def mailchimp_error(response: httpx.Response, now: float) -> VendorError:
     if fields:
         message += " (" + "; ".join(fields[:3]) + ")"
     instance = body.get("instance")
-    return VendorError(message, str(title) if title else None, str(instance) if instance else None,
-                       parse_retry_after(response.headers.get("retry-after"), now))
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _more(adapter: str, items: list, previous: list | None, offset: int, endpoint: str) -> bool:
-    """False at the end of a list (an empty page); an error when a page repeats the previous one.
-
-    A page with fewer items than asked for is not the end (only total_items or an empty
-    page says so), and a repeated page means the offset was ignored: counting it again
-    would skip a page, going on would loop.
-    """
-    if not items:
-        return False
-    if items == previous:
-        raise UnexpectedAnswer(adapter, endpoint, f"the page at offset {offset} repeats the previous page", status=200)
-    return True
+    return vendor_error(response, now, message, str(title) if title else None, str(instance) if instance else None)
 
 
 def _api_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
 
-class MailchimpAdapter:
+class MailchimpAdapter(HttpAdapter):
     """Reads unsubscribed and cleaned members and abuse reports of one audience; unsubscribes existing members."""
 
     settings_model = MailchimpSettings
+    shown = ("base_url", "list_id", "scope")
+    limit_words = _LIMIT_WORDS
 
     def __init__(self, settings: MailchimpSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
         if settings.scope != GLOBAL_SCOPE and settings.scope not in topics:
             raise ValueError(f"scope {settings.scope!r} is not a topic defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
         # remove=True so that a lift with --propagate asks, and records remove()'s reason for refusing.
         self.capabilities = Capabilities(
             read_changes=True, read_all=True, write=True, remove=True, batch_size=settings.batch_size,
             scopes=frozenset() if settings.scope == GLOBAL_SCOPE else frozenset({settings.scope}))
         key = settings.api_key.get_secret_value()
         basic = base64.b64encode(f"optout-sync:{key}".encode()).decode()
-        self.http = HttpClient(settings.name, settings, headers={"Authorization": f"Basic {basic}"},
-                               describe_error=mailchimp_error, transport=transport, clock=clock,
-                               secrets=[key, basic])
-        self.clock = self.http.clock
+        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailchimp_error,
+                   transport=transport, clock=clock, secrets=[key, basic])
         self._list = f"/lists/{settings.list_id}"
-        self._chunk_size = settings.batch_size
-
-    def __repr__(self) -> str:
-        return (f"MailchimpAdapter(name={self.name!r}, base_url={self.settings.base_url!r}, "
-                f"list_id={self.settings.list_id!r}, scope={self.settings.scope!r})")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -318,7 +256,7 @@ class MailchimpAdapter:
             for reports in self._abuse_reports():
                 page = Page()
                 for report in reports:
-                    moment = _parse_time(report.date)
+                    moment = parse_time(report.date)
                     if start is not None and moment is not None and moment < start:
                         continue  # no time filter at Mailchimp for this list: keep the window's part
                     self._convert_report(report, moment, page, seen_up_to)
@@ -333,45 +271,30 @@ class MailchimpAdapter:
                     yield page
 
     def _members(self, status: str, start: datetime | None, end: datetime | None) -> Iterator[list[Member]]:
-        path = f"{self._list}/members"
-        endpoint = "GET /lists/{list_id}/members"
-        offset = 0
-        previous: list[Member] | None = None
-        while True:
-            params: dict[str, Any] = {"status": status, "count": self.settings.page_size, "offset": offset,
-                                      "sort_field": "last_changed", "sort_dir": "ASC", "fields": MEMBER_FIELDS}
-            if start is not None:
-                params["since_last_changed"] = _api_time(start)
-            if end is not None:
-                params["before_last_changed"] = _api_time(end)
-            answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params=params),
-                                 MembersPage, endpoint)
-            if not _more(self.name, answer.members, previous, offset, endpoint):
-                return
-            yield answer.members
-            offset += len(answer.members)
-            previous = answer.members
-            if answer.total_items is not None and offset >= answer.total_items:
-                return
+        window = {k: _api_time(v) for k, v in (("since_last_changed", start), ("before_last_changed", end)) if v}
+        return self._offset_pages(f"{self._list}/members", "GET /lists/{list_id}/members", MembersPage, "members", {
+            "status": status, "count": self.settings.page_size, "sort_field": "last_changed", "sort_dir": "ASC",
+            "fields": MEMBER_FIELDS, **window})
 
     def _abuse_reports(self) -> Iterator[list[AbuseReport]]:
-        path = f"{self._list}/abuse-reports"
-        endpoint = "GET /lists/{list_id}/abuse-reports"
-        offset = 0
-        previous: list[AbuseReport] | None = None
-        while True:
-            answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params={
-                "count": self.settings.page_size, "offset": offset}), AbuseReportsPage, endpoint)
-            if not _more(self.name, answer.abuse_reports, previous, offset, endpoint):
-                return
-            yield answer.abuse_reports
-            offset += len(answer.abuse_reports)
-            previous = answer.abuse_reports
-            if answer.total_items is not None and offset >= answer.total_items:
-                return
+        return self._offset_pages(f"{self._list}/abuse-reports", "GET /lists/{list_id}/abuse-reports",
+                                  AbuseReportsPage, "abuse_reports", {"count": self.settings.page_size})
+
+    def _offset_pages(self, path: str, endpoint: str, model: type, field: str, params: dict[str, Any]) -> Iterator[list]:
+        """Pages by offset until an empty page or total_items (a short page is not the end at Mailchimp)."""
+        def fetch(offset: int | None) -> tuple[list, int | None]:
+            answer = self.get(path, model, endpoint, params={**params, "offset": offset or 0})
+            items = getattr(answer, field)
+            done = (offset or 0) + len(items)
+            return items, None if not items or (answer.total_items is not None and done >= answer.total_items) \
+                else done
+
+        for items in self.follow(fetch, endpoint):
+            if items:
+                yield items
 
     def _convert_member(self, member: Member, page: Page, seen_up_to: datetime | None) -> None:
-        moment = _parse_time(member.last_changed)
+        moment = parse_time(member.last_changed)
         fresh = seen_up_to is None or moment is None or moment > seen_up_to
         try:
             address = normalise_address(member.email_address)
@@ -412,24 +335,20 @@ class MailchimpAdapter:
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Unsubscribe each address that is a member (or create it unsubscribed with create_members); in order."""
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
+        outcomes = Outcomes(self.name, batch)
         wanted = []
         for index, optout in enumerate(batch):
             if optout.scope in (GLOBAL_SCOPE, self.settings.scope):
                 wanted.append(index)
             else:
-                results[index] = ApplyResult(optout, PERMANENT, (
-                    f"audience {self.settings.list_id} stands for scope {self.settings.scope!r}, not "
-                    f"{optout.scope!r}"))
-        to_send = self._look_up(batch, wanted, results)
+                outcomes.refuse(index, f"audience {self.settings.list_id} stands for scope {self.settings.scope!r}, "
+                                       f"not {optout.scope!r}")
+        seen: dict[str, str | None] = {}
+        self.each(outcomes, wanted, lambda optout: self._decide(optout, seen))
+        to_send = outcomes.pending(wanted)
         if to_send:
-            self._send(batch, to_send, results)
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
+            self.send_batches(outcomes, to_send, self._batch_unsubscribe, lambda o: self._batch_unsubscribe([o])[0])
+        done = outcomes.finished()
         if self.settings.scope != GLOBAL_SCOPE:
             # An all-email opt-out written to a topic's audience reads back as that topic's: our echo.
             done = [ApplyResult(r.optout, r.outcome, r.message, fanned_out=(self.settings.scope,))
@@ -442,45 +361,24 @@ class MailchimpAdapter:
             "Mailchimp can only undo an unsubscribe by re-subscribing the member, which needs the person's own "
             "consent (their sign-up form); this daemon never subscribes anyone")) for o in batch]
 
-    def _look_up(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None]) -> list[int]:
-        """Decide per address from its member record; the indexes to send in the batch write."""
-        endpoint = "GET /lists/{list_id}/members/{subscriber_hash}"
-        to_send = []
-        seen: dict[str, str | None] = {}
-        for position, index in enumerate(indexes):
-            optout = batch[index]
-            try:
-                if optout.address not in seen:
-                    seen[optout.address] = self._member_status(optout.address, endpoint)
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None or isinstance(exc, UnexpectedAnswer):
-                    raise
-                results[index] = ApplyResult(optout, PERMANENT, str(exc))
-                continue
-            except RetryBudgetSpent as exc:
-                for rest in indexes[position:]:
-                    results[rest] = ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[index] = ApplyResult(optout, TRANSIENT, str(exc))
-                continue
-            status = seen[optout.address]
-            if status in DONE:
-                results[index] = ApplyResult(optout, ALREADY, f"Mailchimp member is {status} already")
-            elif status == "archived":
-                # Checked before create_members: writing would unarchive the member and bill it again.
-                results[index] = ApplyResult(optout, ALREADY, (
-                    "archived at Mailchimp (not mailed, not billed): holds the opt-out; left archived"))
-            elif status in WRITABLE or self.settings.create_members:
-                to_send.append(index)
-            elif status is None:
-                results[index] = ApplyResult(optout, PERMANENT, (
-                    f"not a member of audience {self.settings.list_id}; create_members is off, so no contact was "
-                    "created (Mailchimp would bill it)"))
-            else:
-                results[index] = ApplyResult(optout, PERMANENT, f"Mailchimp member has status {status!r}; "
-                                                                "not changed")
-        return to_send
+    def _decide(self, optout: OptOut, seen: dict[str, str | None]) -> ApplyResult | None:
+        """An item's outcome from its member record; None when it goes into the batch write."""
+        if optout.address not in seen:
+            seen[optout.address] = self._member_status(optout.address, "GET /lists/{list_id}/members/{subscriber_hash}")
+        status = seen[optout.address]
+        if status in DONE:
+            return ApplyResult(optout, ALREADY, f"Mailchimp member is {status} already")
+        if status == "archived":
+            # Checked before create_members: writing would unarchive the member and bill it again.
+            return ApplyResult(optout, ALREADY, "archived at Mailchimp (not mailed, not billed): holds the opt-out; "
+                                                "left archived")
+        if status in WRITABLE or self.settings.create_members:
+            return None
+        if status is None:
+            return ApplyResult(optout, PERMANENT, (
+                f"not a member of audience {self.settings.list_id}; create_members is off, so no contact was "
+                "created (Mailchimp would bill it)"))
+        return ApplyResult(optout, PERMANENT, f"Mailchimp member has status {status!r}; not changed")
 
     def _member_status(self, address: str, endpoint: str) -> str | None:
         path = f"{self._list}/members/{subscriber_hash(address)}"
@@ -490,51 +388,7 @@ class MailchimpAdapter:
             if exc.status == 404:
                 return None
             raise
-        return self._parse(response, Member, endpoint).status
-
-    def _send(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None]) -> None:
-        """Batch writes of status `unsubscribed`; halve on a 400 naming a limit, one by one on another 400."""
-        pending = list(indexes)
-        while pending:
-            chunk = pending[:self._chunk_size]
-            try:
-                outcomes = self._batch_unsubscribe([batch[i] for i in chunk])
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                if exc.status == 400 and _LIMIT_WORDS.search(exc.vendor_message) and self._chunk_size > 1:
-                    self._chunk_size = max(1, self._chunk_size // 2)
-                    continue
-                self._send_singly(batch, chunk, results)
-                pending = pending[len(chunk):]
-                continue
-            except TransientError as exc:
-                for index in pending:
-                    results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
-                return
-            for index, outcome in zip(chunk, outcomes):
-                results[index] = outcome
-            pending = pending[len(chunk):]
-
-    def _send_singly(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None]) -> None:
-        for position, index in enumerate(indexes):
-            optout = batch[index]
-            try:
-                results[index] = self._batch_unsubscribe([optout])[0]
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                results[index] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in indexes[position:]:
-                    results[rest] = ApplyResult(batch[rest], TRANSIENT, str(exc))
-                return
-            except TransientError as exc:
-                results[index] = ApplyResult(optout, TRANSIENT, str(exc))
+        return self.parse(response, Member, endpoint).status
 
     def _batch_unsubscribe(self, items: list[OptOut]) -> list[ApplyResult]:
         endpoint = "POST /lists/{list_id}"
@@ -542,7 +396,7 @@ class MailchimpAdapter:
         addresses = list(dict.fromkeys(o.address for o in items))  # an address may come for `*` and the scope
         body = {"members": [{"email_address": a, "status": "unsubscribed"} for a in addresses],
                 "update_existing": True}
-        answer = self._parse(self.http.request("POST", self._list, endpoint=endpoint, json=body),
+        answer = self.parse(self.http.request("POST", self._list, endpoint=endpoint, json=body),
                              BatchAnswer, endpoint)
         updated = {m.email_address.strip().lower() for m in answer.updated_members}
         created = {m.email_address.strip().lower() for m in answer.new_members}
@@ -567,17 +421,15 @@ class MailchimpAdapter:
 
     # -- operator checks --------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Verify the key with read-only calls and list the account's audiences."""
-        self.http.new_cycle()
-        ping = self._parse(self.http.request("GET", "/ping", endpoint="GET /ping"), Ping, "GET /ping")
+        ping = self.get("/ping", Ping)
         lines = [f"API reachable: {ping.health_status or 'ok'}"]
         audiences: list[Audience] = []
         offset = 0
         while True:
-            page = self._parse(self.http.request("GET", "/lists", endpoint="GET /lists", params={
-                "count": 1000, "offset": offset, "fields": "lists.id,lists.name,lists.stats,total_items"}),
-                AudiencesPage, "GET /lists")
+            page = self.get("/lists", AudiencesPage, params={
+                "count": 1000, "offset": offset, "fields": "lists.id,lists.name,lists.stats,total_items"})
             audiences += page.lists
             offset += len(page.lists)
             if not page.lists or page.total_items is None or offset >= page.total_items:
@@ -604,24 +456,17 @@ class MailchimpAdapter:
         """Why a check() probe was refused: the API key, or audience `list_id` (or its interest) not found."""
         if getattr(exc, "status", None) == 404 and "/lists/" in str(getattr(exc, "endpoint", "")):
             return f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
-        return explain_refusal(exc, "api_key", f"access to audience {self.settings.list_id}")
+        return super().probe_refusal(exc)
 
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
+    def probe_needs(self, exc: BaseException) -> str | None:
+        return f"access to audience {self.settings.list_id}"
 
     # -- small helpers -----------------------------------------------------------------------------
 
     def _cursor_time(self, cursor: str | None) -> datetime | None:
         if cursor is None:
             return None
-        moment = _parse_time(cursor)
+        moment = parse_time(cursor)
         if moment is None:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor {cursor!r} is not an ISO time")
+            raise self.bad_cursor(f"the saved cursor {cursor!r} is not an ISO time")
         return moment
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None

@@ -43,47 +43,28 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, Literal
+from email.utils import format_datetime
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import Capabilities, Duration
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .http import (Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint,
+                   parse_http_date)
+from .kit import HttpAdapter, Outcomes, UnexpectedAnswer, json_body, parse_time, require_topics, vendor_error
 
 LISTS = ("unsubscribes", "bounces", "complaints")
 ALL_TAGS = "*"
 MAX_RECORDS = 1000  # [DOC] records per JSON add, and items per list page
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 CURSOR_VERSION = 1
+Item = TypeVar("Item")
 
 
 class MailgunSettings(HttpAdapterSettings):
@@ -136,57 +117,40 @@ class MailgunSettings(HttpAdapterSettings):
 # -- Mailgun's answers, as far as this adapter relies on them ------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Paging(_Answer):
+class Paging(VendorAnswer):
     next: str | None = None
 
 
-class UnsubscribeItem(_Answer):
+class UnsubscribeItem(VendorAnswer):
     address: str
     # Documented as an array; the single-record lookup has been seen to give a bare string.
     tags: list[str] | str | None = None
     created_at: str | None = None
 
 
-class BounceItem(_Answer):
+class BounceItem(VendorAnswer):
     address: str
     code: str | None = None
     error: str | None = None
     created_at: str | None = None
 
 
-class ComplaintItem(_Answer):
+class ComplaintItem(VendorAnswer):
     address: str
     created_at: str | None = None
 
 
-class UnsubscribePage(_Answer):
-    items: list[UnsubscribeItem]
+class ListPage(VendorAnswer, Generic[Item]):
+    items: list[Item]
     paging: Paging | None = None
 
 
-class BouncePage(_Answer):
-    items: list[BounceItem]
-    paging: Paging | None = None
-
-
-class ComplaintPage(_Answer):
-    items: list[ComplaintItem]
-    paging: Paging | None = None
-
-
-class DomainAnswer(_Answer):
+class DomainAnswer(VendorAnswer):
     domain: dict[str, Any]
 
 
-PAGE_MODELS: dict[str, type[_Answer]] = {"unsubscribes": UnsubscribePage, "bounces": BouncePage,
-                                         "complaints": ComplaintPage}
-
-
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
+PAGE_MODELS: dict[str, type[VendorAnswer]] = {"unsubscribes": ListPage[UnsubscribeItem],
+                                               "bounces": ListPage[BounceItem], "complaints": ListPage[ComplaintItem]}
 
 
 @dataclass
@@ -224,73 +188,39 @@ class _Record:
 
 def mailgun_error(response: httpx.Response, now: float) -> VendorError:
     """Mailgun's `{"message": ...}` body (or its plain-text body) and any Retry-After."""
-    message = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        message = str(body["message"])
-    elif response.text.strip() and not response.text.lstrip().startswith("<"):
+    message = json_body(response).get("message")
+    if not message and response.text.strip() and not response.text.lstrip().startswith("<"):
         message = response.text.strip()[:300]
-    return VendorError(message or response.reason_phrase or "no message",
-                       retry_after=parse_retry_after(response.headers.get("retry-after"), now))
+    return vendor_error(response, now, str(message) if message else None)
 
 
-def parse_rfc822(text: str | None) -> datetime | None:
-    """A timezone-aware datetime from Mailgun's RFC 822 `created_at`; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _iso_to_datetime(text: str | None) -> datetime | None:
+def _utc(text: str | None) -> datetime | None:
     """A UTC datetime from the store's ISO text (naive taken as UTC); None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    moment = parse_time(text)
+    return moment.astimezone(timezone.utc) if moment else None
 
 
 # -- the adapter ----------------------------------------------------------------------------------------
 
 
-class MailgunAdapter:
+class MailgunAdapter(HttpAdapter):
     """Reads a sending domain's unsubscribes, bounces and complaints; writes unsubscribes."""
 
     settings_model = MailgunSettings
+    shown = ("base_url", "domain")
 
     def __init__(self, settings: MailgunSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
-        undefined = sorted(set(settings.topics) - set(topics))
-        if undefined:
-            raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
+        require_topics(settings, topics)
         self._tag_of = dict(settings.topics)
         self._topic_of_tag = {tag.lower(): topic for topic, tag in settings.topics.items()}
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(settings.topics))
         key = settings.api_key.get_secret_value()
         basic = base64.b64encode(f"api:{key}".encode()).decode()
-        self.http = HttpClient(settings.name, settings, headers={"Authorization": f"Basic {basic}"},
-                               describe_error=mailgun_error, pause_hint=generic_pause_hint, transport=transport,
-                               clock=clock, secrets=[key, basic])
-        self.clock = self.http.clock
+        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailgun_error,
+                   pause_hint=generic_pause_hint, transport=transport, clock=clock, secrets=[key, basic])
         self._domain_path = quote(settings.domain, safe="")
-
-    def __repr__(self) -> str:
-        return (f"MailgunAdapter(name={self.name!r}, base_url={self.settings.base_url!r}, "
-                f"domain={self.settings.domain!r})")
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -304,7 +234,7 @@ class MailgunAdapter:
         sweep = self._load_sweep(cursor)
         if sweep.started_at is None:
             sweep.started_at = self._now().isoformat()
-        listed_before = _iso_to_datetime(sweep.listed_before)
+        listed_before = _utc(sweep.listed_before)
         if listed_before is not None:
             listed_before -= timedelta(seconds=self.settings.listing_overlap)
         for _ in range(self.settings.max_pages_per_cycle):
@@ -356,15 +286,15 @@ class MailgunAdapter:
                 raise ValueError("paging parameters are not text")
             return Sweep(saved["list"], next_params, saved.get("started"), saved.get("listed_before"))
         except (ValueError, TypeError, AttributeError) as exc:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor is not one this adapter "
-                                       f"wrote ({exc}); reset it to start a new sweep") from None
+            raise self.bad_cursor(f"the saved cursor is not one this adapter wrote ({exc}); reset it to start a "
+                                  "new sweep") from None
 
     def _list_page(self, list_name: str, params: dict[str, str] | None) -> tuple[list[Any], dict[str, str]]:
         """One page of a list and the query of its `paging.next` URL."""
         path = f"/v3/{self._domain_path}/{list_name}"
         endpoint = f"GET /v3/{{domain}}/{list_name}"
         query = {**(params or {}), "limit": str(self.settings.page_size)}
-        answer = self._parse(self.http.request("GET", path, endpoint=endpoint, params=query),
+        answer = self.parse(self.http.request("GET", path, endpoint=endpoint, params=query),
                              PAGE_MODELS[list_name], endpoint)
         next_params = self._next_params(answer.paging, list_name, endpoint)
         if answer.items and next_params == (params or {}):
@@ -385,7 +315,7 @@ class MailgunAdapter:
     def _convert(self, list_name: str, item: Any, page: Page, listed_before: datetime | None,
                  list_problems: bool = True) -> None:
         """Turn one list item into opt-outs, or a listed problem when it is new since the last sweep."""
-        created = parse_rfc822(item.created_at)
+        created = parse_http_date(item.created_at)
         occurred = to_utc_iso(created) if created else None
         new = list_problems and (listed_before is None or (created is not None and created > listed_before))
         where = f"{list_name} of {self.settings.domain}"
@@ -431,31 +361,28 @@ class MailgunAdapter:
         each item (it cannot tell which addresses it held already); an add is idempotent.
         """
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
+        outcomes = Outcomes(self.name, batch)
         records: dict[str, _Record] = {}
         for index, optout in enumerate(batch):
-            tag = ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
+            tag = self._tag(optout)
             if tag is None:
-                results[index] = ApplyResult(optout, PERMANENT,
-                                             f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+                outcomes.refuse(index, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
                 continue
             record = records.setdefault(optout.address, _Record(optout.address))
             record.tags.add(tag)
             record.indexes.append(index)
-            moment = _iso_to_datetime(optout.occurred_at)
+            moment = _utc(optout.occurred_at)
             if moment is not None and (record.created_at is None or moment < record.created_at):
                 record.created_at = moment
         pending = list(records.values())
         for start in range(0, len(pending), self.settings.batch_size):
-            if not self._add(batch, pending[start:start + self.settings.batch_size], results):
-                for record in pending[start + self.settings.batch_size:]:
-                    for index in record.indexes:
-                        results[index] = ApplyResult(batch[index], TRANSIENT, "not sent: an earlier request of "
-                                                     "this batch could not be sent in this cycle")
+            if not self._add(outcomes, pending[start:start + self.settings.batch_size]):
+                outcomes.park([i for r in pending[start + self.settings.batch_size:] for i in r.indexes],
+                              "not sent: an earlier request of this batch could not be sent in this cycle")
                 break
-        return self._finished(batch, results)
+        return outcomes.finished()
 
-    def _add(self, batch: list[OptOut], records: list[_Record], results: list[ApplyResult | None]) -> bool:
+    def _add(self, outcomes: Outcomes, records: list[_Record]) -> bool:
         """POST records; a refused request is split in halves until the refused records stand alone.
 
         Returns False when a transient failure means the rest should wait for the next cycle.
@@ -470,18 +397,16 @@ class MailgunAdapter:
                 raise  # bad key, no access or no such domain: the adapter, not these addresses
             if len(records) > 1:
                 middle = len(records) // 2
-                return self._add(batch, records[:middle], results) and self._add(batch, records[middle:], results)
+                return self._add(outcomes, records[:middle]) and self._add(outcomes, records[middle:])
             for index in records[0].indexes:
-                results[index] = ApplyResult(batch[index], PERMANENT, str(exc))
+                outcomes.set(index, PERMANENT, str(exc))
             return True
         except TransientError as exc:
-            for record in records:
-                for index in record.indexes:
-                    results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
+            outcomes.park([i for r in records for i in r.indexes], exc)
             return False
         for record in records:
             for index in record.indexes:
-                results[index] = ApplyResult(batch[index], APPLIED)
+                outcomes.set(index, APPLIED)
         return True
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
@@ -490,51 +415,32 @@ class MailgunAdapter:
         Never a whole record: that would also lift tags this lift is not about.
         """
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        endpoint = "DELETE /v3/{domain}/unsubscribes/{address}"
-        for position, optout in enumerate(batch):
-            tag = ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
-            if tag is None:
-                results[position] = ApplyResult(optout, PERMANENT,
-                                                f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
-                continue
-            path = f"/v3/{self._domain_path}/unsubscribes/{quote(optout.address, safe='@')}"
-            try:
-                self.http.request("DELETE", path, endpoint=endpoint, params={"tag": tag})
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                if exc.status == 404:
-                    results[position] = ApplyResult(optout, ALREADY, f"Mailgun holds no unsubscribe with tag {tag!r}")
-                else:
-                    results[position] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in range(position, len(batch)):
-                    results[rest] = results[rest] or ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[position] = ApplyResult(optout, TRANSIENT, str(exc))
-            else:
-                results[position] = ApplyResult(optout, APPLIED)
-        return self._finished(batch, results)
+        outcomes = Outcomes(self.name, batch)
 
-    def _finished(self, batch: list[OptOut], results: list[ApplyResult | None]) -> list[ApplyResult]:
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
-        return done
+        def delete(optout: OptOut) -> ApplyResult:
+            tag = self._tag(optout)
+            if tag is None:
+                return ApplyResult(optout, PERMANENT, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+            path = f"/v3/{self._domain_path}/unsubscribes/{quote(optout.address, safe='@')}"
+            self.http.request("DELETE", path, endpoint="DELETE /v3/{domain}/unsubscribes/{address}",
+                              params={"tag": tag})
+            return ApplyResult(optout, APPLIED)
+
+        self.each(outcomes, range(len(batch)), delete, lambda o, exc: ApplyResult(
+            o, ALREADY, f"Mailgun holds no unsubscribe with tag {self._tag(o)!r}") if exc.status == 404
+            else ApplyResult(o, PERMANENT, str(exc)))
+        return outcomes.finished()
+
+    def _tag(self, optout: OptOut) -> str | None:
+        return ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
 
     # -- operator checks --------------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Look the domain up, probe the three lists and list the tags unsubscribes use; changes nothing."""
-        self.http.new_cycle()
         domain = self.settings.domain
         endpoint = "GET /v4/domains/{name}"
-        answer = self._parse(self.http.request("GET", f"/v4/domains/{self._domain_path}", endpoint=endpoint),
+        answer = self.parse(self.http.request("GET", f"/v4/domains/{self._domain_path}", endpoint=endpoint),
                              DomainAnswer, endpoint)
         lines = [f"domain {domain}: {answer.domain.get('state') or 'state not reported'}"]
         counts: dict[str, int] = {}
@@ -570,19 +476,12 @@ class MailgunAdapter:
         if getattr(exc, "status", None) == 404 and "/domains/" in str(getattr(exc, "endpoint", "")):
             return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` "
                     "for an EU domain)")
-        return explain_refusal(exc, "api_key", f"access to domain {self.settings.domain}")
+        return super().probe_refusal(exc)
 
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
+    def probe_needs(self, exc: BaseException) -> str | None:
+        return f"access to domain {self.settings.domain}"
 
     # -- small helpers ----------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), timezone.utc)
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None

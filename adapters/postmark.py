@@ -42,42 +42,24 @@ refused with the reason. Soft bounces never reach the suppression list.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
-from state.errors import ConfigError, TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.errors import TransientError
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected, \
+    to_utc_iso
 
 from .base import Capabilities
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
+from .kit import (HttpAdapter, Outcomes, cursor_text, json_body, newest_on_last_page, parse_time, require_topics,
+                  vendor_error)
+from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 MAX_SUPPRESSIONS = 50  # [LIB] addresses per create or delete call
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -143,43 +125,36 @@ class PostmarkSettings(HttpAdapterSettings):
 # -- Postmark's answers, as far as this adapter relies on them ------------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Suppression(_Answer):
+class Suppression(VendorAnswer):
     EmailAddress: str
     SuppressionReason: str
     Origin: str | None = None
     CreatedAt: str | None = None
 
 
-class Dump(_Answer):
+class Dump(VendorAnswer):
     Suppressions: list[Suppression]
 
 
-class SuppressionStatus(_Answer):
+class SuppressionStatus(VendorAnswer):
     EmailAddress: str
     Status: str
     Message: str | None = None
 
 
-class Statuses(_Answer):
+class Statuses(VendorAnswer):
     Suppressions: list[SuppressionStatus]
 
 
-class Stream(_Answer):
+class Stream(VendorAnswer):
     ID: str
     Name: str | None = None
     MessageStreamType: str | None = None
     ArchivedAt: str | None = None
 
 
-class Streams(_Answer):
+class Streams(VendorAnswer):
     MessageStreams: list[Stream]
-
-
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
 
 
 # -- error reading -------------------------------------------------------------------------------------
@@ -187,42 +162,24 @@ class UnexpectedAnswer(VendorPermanentError):
 
 def postmark_error(response: httpx.Response, now: float) -> VendorError:
     """Postmark's `{"ErrorCode", "Message"}` body and any Retry-After."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    body = body if isinstance(body, dict) else {}
-    message = str(body.get("Message") or response.reason_phrase or "no message")
+    body = json_body(response)
     code = body.get("ErrorCode")
-    return VendorError(message, f"ErrorCode {code}" if code is not None else None,
-                       retry_after=parse_retry_after(response.headers.get("retry-after"), now))
-
-
-def _created_at(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return vendor_error(response, now, str(body.get("Message") or "") or None,
+                        f"ErrorCode {code}" if code is not None else None)
 
 
 # -- the adapter ----------------------------------------------------------------------------------------
 
 
-class PostmarkAdapter:
+class PostmarkAdapter(HttpAdapter):
     """Reads and writes the suppressions of a Postmark server's mapped message streams."""
 
     settings_model = PostmarkSettings
+    credential = "server_token"
 
     def __init__(self, settings: PostmarkSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
-        undefined = sorted(set(settings.topics) - set(topics))
-        if undefined:
-            raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
+        require_topics(settings, topics)
         self._stream_of = dict(settings.topics)
         # Streams read, each with the scope its manual suppressions stand for.
         self._scope_of: dict[str, str] = {}
@@ -232,10 +189,8 @@ class PostmarkAdapter:
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(settings.topics))
         token = settings.server_token.get_secret_value()
-        self.http = HttpClient(settings.name, settings, headers={"X-Postmark-Server-Token": token},
-                               describe_error=postmark_error, pause_hint=generic_pause_hint,
-                               transport=transport, clock=clock, secrets=[token])
-        self.clock = self.http.clock
+        self.start(settings, headers={"X-Postmark-Server-Token": token}, describe_error=postmark_error,
+                   pause_hint=generic_pause_hint, transport=transport, clock=clock, secrets=[token])
 
     def __repr__(self) -> str:
         return (f"PostmarkAdapter(name={self.name!r}, base_url={self.settings.base_url!r}, "
@@ -250,29 +205,14 @@ class PostmarkAdapter:
         read again in the overlap is harmless to the store; problems there are not listed twice.
         """
         self.http.new_cycle()
-        newest = self._load_cursor(cursor)
+        newest = self.load_cursor(cursor, lambda saved: parse_time(saved["newest"]) if saved.get("newest") else None)
         params: dict[str, str] = {}
         if newest is not None:
             params["fromdate"] = (newest.date() - timedelta(days=self.settings.overlap_days)).isoformat()
         elif self.settings.initial_lookback_days is not None:
             params["fromdate"] = (self._today() - timedelta(days=self.settings.initial_lookback_days)).isoformat()
-        seen_newest = newest
-        pages: list[Page] = []
-        for stream in self._scope_of:
-            for page, stream_newest in self._stream_pages(stream, params, listed_up_to=newest):
-                if stream_newest is not None and (seen_newest is None or stream_newest > seen_newest):
-                    seen_newest = stream_newest
-                if not (page.optouts or page.rejected):
-                    continue
-                # One page is held back so that the cursor goes with the last one.
-                if pages:
-                    yield pages.pop()
-                pages.append(page)
-        last = pages.pop() if pages else Page()
-        last.cursor = json.dumps({"v": CURSOR_VERSION,
-                                  "newest": seen_newest.isoformat() if seen_newest else None},
-                                 sort_keys=True, separators=(",", ":"))
-        yield last
+        pairs = (pair for stream in self._scope_of for pair in self._stream_pages(stream, params, listed_up_to=newest))
+        yield from newest_on_last_page(pairs, newest, lambda seen: cursor_text(newest=seen.isoformat() if seen else None))
 
     def read_all(self) -> Iterator[Page]:
         """Every suppression of every mapped stream, handed over page by page (for reconcile)."""
@@ -281,18 +221,6 @@ class PostmarkAdapter:
             for page, _ in self._stream_pages(stream, {}, listed_up_to=None, list_problems=False):
                 if page.optouts:
                     yield Page(page.optouts)
-
-    def _load_cursor(self, cursor: str | None) -> datetime | None:
-        if cursor is None:
-            return None
-        try:
-            saved = json.loads(cursor)
-            if saved.get("v") != CURSOR_VERSION:
-                raise ValueError("unknown cursor version")
-            return _created_at(saved["newest"]) if saved.get("newest") else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor is not one this adapter "
-                                       f"wrote ({exc}); reset it to read from the start") from None
 
     def _stream_pages(self, stream: str, params: dict[str, str], listed_up_to: datetime | None,
                       list_problems: bool = True) -> Iterator[tuple[Page, datetime | None]]:
@@ -309,13 +237,12 @@ class PostmarkAdapter:
     def _dump(self, stream: str, params: dict[str, str]) -> list[Suppression]:
         path = f"/message-streams/{stream}/suppressions/dump"
         endpoint = "GET /message-streams/{stream}/suppressions/dump"
-        return self._parse(self.http.request("GET", path, endpoint=endpoint, params=params), Dump,
-                           endpoint).Suppressions
+        return self.get(path, Dump, endpoint, params=params).Suppressions
 
     def _convert(self, stream: str, item: Suppression, page: Page, listed_up_to: datetime | None,
                  list_problems: bool) -> datetime | None:
         """Turn one suppression into an opt-out (or a problem listed once); its CreatedAt."""
-        created = _created_at(item.CreatedAt)
+        created = parse_time(item.CreatedAt)
         new = list_problems and (listed_up_to is None or (created is not None and created > listed_up_to))
         where = f"suppressions of stream {stream}"
         try:
@@ -398,13 +325,11 @@ class PostmarkAdapter:
                                                                "of this batch could not be sent in this cycle"))
                     parked = True
                     break
-        results = [refused[i] or self._combine(batch[i], per_item[i]) for i in range(len(batch))]
-        if not delete:
-            results = [self._as_held(r) for r in results]
-        if results and all(r.outcome == TRANSIENT for r in results):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {results[0].message}")
-        return results
+        outcomes = Outcomes(self.name, batch)
+        for index, optout in enumerate(batch):
+            result = refused[index] or self._combine(optout, per_item[index])
+            outcomes.results[index] = result if delete else self._as_held(result)
+        return outcomes.finished()
 
     def _deletable(self, batch: list[OptOut], stream: str, addresses: dict[str, list[int]],
                    per_item: list[list[ApplyResult]]) -> dict[str, list[int]]:
@@ -464,7 +389,7 @@ class PostmarkAdapter:
                 for index in indexes:
                     per_item[index].append(ApplyResult(batch[index], TRANSIENT, str(exc)))
             return False
-        answer = self._parse(response, Statuses, endpoint)
+        answer = self.parse(response, Statuses, endpoint)
         reported = {s.EmailAddress.strip().lower(): s for s in answer.Suppressions}
         success = "Deleted" if delete else "Suppressed"
         for address, indexes in addresses.items():
@@ -507,19 +432,15 @@ class PostmarkAdapter:
 
     # -- operator checks --------------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Verify the token by listing the server's streams; flag unmapped ones; changes nothing."""
-        self.http.new_cycle()
-        endpoint = "GET /message-streams"
-        streams = self._parse(self.http.request("GET", "/message-streams", endpoint=endpoint,
-                                                params={"MessageStreamType": "All", "IncludeArchivedStreams": "false"}),
-                              Streams, endpoint).MessageStreams
+        streams = self.get("/message-streams", Streams, params={"MessageStreamType": "All",
+                                                                 "IncludeArchivedStreams": "false"}).MessageStreams
         known = {s.ID: s for s in streams}
         lines = [f"server token: valid ({len(streams)} message streams)"]
         problems = [f"stream {stream!r} ({'all email' if scope == GLOBAL_SCOPE else 'topic ' + scope}) does not "
                     "exist on this server" for stream, scope in self._scope_of.items() if stream not in known]
-        if problems:
-            raise ConfigError(f"{self.name}: " + "; ".join(problems))
+        self.refuse_if(problems)
         for stream, scope in self._scope_of.items():
             kind = known[stream].MessageStreamType or "unknown type"
             lines.append(f"stream {stream} ({kind}) -> " + ("all email (*)" if scope == GLOBAL_SCOPE else f"topic {scope}"))
@@ -529,21 +450,11 @@ class PostmarkAdapter:
                              "suppressions are not read until a topic maps to it")
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the server token (a stream that does not exist is named by check())."""
-        return explain_refusal(exc, "server_token", "access to the server's message streams")
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
+    def probe_needs(self, exc: BaseException) -> str | None:
+        """A refused probe lacked the server token's access (a stream that does not exist is named by check())."""
+        return "access to the server's message streams"
 
     # -- small helpers ----------------------------------------------------------------------------------
 
     def _today(self) -> date:
         return datetime.fromtimestamp(self.clock.time(), timezone.utc).date()
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None

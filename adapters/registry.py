@@ -54,6 +54,7 @@ ADAPTER_TYPES: MutableMapping[str, type] = _AdapterTypes({
     "mailgun": "adapters.mailgun:MailgunAdapter",
     "postmark": "adapters.postmark:PostmarkAdapter",
     "ses": "adapters.ses:SesAdapter",
+    "klaviyo": "adapters.klaviyo:KlaviyoAdapter",
 })
 
 

@@ -50,42 +50,21 @@ an item; the overlap and the periodic reconcile bring it back.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, Field, RootModel, SecretStr, field_validator
+from pydantic import Field, RootModel, SecretStr, field_validator
 
 from state.addresses import InvalidAddress, normalise_address
-from state.errors import ConfigError, TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.errors import TransientError
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import Capabilities, Duration, chunks
-from .http import (
-    explain_refusal,
-    VendorAnswer,
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
+from .kit import HttpAdapter, Outcomes, integer_ids, json_body, require_topics, vendor_error
 
 ListName = Literal["unsubscribes", "bounces", "spam_reports", "groups"]
 ALL_LISTS: tuple[ListName, ...] = ("unsubscribes", "bounces", "spam_reports", "groups")
@@ -117,10 +96,7 @@ class SendGridSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _group_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        for topic, group in topics.items():
-            if not str(group).strip().isdigit():
-                raise ValueError(f"topic {topic!r}: SendGrid unsubscribe group ids are integers, got {group!r}")
-        return {topic: str(group).strip() for topic, group in topics.items()}
+        return integer_ids(topics, "SendGrid unsubscribe group ids")
 
     @field_validator("read_lists")
     @classmethod
@@ -131,75 +107,50 @@ class SendGridSettings(HttpAdapterSettings):
 # -- SendGrid's answers, as far as this adapter relies on them ------------------------------------
 
 
-_Answer = VendorAnswer  # the shared base: unknown fields ignored, ids as text
-
-
-class Unsubscribe(_Answer):
+class Unsubscribe(VendorAnswer):
     email: str
     created: int | None = None
 
 
-class Bounce(_Answer):
+class Bounce(VendorAnswer):
     email: str
     created: int | None = None
     reason: str | None = None
     status: str | None = None
 
 
-class SpamReport(_Answer):
+class SpamReport(VendorAnswer):
     email: str
     created: int | None = None
     ip: str | None = None
 
 
-class GroupSuppression(_Answer):
+class GroupSuppression(VendorAnswer):
     email: str
     group_id: int
     group_name: str | None = None
     created_at: int | None = None
 
 
-class Group(_Answer):
+class Group(VendorAnswer):
     id: int
     name: str = ""
     description: str | None = None
     is_default: bool | None = None
 
 
-class UnsubscribeList(RootModel[list[Unsubscribe]]):
-    pass
+UnsubscribeList, BounceList, SpamReportList = RootModel[list[Unsubscribe]], RootModel[list[Bounce]], \
+    RootModel[list[SpamReport]]
+GroupSuppressionList, GroupList, AddressList = RootModel[list[GroupSuppression]], RootModel[list[Group]], \
+    RootModel[list[str]]
 
 
-class BounceList(RootModel[list[Bounce]]):
-    pass
-
-
-class SpamReportList(RootModel[list[SpamReport]]):
-    pass
-
-
-class GroupSuppressionList(RootModel[list[GroupSuppression]]):
-    pass
-
-
-class GroupList(RootModel[list[Group]]):
-    pass
-
-
-class AddressList(RootModel[list[str]]):
-    pass
-
-
-class RecipientEmails(_Answer):
+class RecipientEmails(VendorAnswer):
     recipient_emails: list[str] = Field(default_factory=list)
 
 
-class GlobalSuppression(_Answer):
+class GlobalSuppression(VendorAnswer):
     recipient_email: str | None = None
-
-
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer this adapter cannot read: an adapter-level failure, never an item's."""
 
 
 LISTS: dict[str, tuple[str, type[RootModel]]] = {
@@ -211,22 +162,18 @@ LISTS: dict[str, tuple[str, type[RootModel]]] = {
 
 def sendgrid_error(response: httpx.Response, now: float) -> VendorError:
     """SendGrid's {"errors": [{field, message}]} body, and how long a 429 asks to wait."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = json_body(response)
     parts = []
-    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+    if isinstance(body.get("errors"), list):
         for error in body["errors"][:5]:
             if isinstance(error, dict) and error.get("message"):
                 field = error.get("field")
                 parts.append(f"{field}: {error['message']}" if field else str(error["message"]))
-    message = "; ".join(parts) or response.reason_phrase or "no message"
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-    if retry_after is None and response.status_code == 429:
-        retry_after = generic_pause_hint(response, now)
-    correlation = response.headers.get("x-request-id") or response.headers.get("x-message-id")
-    return VendorError(message, None, correlation, retry_after)
+    error = vendor_error(response, now, "; ".join(parts), None,
+                         response.headers.get("x-request-id") or response.headers.get("x-message-id"))
+    if error.retry_after is None and response.status_code == 429:
+        return VendorError(error.message, None, error.correlation_id, generic_pause_hint(response, now))
+    return error
 
 
 def _iso(seconds: int | None) -> str | None:
@@ -235,20 +182,15 @@ def _iso(seconds: int | None) -> str | None:
     return to_utc_iso(datetime.fromtimestamp(seconds, timezone.utc))
 
 
-
-
-class SendGridAdapter:
+class SendGridAdapter(HttpAdapter):
     """Reads SendGrid's suppression lists and writes global and group suppressions."""
 
     settings_model = SendGridSettings
+    limit_words = _LIMIT_WORDS
 
     def __init__(self, settings: SendGridSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
-        undefined = sorted(set(settings.topics) - set(topics))
-        if undefined:
-            raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
-        self.settings = settings
-        self.name = settings.name
+        require_topics(settings, topics)
         self._group_of = dict(settings.topics)
         self._topic_of = {group: topic for topic, group in settings.topics.items()}
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
@@ -257,13 +199,8 @@ class SendGridAdapter:
         headers = {"Authorization": f"Bearer {key}"}
         if settings.on_behalf_of:
             headers["on-behalf-of"] = settings.on_behalf_of
-        self.http = HttpClient(settings.name, settings, headers=headers, describe_error=sendgrid_error,
-                               transport=transport, clock=clock, secrets=[key])
-        self.clock = self.http.clock
-        self._chunk_size = settings.batch_size
-
-    def __repr__(self) -> str:
-        return f"SendGridAdapter(name={self.name!r}, base_url={self.settings.base_url!r})"
+        self.start(settings, headers=headers, describe_error=sendgrid_error, transport=transport, clock=clock,
+                   secrets=[key])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -306,34 +243,19 @@ class SendGridAdapter:
 
     def _paged(self, path: str, model: type[RootModel], start: int | None, end: int | None) -> Iterator[list]:
         endpoint = f"GET {path}"
-        offset = 0
-        previous: list | None = None
-        while True:
-            params: dict[str, Any] = {"limit": self.settings.page_size, "offset": offset}
-            if start is not None:
-                params["start_time"] = start
-            if end is not None:
-                params["end_time"] = end
-            items = self._parse(self.http.request("GET", path, endpoint=endpoint, params=params), model,
-                                endpoint).root
-            if not items:
-                return
-            if items == previous:
-                # The offset was ignored: going on would loop, and counting the page again would skip one.
-                raise UnexpectedAnswer(self.name, endpoint, f"the page at offset {offset} repeats the previous "
-                                       "page", status=200)
-            yield items
+        window = {k: v for k, v in (("start_time", start), ("end_time", end)) if v is not None}
+
+        def fetch(offset: int | None) -> tuple[list, int | None]:
+            params: dict[str, Any] = {"limit": self.settings.page_size, "offset": offset or 0, **window}
+            items = self.get(path, model, endpoint, params=params).root
             # `limit` is the page size [DOC], and `page_size` stays within SendGrid's documented
             # maximum (500): a shorter page is the last one, so no empty page is asked for.
-            if len(items) < self.settings.page_size:
-                return
-            offset += len(items)
-            previous = items
+            return items, (offset or 0) + len(items) if len(items) == self.settings.page_size else None
+
+        return self.follow(fetch, endpoint)
 
     def _group_pages(self, start: int | None, seen_up_to: int | None, report_unmapped: bool) -> Iterator[Page]:
-        endpoint = f"GET {ALL_GROUP_SUPPRESSIONS}"
-        items = self._parse(self.http.request("GET", ALL_GROUP_SUPPRESSIONS, endpoint=endpoint),
-                            GroupSuppressionList, endpoint).root
+        items = self.get(ALL_GROUP_SUPPRESSIONS, GroupSuppressionList).root
         if start is not None:
             # No time filter at SendGrid for this list: keep the window's part (undated items always).
             items = [i for i in items if i.created_at is None or i.created_at >= start]
@@ -394,137 +316,58 @@ class SendGridAdapter:
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Add each address to the global list (all email) or its topic's group; one result per item, in order."""
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        global_items, by_group = self._split(batch, results)
+        outcomes = Outcomes(self.name, batch)
+        global_items, by_group = self._split(outcomes)
         try:
             if by_group:
-                existing = self._existing_groups()
+                existing = {str(g.id) for g in self.get(GROUPS, GroupList).root}
                 for group, indexes in by_group.items():
                     if group not in existing:
                         for index in indexes:
-                            results[index] = ApplyResult(batch[index], PERMANENT, (
+                            outcomes.refuse(index, (
                                 f"SendGrid has no unsubscribe group {group} (topic {batch[index].scope!r}); not "
                                 "written, since SendGrid would put the address on the global list instead"))
                         continue
-                    self._send(batch, indexes, results, lambda items, g=group: self._add_to_group(g, items),
-                               lambda optout, g=group: self._add_to_group(g, [optout])[0])
+                    self.send_batches(outcomes, indexes, lambda items, g=group: self._add_to_group(g, items),
+                                      lambda optout, g=group: self._add_to_group(g, [optout])[0])
             if global_items:
-                self._send(batch, global_items, results, self._add_global, lambda o: self._add_global([o])[0])
+                self.send_batches(outcomes, global_items, self._add_global, lambda o: self._add_global([o])[0])
         except TransientError as exc:
             # The group list could not be read: nothing of this batch was sent.
-            results = [r if r is not None else ApplyResult(batch[i], TRANSIENT, str(exc))
-                       for i, r in enumerate(results)]
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            # Nothing got through within this cycle's retry budget: the engine parks the whole batch.
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
-        return done
+            outcomes.park(range(len(batch)), exc)
+        return outcomes.finished()
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
         """For an audited lift: delete global or group suppressions, one call each (all SendGrid offers)."""
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        global_items, by_group = self._split(batch, results)
-        plan = [(i, GLOBAL + "/{email}", f"{GLOBAL}/{{email}}") for i in global_items]
-        plan += [(i, f"{GROUPS}/{group}/suppressions/{{email}}", f"{GROUPS}/{{group_id}}/suppressions/{{email}}")
-                 for group, indexes in by_group.items() for i in indexes]
-        for position, (index, template, name) in enumerate(plan):
-            optout = batch[index]
-            path = template.replace("{email}", quote(optout.address, safe="@"))
-            try:
-                self.http.request("DELETE", path, endpoint=f"DELETE {name}")
-                results[index] = ApplyResult(optout, APPLIED, "removed at SendGrid")
-            except VendorPermanentError as exc:
-                if exc.status == 404:
-                    results[index] = ApplyResult(optout, ALREADY, "SendGrid did not hold it")
-                elif exc.status in (401, 403) or exc.status is None:
-                    raise
-                else:
-                    results[index] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest, _, _ in plan[position:]:
-                    results[rest] = ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[index] = ApplyResult(optout, TRANSIENT, str(exc))
-        return [r for r in results if r is not None]
+        outcomes = Outcomes(self.name, batch)
+        global_items, by_group = self._split(outcomes)
 
-    def _split(self, batch: list[OptOut], results: list[ApplyResult | None]) -> tuple[list[int], dict[str, list[int]]]:
+        def delete(optout: OptOut) -> ApplyResult:
+            group = self._group_of.get(optout.scope)
+            name = f"{GROUPS}/{{group_id}}/suppressions/{{email}}" if group else f"{GLOBAL}/{{email}}"
+            path = f"{GROUPS}/{group}/suppressions" if group else GLOBAL
+            self.http.request("DELETE", f"{path}/{quote(optout.address, safe='@')}", endpoint=f"DELETE {name}")
+            return ApplyResult(optout, APPLIED, "removed at SendGrid")
+
+        self.each(outcomes, global_items + [i for indexes in by_group.values() for i in indexes], delete,
+                  lambda o, exc: ApplyResult(o, ALREADY, "SendGrid did not hold it") if exc.status == 404
+                  else ApplyResult(o, PERMANENT, str(exc)))
+        return outcomes.finished(fail_when_nothing_sent=False)
+
+    def _split(self, outcomes: Outcomes) -> tuple[list[int], dict[str, list[int]]]:
         global_items: list[int] = []
         by_group: dict[str, list[int]] = {}
-        for index, optout in enumerate(batch):
+        for index, optout in enumerate(outcomes.batch):
             if optout.scope == GLOBAL_SCOPE:
                 global_items.append(index)
             elif optout.scope in self._group_of:
                 by_group.setdefault(self._group_of[optout.scope], []).append(index)
             else:
-                results[index] = ApplyResult(optout, PERMANENT,
-                                             f"topic {optout.scope!r} has no SendGrid group id at {self.name}")
+                outcomes.refuse(index, f"topic {optout.scope!r} has no SendGrid group id at {self.name}")
         return global_items, by_group
 
-    def _existing_groups(self) -> set[str]:
-        endpoint = f"GET {GROUPS}"
-        groups = self._parse(self.http.request("GET", GROUPS, endpoint=endpoint), GroupList, endpoint).root
-        return {str(g.id) for g in groups}
-
-    def _send(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None],
-              batch_call: Callable[[list[OptOut]], list[ApplyResult]],
-              single_call: Callable[[OptOut], ApplyResult]) -> None:
-        """Send in chunks; halve on a 400 naming a limit; isolate refused addresses; park the rest when stuck."""
-        pending = list(indexes)
-        while pending:
-            chunk = pending[:self._chunk_size]
-            items = [batch[i] for i in chunk]
-            try:
-                outcomes = batch_call(items)
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                if exc.status == 400 and _LIMIT_WORDS.search(exc.vendor_message) and self._chunk_size > 1:
-                    self._chunk_size = max(1, self._chunk_size // 2)
-                    continue
-                refused = self._refused(exc, items)
-                if refused and len(refused) < len(chunk):
-                    for position in refused:
-                        results[chunk[position]] = ApplyResult(items[position], PERMANENT, str(exc))
-                    pending = [i for p, i in enumerate(chunk) if p not in refused] + pending[len(chunk):]
-                    continue
-                self._send_singly(batch, chunk, results, single_call)
-                pending = pending[len(chunk):]
-                continue
-            except TransientError as exc:
-                for index in pending:
-                    results[index] = ApplyResult(batch[index], TRANSIENT, str(exc))
-                return
-            for index, outcome in zip(chunk, outcomes):
-                results[index] = outcome
-            pending = pending[len(chunk):]
-
-    def _send_singly(self, batch: list[OptOut], indexes: list[int], results: list[ApplyResult | None],
-                     single_call: Callable[[OptOut], ApplyResult]) -> None:
-        for position, index in enumerate(indexes):
-            optout = batch[index]
-            try:
-                results[index] = single_call(optout)
-            except UnexpectedAnswer:
-                raise
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                results[index] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in indexes[position:]:
-                    results[rest] = ApplyResult(batch[rest], TRANSIENT, str(exc))
-                return
-            except TransientError as exc:
-                results[index] = ApplyResult(optout, TRANSIENT, str(exc))
-
-    @staticmethod
-    def _refused(exc: VendorPermanentError, items: list[OptOut]) -> set[int]:
+    def batch_refusal_is_items(self, exc: VendorPermanentError, items: list[OptOut]) -> set[int]:
         """Positions of the batch a 400 names, by index (recipient_emails[3]) or by address."""
         text = exc.vendor_message.lower()
         named = {int(a or b) for a, b in _INDEX.findall(text)}
@@ -535,7 +378,7 @@ class SendGridAdapter:
         addresses = [o.address for o in items]
         search = f"{GROUPS}/{group}/suppressions/search"
         endpoint = f"POST {GROUPS}/{{group_id}}/suppressions/search"
-        held = {a.strip().lower() for a in self._parse(
+        held = {a.strip().lower() for a in self.parse(
             self.http.request("POST", search, endpoint=endpoint, json={"recipient_emails": addresses}),
             AddressList, endpoint).root}
         outcomes = {a: ApplyResult(o, ALREADY, f"SendGrid group {group} held it already")
@@ -544,7 +387,7 @@ class SendGridAdapter:
         if missing:
             path = f"{GROUPS}/{group}/suppressions"
             endpoint = f"POST {GROUPS}/{{group_id}}/suppressions"
-            self._parse(self.http.request("POST", path, endpoint=endpoint,
+            self.parse(self.http.request("POST", path, endpoint=endpoint,
                                           json={"recipient_emails": [o.address for o in missing]}),
                         RecipientEmails, endpoint)
             outcomes.update({o.address: ApplyResult(o, APPLIED) for o in missing})
@@ -555,7 +398,7 @@ class SendGridAdapter:
         missing = [o for o in items if o.address not in held]
         if missing:
             endpoint = f"POST {GLOBAL}"
-            self._parse(self.http.request("POST", GLOBAL, endpoint=endpoint,
+            self.parse(self.http.request("POST", GLOBAL, endpoint=endpoint,
                                           json={"recipient_emails": [o.address for o in missing]}),
                         RecipientEmails, endpoint)
         return [ApplyResult(o, ALREADY, "SendGrid's global list held it already") if o.address in held
@@ -565,7 +408,7 @@ class SendGridAdapter:
         endpoint = f"GET {GLOBAL}/{{email}}"
         held = set()
         for optout in items:
-            answer = self._parse(self.http.request("GET", f"{GLOBAL}/{quote(optout.address, safe='@')}",
+            answer = self.parse(self.http.request("GET", f"{GLOBAL}/{quote(optout.address, safe='@')}",
                                                    endpoint=endpoint), GlobalSuppression, endpoint)
             if (answer.recipient_email or "").strip().lower() == optout.address:
                 held.add(optout.address)
@@ -573,26 +416,16 @@ class SendGridAdapter:
 
     # -- operator checks --------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Verify the key with read-only calls, list the unsubscribe groups and flag unmapped ones."""
-        self.http.new_cycle()
-        endpoint = f"GET {GROUPS}"
-        groups = self._parse(self.http.request("GET", GROUPS, endpoint=endpoint), GroupList, endpoint).root
-        known = {str(g.id): g for g in groups}
-        lines = [f"{len(groups)} unsubscribe groups"]
-        problems = []
-        for topic, group in sorted(self._group_of.items()):
-            if group in known:
-                lines.append(f"topic {topic} -> group {group} ({known[group].name})")
-            else:
-                problems.append(f"topic {topic} maps to group {group}, which SendGrid does not have (writes to a "
-                                "missing group would land on the global list, so they are refused)")
-        for group in groups:
-            if str(group.id) not in self._topic_of:
-                lines.append(f"UNMAPPED: group {group.id} ({group.name}); its suppressions are listed as rejected "
-                             "until a topic maps to it")
-        if problems:
-            raise ConfigError(f"{self.name}: " + "; ".join(problems))
+        groups = self.get(GROUPS, GroupList).root
+        problems: list[str] = []
+        lines = [f"{len(groups)} unsubscribe groups"] + self.topic_lines(
+            {str(g.id): g.name for g in groups}, "group", problems,
+            missing="which SendGrid does not have (writes to a missing group would land on the global list, so "
+                    "they are refused)",
+            unmapped="its suppressions are listed as rejected until a topic maps to it")
+        self.refuse_if(problems)
         for list_name in self.settings.read_lists:
             if list_name != "groups":
                 path = LISTS[list_name][0]
@@ -600,17 +433,13 @@ class SendGridAdapter:
         lines.append(f"suppression lists readable: {', '.join(self.settings.read_lists)}")
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the API key, or the permission (scope) it lacks."""
+    def probe_needs(self, exc: BaseException) -> str | None:
+        """The API key permission (scope) a refused probe lacked."""
         endpoint = str(getattr(exc, "endpoint", ""))
         listed = next((name for name, (path, _) in LISTS.items() if path in endpoint), None)
         scope = ("asm.groups.read" if GROUPS in endpoint
                  else f"suppression.read (or suppression.{listed}.read)" if listed else None)
-        return explain_refusal(exc, "api_key", scope and f"API key permission {scope}")
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
+        return scope and f"API key permission {scope}"
 
     # -- small helpers -----------------------------------------------------------------------------
 
@@ -620,11 +449,4 @@ class SendGridAdapter:
         try:
             return int(cursor)
         except ValueError:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor {cursor!r} is not a unix "
-                                       "timestamp in seconds") from None
-
-    def _parse(self, response: httpx.Response, model: type, endpoint: str):
-        try:
-            return self.http.parse(response, model, endpoint)
-        except VendorPermanentError as exc:
-            raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None
+            raise self.bad_cursor(f"the saved cursor {cursor!r} is not a unix timestamp in seconds") from None

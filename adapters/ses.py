@@ -42,31 +42,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from state.addresses import InvalidAddress, normalise_address
-from state.errors import ConfigError, TransientError
-from state.models import (
-    ALREADY,
-    APPLIED,
-    GLOBAL_SCOPE,
-    PERMANENT,
-    TRANSIENT,
-    ApplyResult,
-    OptOut,
-    Page,
-    Rejected,
-    to_utc_iso,
-)
+from state.errors import ConfigError
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
 from .base import Capabilities, Duration
-from .http import (
-    Clock,
-    HttpAdapterSettings,
-    HttpClient,
-    RetryBudgetSpent,
-    VendorError,
-    VendorPermanentError,
-    generic_pause_hint,
-    parse_retry_after,
-)
+from .http import Clock, HttpAdapterSettings, VendorError, VendorPermanentError, generic_pause_hint
+from .kit import HttpAdapter, Outcomes, json_body, newest_on_last_page, vendor_error
+from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 try:
     from botocore.auth import SigV4Auth
@@ -82,7 +64,6 @@ ACCOUNT = "/v2/email/account"
 REASONS = {"BOUNCE": "hard_bounce", "COMPLAINT": "spam_complaint"}
 SES_REASON_OF = {"hard_bounce": "BOUNCE", "spam_complaint": "COMPLAINT"}
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-CURSOR_VERSION = 1
 
 
 class SesSettings(HttpAdapterSettings):
@@ -159,10 +140,6 @@ class Account(_Answer):
     SuppressionAttributes: dict[str, Any] | None = None
 
 
-class UnexpectedAnswer(VendorPermanentError):
-    """A 2xx answer that this adapter cannot read: an adapter-level failure, never an item's."""
-
-
 # AWS error codes that mean "slow down" or "try again", whatever the HTTP status (throttling often
 # arrives as a 400): the codes botocore's standard retry mode retries. Read from botocore where it
 # keeps them (botocore/retries/standard.py: ThrottledRetryableChecker._THROTTLED_ERROR_CODES and
@@ -195,17 +172,11 @@ def ses_error(response: httpx.Response, now: float) -> VendorError:
 
     A throttling code is transient whatever the status: AWS sends `Throttling` and the like as 400.
     """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    body = body if isinstance(body, dict) else {}
+    body = json_body(response)
     kind = response.headers.get("x-amzn-errortype") or str(body.get("__type") or body.get("code") or "")
     kind = kind.split(":")[0].split("#")[-1] or None
-    message = str(body.get("message") or body.get("Message") or response.reason_phrase or "no message")
-    return VendorError(message, kind, response.headers.get("x-amzn-requestid"),
-                       parse_retry_after(response.headers.get("retry-after"), now),
-                       transient=kind in AWS_RETRY_CODES)
+    return vendor_error(response, now, str(body.get("message") or body.get("Message") or "") or None, kind,
+                        response.headers.get("x-amzn-requestid"), transient=kind in AWS_RETRY_CODES)
 
 
 class SigV4Transport(httpx.BaseTransport):
@@ -249,10 +220,11 @@ def _credentials(settings: SesSettings) -> Any:
 # -- the adapter ----------------------------------------------------------------------------------------
 
 
-class SesAdapter:
+class SesAdapter(HttpAdapter):
     """Reads and writes the SES account-level suppression list of one region."""
 
     settings_model = SesSettings
+    shown = ("region",)
 
     def __init__(self, settings: SesSettings, topics: dict[str, str],
                  transport: httpx.BaseTransport | None = None, clock: Clock | None = None):
@@ -260,41 +232,27 @@ class SesAdapter:
             raise ConfigError(f"{settings.name}: the ses adapter needs botocore; install optout-sync[ses]")
         # botocore logs canonical requests at debug level, signed header values (a session token) included.
         logging.getLogger("botocore.auth").setLevel(logging.INFO)
-        self.settings = settings
-        self.name = settings.name
         self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True, batch_size=100)
         credentials = _credentials(settings)
         frozen = credentials.get_frozen_credentials()
         signing = SigV4Transport(transport or httpx.HTTPTransport(), credentials, settings.region)
-        self.http = HttpClient(settings.name, settings, describe_error=ses_error, pause_hint=generic_pause_hint,
-                               transport=signing, clock=clock,
-                               secrets=[s for s in (frozen.secret_key, frozen.token) if s])
-        self.clock = self.http.clock
-
-    def __repr__(self) -> str:
-        return f"SesAdapter(name={self.name!r}, region={self.settings.region!r})"
+        self.start(settings, describe_error=ses_error, pause_hint=generic_pause_hint, transport=signing, clock=clock,
+                   secrets=[s for s in (frozen.secret_key, frozen.token) if s])
 
     # -- reading --------------------------------------------------------------------------------------
 
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         """Entries with LastUpdateTime after the newest seen minus `overlap`; the cursor goes with the last page."""
         self.http.new_cycle()
-        newest = self._load_cursor(cursor)
+        newest = self.load_cursor(cursor, lambda saved: float(saved["newest"]) if saved.get("newest") is not None
+                                  else None)
         params = {}
         if newest is not None:
             since = datetime.fromtimestamp(newest - self.settings.overlap, timezone.utc)
             params["StartDate"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
-        seen = newest
-        held: Page | None = None
-        for page, page_newest in self._pages(params, listed_up_to=newest):
-            if page_newest is not None and (seen is None or page_newest > seen):
-                seen = page_newest
-            if held is not None:
-                yield held
-            held = page
-        held = held or Page()
-        held.cursor = json.dumps({"v": CURSOR_VERSION, "newest": seen}, separators=(",", ":"))
-        yield held
+        # Key order as saved since the first release ("v" first): cursors compare as text in tests.
+        yield from newest_on_last_page(self._pages(params, listed_up_to=newest), newest,
+                                       lambda seen: json.dumps({"v": 1, "newest": seen}, separators=(",", ":")))
 
     def read_all(self) -> Iterator[Page]:
         """The whole suppression list, page by page (for reconcile)."""
@@ -303,40 +261,23 @@ class SesAdapter:
             if page.optouts:
                 yield Page(page.optouts)
 
-    def _load_cursor(self, cursor: str | None) -> float | None:
-        if cursor is None:
-            return None
-        try:
-            saved = json.loads(cursor)
-            if saved.get("v") != CURSOR_VERSION:
-                raise ValueError("unknown cursor version")
-            return float(saved["newest"]) if saved.get("newest") is not None else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise VendorPermanentError(self.name, "read cursor", f"the saved cursor is not one this adapter "
-                                       f"wrote ({exc}); reset it to read from the start") from None
-
     def _pages(self, params: dict[str, str], listed_up_to: float | None,
                list_problems: bool = True) -> Iterator[tuple[Page, float | None]]:
         endpoint = f"GET {ADDRESSES}"
-        token: str | None = None
-        tokens_seen: set[str] = set()
-        while True:
+
+        def fetch(token: str | None) -> tuple[list[Summary], str | None]:
             query = {**params, "PageSize": str(self.settings.page_size), **({"NextToken": token} if token else {})}
-            answer = self._parse(self.http.request("GET", ADDRESSES, endpoint=endpoint, params=query),
-                                 SummaryPage, endpoint)
+            answer = self.get(ADDRESSES, SummaryPage, endpoint, params=query)
+            return answer.SuppressedDestinationSummaries, answer.NextToken or None
+
+        for items in self.follow(fetch, endpoint):
             page, newest = Page(), None
-            for item in answer.SuppressedDestinationSummaries:
+            for item in items:
                 when = item.LastUpdateTime
                 if when is not None and (newest is None or when > newest):
                     newest = when
                 self._convert(item, page, list_problems and (listed_up_to is None or (when or 0) > listed_up_to))
             yield page, newest
-            if not answer.NextToken:
-                return
-            if answer.NextToken in tokens_seen:
-                raise UnexpectedAnswer(self.name, endpoint, "NextToken repeats an earlier one", status=200)
-            tokens_seen.add(answer.NextToken)
-            token = answer.NextToken
 
     def _convert(self, item: Summary, page: Page, new: bool) -> None:
         try:
@@ -361,67 +302,43 @@ class SesAdapter:
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Put each opt-out on the suppression list (looked up first); one result per item."""
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        for position, optout in enumerate(batch):
-            wanted = SES_REASON_OF.get(optout.reason) or self.settings.write_other_reasons_as
-            if optout.scope != GLOBAL_SCOPE:
-                results[position] = ApplyResult(optout, PERMANENT, "SES has no topics; only all-email opt-outs "
-                                                                   "can be written")
-                continue
-            if wanted is None:
-                results[position] = ApplyResult(optout, PERMANENT, (
-                    f"SES records only bounces and complaints; a {optout.reason} opt-out is not written unless "
-                    "write_other_reasons_as is set"))
-                continue
-            try:
-                held = self._lookup(optout.address)
-                if held is not None and (held == wanted or held == "COMPLAINT"):
-                    results[position] = ApplyResult(optout, ALREADY, f"SES holds it as {held}")
-                    continue
-                self.http.request("PUT", ADDRESSES, endpoint=f"PUT {ADDRESSES}",
-                                  json={"EmailAddress": optout.address, "Reason": wanted})
-                # Read back, the entry is a bounce or complaint: our echo, not news (held_as).
-                results[position] = ApplyResult(optout, APPLIED, f"SES reason {wanted}", held_as=REASONS[wanted])
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise  # credentials or permissions: the adapter, not this address
-                results[position] = ApplyResult(optout, PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in range(position, len(batch)):
-                    results[rest] = results[rest] or ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[position] = ApplyResult(optout, TRANSIENT, str(exc))
-        return self._finished(batch, results)
+        outcomes = Outcomes(self.name, batch)
+        self.each(outcomes, range(len(batch)), self._put)
+        return outcomes.finished()
+
+    def _put(self, optout: OptOut) -> ApplyResult:
+        wanted = SES_REASON_OF.get(optout.reason) or self.settings.write_other_reasons_as
+        if optout.scope != GLOBAL_SCOPE:
+            return ApplyResult(optout, PERMANENT, "SES has no topics; only all-email opt-outs can be written")
+        if wanted is None:
+            return ApplyResult(optout, PERMANENT, (
+                f"SES records only bounces and complaints; a {optout.reason} opt-out is not written unless "
+                "write_other_reasons_as is set"))
+        held = self._lookup(optout.address)
+        if held is not None and (held == wanted or held == "COMPLAINT"):
+            return ApplyResult(optout, ALREADY, f"SES holds it as {held}")
+        self.http.request("PUT", ADDRESSES, endpoint=f"PUT {ADDRESSES}",
+                          json={"EmailAddress": optout.address, "Reason": wanted})
+        # Read back, the entry is a bounce or complaint: our echo, not news (held_as).
+        return ApplyResult(optout, APPLIED, f"SES reason {wanted}", held_as=REASONS[wanted])
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
         """For an audited lift: delete an entry, unless SES holds a complaint the lift is not about."""
         self.http.new_cycle()
-        results: list[ApplyResult | None] = [None] * len(batch)
-        for position, optout in enumerate(batch):
-            try:
-                held = self._lookup(optout.address)
-                if held is None:
-                    results[position] = ApplyResult(optout, ALREADY, "SES holds no entry")
-                    continue
-                if held == "COMPLAINT" and optout.reason != "spam_complaint":
-                    results[position] = ApplyResult(optout, PERMANENT, (
-                        "SES holds a complaint for this address; a complaint is never lifted by this daemon"))
-                    continue
-                self.http.request("DELETE", self._address_path(optout.address),
-                                  endpoint=f"DELETE {ADDRESSES}/{{email}}")
-                results[position] = ApplyResult(optout, APPLIED)
-            except VendorPermanentError as exc:
-                if exc.status in (401, 403) or exc.status is None:
-                    raise
-                results[position] = ApplyResult(optout, ALREADY if exc.status == 404 else PERMANENT, str(exc))
-            except RetryBudgetSpent as exc:
-                for rest in range(position, len(batch)):
-                    results[rest] = results[rest] or ApplyResult(batch[rest], TRANSIENT, str(exc))
-                break
-            except TransientError as exc:
-                results[position] = ApplyResult(optout, TRANSIENT, str(exc))
-        return self._finished(batch, results)
+        outcomes = Outcomes(self.name, batch)
+        self.each(outcomes, range(len(batch)), self._delete,
+                  lambda o, exc: ApplyResult(o, ALREADY if exc.status == 404 else PERMANENT, str(exc)))
+        return outcomes.finished()
+
+    def _delete(self, optout: OptOut) -> ApplyResult:
+        held = self._lookup(optout.address)
+        if held is None:
+            return ApplyResult(optout, ALREADY, "SES holds no entry")
+        if held == "COMPLAINT" and optout.reason != "spam_complaint":
+            return ApplyResult(optout, PERMANENT, (
+                "SES holds a complaint for this address; a complaint is never lifted by this daemon"))
+        self.http.request("DELETE", self._address_path(optout.address), endpoint=f"DELETE {ADDRESSES}/{{email}}")
+        return ApplyResult(optout, APPLIED)
 
     def _lookup(self, address: str) -> str | None:
         """The SES reason an address is held for, or None."""
@@ -432,23 +349,13 @@ class SesAdapter:
             if exc.status == 404:
                 return None
             raise
-        return self._parse(response, DestinationAnswer, endpoint).SuppressedDestination.Reason
-
-    def _finished(self, batch: list[OptOut], results: list[ApplyResult | None]) -> list[ApplyResult]:
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise UnexpectedAnswer(self.name, "apply", "some items got no outcome", status=None)
-        if done and all(r.outcome == TRANSIENT for r in done):
-            raise TransientError(f"{self.name}: no item of the batch could be sent: {done[0].message}")
-        return done
+        return self.parse(response, DestinationAnswer, endpoint).SuppressedDestination.Reason
 
     # -- operator checks --------------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def probe(self) -> list[str]:
         """Verify credentials and region with the read-only account lookup; changes nothing."""
-        self.http.new_cycle()
-        endpoint = f"GET {ACCOUNT}"
-        account = self._parse(self.http.request("GET", ACCOUNT, endpoint=endpoint), Account, endpoint)
+        account = self.get(ACCOUNT, Account)
         reasons = (account.SuppressionAttributes or {}).get("SuppressedReasons") or []
         # Shown as text whatever shape it has: an odd answer here must be reported, not crash the check.
         reasons = [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
@@ -460,10 +367,6 @@ class SesAdapter:
         self.http.request("GET", ADDRESSES, endpoint=f"GET {ADDRESSES}", params={"PageSize": "1"})
         lines.append("suppression list: readable")
         return lines
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self.http.close()
 
     def _address_path(self, address: str) -> str:
         return f"{ADDRESSES}/{quote(address, safe='@')}"

@@ -17,7 +17,7 @@ from state.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 # Modules only some commands or some adapter types need; none may load at start-up.
 HEAVY = ["adapters.ses", "adapters.hubspot", "adapters.sendgrid", "adapters.mailchimp", "adapters.mailgun",
-         "adapters.postmark", "adapters.http", "botocore", "httpx", "prometheus_client", "connector.daemon",
+         "adapters.postmark", "adapters.klaviyo", "adapters.kit", "adapters.http", "botocore", "httpx", "prometheus_client", "connector.daemon",
          "connector.server", "connector.metrics"]
 
 

@@ -19,19 +19,17 @@ an opaque `offset` and `hasMore` inside startTimestamp/endTimestamp.
 from __future__ import annotations
 
 import base64
-import json
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
+
+from .common import Fault, FakeVendor, RateWindow, Reply
 
 ALL_SCOPES = frozenset({
     "communication_preferences.read_write",
@@ -51,27 +49,10 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
+class HubSpotFault(Fault):
+    """An injected answer: HubSpot's Error shape with `category`, or `body` (dict -> JSON, str -> raw text)."""
 
-    method: str
-    path: str
-    params: dict[str, str]
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    times: int = 1
-    path: str | None = None      # substring of the path
-    method: str | None = None
-    body: Any = None             # dict -> JSON, str -> raw text, None -> the Error shape
-    headers: dict[str, str] = field(default_factory=dict)
-    message: str = "injected fault"
+    body: Any = None
     category: str = "INTERNAL_ERROR"
 
 
@@ -85,13 +66,10 @@ class AddressPrefs:
     spam: bool = False
 
 
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakeHubSpot:
+class FakeHubSpot(FakeVendor):
     """A stateful HubSpot account behind `handle(request)`."""
+
+    fault_type = HubSpotFault
 
     def __init__(self, token: str = "pat-na1-test-token", *, portal_id: int = 62515,
                  definitions: list[dict] | None = None, scopes: set[str] | frozenset[str] = ALL_SCOPES,
@@ -101,6 +79,7 @@ class FakeHubSpot:
                  retry_after: str | None = None, rate_headers: bool = True,
                  invalid_addresses: set[str] | None = None, clock: Callable[[], float] = time.time,
                  latency: Callable[[int], float] | None = None):
+        super().__init__(clock)
         self.token = token
         self.portal_id = portal_id
         self.definitions = definitions if definitions is not None else [
@@ -120,7 +99,6 @@ class FakeHubSpot:
         self.retry_after = retry_after
         self.rate_headers = rate_headers
         self.invalid_addresses = {a.lower() for a in invalid_addresses or ()}
-        self.clock = clock
         # One-way network delay of the n-th request (from 0): HubSpot counts a call against its
         # limits when it arrives, not when it was sent. Arrivals keep their order, as they do for
         # a client that waits for each answer before it sends the next call.
@@ -130,15 +108,11 @@ class FakeHubSpot:
         self.prefs: dict[str, AddressPrefs] = {}
         self.contacts: dict[str, dict] = {}
         self.timeline: list[dict] = []
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []  # the status of every answer, in order
-        self.faults: list[Fault] = []
         self.api_subscribes: list[tuple[str, Any]] = []  # any subscribe attempt through the API
         self._next_id = 1001
-        self._ten_secondly: deque[float] = deque()
-        self._secondly: deque[float] = deque()
+        self._ten_secondly = RateWindow(lambda: self.rate_limit, 10.0, lambda: self.clock())
+        self._secondly = RateWindow(lambda: self.search_rate_limit, 1.0, lambda: self.clock())
         self._daily = 0
-        self._lock = threading.RLock()
 
     # -- things that happen "at HubSpot" ----------------------------------------------------------
 
@@ -192,12 +166,6 @@ class FakeHubSpot:
             self._record(email.lower(), [{"change": "REPORTED_SPAM", "changeType": "PORTAL_SPAM_REPORT",
                                           "source": "SOURCE_SPAM_REPORT"}], at)
 
-    def fail(self, status: int, **kwargs) -> Fault:
-        """Answer the next matching request(s) with `status` instead."""
-        fault = Fault(status, **kwargs)
-        self.faults.append(fault)
-        return fault
-
     # -- what tests look at ----------------------------------------------------------------------
 
     def opted_out_of_all(self, email: str, business_unit: int = 0) -> bool:
@@ -207,53 +175,32 @@ class FakeHubSpot:
     def status_of(self, email: str, subscription_id: int) -> str:
         return self._status(email.lower(), subscription_id)["status"]
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side -----------------------------------------------------------------------------
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as HubSpot would (the entry point for MockTransport and serve())."""
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self.statuses.append(response.status_code)
-            return response
-
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        path = unquote(request.url.path)
-        params = dict(request.url.params.multi_items())
-        try:
-            body = json.loads(request.content) if request.content else None
-        except ValueError:
-            self._raise(400, "Invalid JSON body", "VALIDATION_ERROR")
-        self.requests.append(Received(request.method, path, params, body, dict(request.headers)))
+        received = self.receive(request)
         if request.headers.get("authorization") != f"Bearer {self.token}":
             self._raise(401, "Authentication credentials not found. This API supports OAuth 2.0 authentication "
                         "and you can find more details at https://developers.hubspot.com/docs/methods/auth/"
                         "oauth-overview", "INVALID_AUTHENTICATION")
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in path) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                return self._fault_response(fault)
-        is_search = path.endswith("/search")
+        fault = self.injected(received)
+        if fault:
+            return self._fault_response(fault)
+        is_search = received.path.endswith("/search")
         self._rate_limit(is_search)
-        for method, pattern, handler in self._routes():
-            match = re.fullmatch(pattern, path)
-            if match and method == request.method:
-                response = handler(params, body, *match.groups())
-                if not is_search and self.rate_headers and self.rate_limit:
-                    response.headers["X-HubSpot-RateLimit-Max"] = str(self.rate_limit)
-                    response.headers["X-HubSpot-RateLimit-Remaining"] = str(
-                        max(0, self.rate_limit - len(self._ten_secondly)))
-                    response.headers["X-HubSpot-RateLimit-Interval-Milliseconds"] = "10000"
-                return response
-        self._raise(404, f"No route for {request.method} {path}", "OBJECT_NOT_FOUND")
+        response = self.dispatch(received)
+        if response is None:
+            self._raise(404, f"No route for {request.method} {received.path}", "OBJECT_NOT_FOUND")
+        if not is_search and self.rate_headers and self.rate_limit:
+            response.headers["X-HubSpot-RateLimit-Max"] = str(self.rate_limit)
+            response.headers["X-HubSpot-RateLimit-Remaining"] = str(max(0, self.rate_limit - len(self._ten_secondly)))
+            response.headers["X-HubSpot-RateLimit-Interval-Milliseconds"] = "10000"
+        return response
 
-    def _routes(self):
+    def bad_json(self) -> httpx.Response:
+        return httpx.Response(400, json=self._error_body("Invalid JSON body", "VALIDATION_ERROR"))
+
+    def routes(self):
         v4 = "/communication-preferences/v4"
         v3 = "/communication-preferences/v3"
         return [
@@ -285,7 +232,7 @@ class FakeHubSpot:
                 **extra}
 
     def _raise(self, status: int, message: str, category: str, headers: dict | None = None, **extra) -> None:
-        raise _Reply(httpx.Response(status, json=self._error_body(message, category, **extra),
+        raise Reply(httpx.Response(status, json=self._error_body(message, category, **extra),
                                     headers=headers or {}))
 
     def _fault_response(self, fault: Fault) -> httpx.Response:
@@ -318,22 +265,15 @@ class FakeHubSpot:
         if is_search:
             window, limit, message, policy = self._secondly, self.search_rate_limit, \
                 "You have reached your secondly limit.", "SECONDLY"
-            span = 1.0
         else:
             window, limit, message, policy = self._ten_secondly, self.rate_limit, \
                 "You have reached your ten_secondly_rolling limit.", "TEN_SECONDLY_ROLLING"
-            span = 10.0
-        if limit is None:
-            return
-        while window and window[0] <= now - span:
-            window.popleft()
-        if len(window) >= limit:
+        if not window.hit(now):
             if not is_search and self.rate_headers:
                 headers = {**headers, "X-HubSpot-RateLimit-Max": str(limit), "X-HubSpot-RateLimit-Remaining": "0",
                            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000"}
             self._raise(429, message, "RATE_LIMITS", headers, errorType="RATE_LIMIT", policyName=policy,
                         requestId=str(uuid.uuid4()))
-        window.append(now)
 
     def _need_scope(self, *any_of: str) -> None:
         if not self.scopes & set(any_of):
@@ -577,22 +517,17 @@ class FakeHubSpot:
         return self._envelope(statuses if params.get("verbose") == "true" else [])
 
     def _batch_read(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.read")
-        self._need_channel(params)
-        unit = int(params.get("businessUnitId", 0))
-        results, errors = [], []
-        for email in self._inputs(body):
-            problem = self._check_email(str(email))
-            if problem:
-                errors.append(self._item_error(email, problem))
-                continue
-            email = email.lower()
-            results.append({"subscriberIdString": email, "statuses": [
-                self._public_status(email, d["id"]) for d in self.definitions if d["businessUnitId"] == unit]})
-        return self._envelope(results, errors)
+        return self._per_address(params, body, "read", lambda email, unit: {"subscriberIdString": email, "statuses": [
+            self._public_status(email, d["id"]) for d in self.definitions if d["businessUnitId"] == unit]})
 
     def _batch_wide_read(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.read")
+        return self._per_address(params, body, "read", lambda email, unit: {
+            "subscriberIdString": email, "wideStatuses": self._wide_status(email, unit)})
+
+    def _per_address(self, params, body, kind: str, result_of: Callable[[str, int], dict]) -> httpx.Response:
+        """A batch `kind` ("read"/"write") call: a result per valid input address (lower-cased), an error per
+        invalid one."""
+        self._need_scope(f"communication_preferences.statuses.batch.{kind}")
         self._need_channel(params)
         unit = int(params.get("businessUnitId", 0))
         results, errors = [], []
@@ -601,8 +536,7 @@ class FakeHubSpot:
             if problem:
                 errors.append(self._item_error(email, problem))
                 continue
-            results.append({"subscriberIdString": email.lower(),
-                            "wideStatuses": self._wide_status(email.lower(), unit)})
+            results.append(result_of(email.lower(), unit))
         return self._envelope(results, errors)
 
     def _batch_write(self, params, body):
@@ -619,22 +553,13 @@ class FakeHubSpot:
         return self._envelope(results, errors)
 
     def _batch_unsubscribe_all(self, params, body):
-        self._need_scope("communication_preferences.statuses.batch.write")
-        self._need_channel(params)
-        unit = int(params.get("businessUnitId", 0))
         verbose = params.get("verbose") == "true"
-        results, errors = [], []
-        for email in self._inputs(body):
-            problem = self._check_email(str(email))
-            if problem:
-                errors.append(self._item_error(email, problem))
-                continue
-            statuses = self._unsubscribe_all(email.lower(), unit, API_SOURCE)
-            result: dict[str, Any] = {"subscriberIdString": email.lower()}
-            if verbose:
-                result["statuses"] = statuses
-            results.append(result)
-        return self._envelope(results, errors)
+
+        def result_of(email: str, unit: int) -> dict:
+            statuses = self._unsubscribe_all(email, unit, API_SOURCE)
+            return {"subscriberIdString": email, **({"statuses": statuses} if verbose else {})}
+
+        return self._per_address(params, body, "write", result_of)
 
     # -- contacts ----------------------------------------------------------------------------------
 
@@ -781,7 +706,7 @@ def _matches(props: dict, groups: list[dict]) -> bool:
 def _filter(props: dict, spec: dict) -> bool:
     operator = spec.get("operator")
     if operator not in OPERATORS:
-        raise _Reply(httpx.Response(400, json={"status": "error", "message": f"Unknown operator {operator}",
+        raise Reply(httpx.Response(400, json={"status": "error", "message": f"Unknown operator {operator}",
                                                "correlationId": str(uuid.uuid4()), "category": "VALIDATION_ERROR"}))
     value = props.get(spec.get("propertyName"))
     if operator == "HAS_PROPERTY":

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+
+from .common import Fault, FakeVendor, Reply
 
 STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
 ERROR_DOCS = "https://mailchimp.com/developer/marketing/docs/errors/"
@@ -36,39 +37,22 @@ def member_hash(email: str) -> str:
 
 
 @dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
+class MailchimpFault(Fault):
+    """An injected answer with Mailchimp's problem-detail title and detail."""
 
-    method: str
-    path: str
-    params: dict[str, str]
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    times: int = 1
-    path: str | None = None      # substring of the path
-    method: str | None = None
     title: str = "Internal Server Error"
     detail: str = "injected fault"
 
 
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakeMailchimp:
+class FakeMailchimp(FakeVendor):
     """A stateful Mailchimp account behind `handle(request)`; paths are relative to .../3.0."""
+
+    fault_type = MailchimpFault
 
     def __init__(self, api_key: str = "0123456789abcdef0123456789abcdef-us21", *,
                  audiences: dict[str, str] | None = None, batch_limit: int = 500, page_limit: int = 1000,
                  invalid_addresses: set[str] | None = None, clock: Callable[[], float] = time.time):
+        super().__init__(clock)
         self.api_key = api_key
         self.audiences = {list_id: {"id": list_id, "name": name}
                           for list_id, name in (audiences or {"a1b2c3d4e5": "Customers"}).items()}
@@ -77,15 +61,10 @@ class FakeMailchimp:
         self.batch_limit = batch_limit
         self.page_limit = page_limit
         self.invalid_addresses = {a.lower() for a in invalid_addresses or ()}
-        self.clock = clock
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.faults: list[Fault] = []
         # Every API write that would (re)subscribe, and every member deleted through the API.
         self.subscribe_writes: list[tuple[str, str]] = []
         self.deletes: list[str] = []
         self.created_by_api: list[str] = []
-        self._lock = threading.RLock()
 
     # -- things that happen "at Mailchimp" -----------------------------------------------------------
 
@@ -125,12 +104,6 @@ class FakeMailchimp:
                                                 "email_id": member_hash(email), "email_address": email.lower(),
                                                 "date": self.stamp(at)})
 
-    def fail(self, status: int, **kwargs) -> Fault:
-        """Answer the next matching request(s) with `status` instead (problem-detail body)."""
-        fault = Fault(status, **kwargs)
-        self.faults.append(fault)
-        return fault
-
     def _first(self) -> str:
         return next(iter(self.audiences))
 
@@ -148,48 +121,29 @@ class FakeMailchimp:
             member = self.members[list_id or self._first()].get(member_hash(email))
             return member["status"] if member else None
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        with self._lock:
-            return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side -----------------------------------------------------------------------------
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as Mailchimp would (the entry point for MockTransport and serve())."""
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self.statuses.append(response.status_code)
-            return response
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = unquote(request.url.path)
         if path.startswith("/3.0/"):
             path = path[len("/3.0"):]
-        params = dict(request.url.params.multi_items())
-        try:
-            body = json.loads(request.content) if request.content else None
-        except ValueError:
-            self._raise(400, "JSON Parse Error", "We encountered an unspecified JSON parsing error.")
-        self.requests.append(Received(request.method, path, params, body, dict(request.headers)))
+        received = self.receive(request, path)
         if not self._authorised(request.headers.get("authorization", "")):
             self._raise(401, "API Key Invalid", "Your API key may be invalid, or you've attempted to access the "
                         "wrong datacenter.")
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in path) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                if fault.status == 429:
-                    self._raise(429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous "
-                                "connections.")
-                self._raise(fault.status, fault.title, fault.detail)
-        for method, pattern, handler in self._routes():
-            match = re.fullmatch(pattern, path)
-            if match and method == request.method:
-                return handler(params, body, *match.groups())
-        self._raise(404, "Resource Not Found", "The requested resource could not be found.")
+        fault = self.injected(received)
+        if fault:
+            if fault.status == 429:
+                self._raise(429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous "
+                            "connections.")
+            self._raise(fault.status, fault.title, fault.detail)
+        answer = self.dispatch(received)
+        if answer is None:
+            self._raise(404, "Resource Not Found", "The requested resource could not be found.")
+        return answer
+
+    def bad_json(self) -> httpx.Response:
+        return self._problem(400, "JSON Parse Error", "We encountered an unspecified JSON parsing error.")
 
     def _authorised(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
@@ -201,7 +155,7 @@ class FakeMailchimp:
             return False
         return key == self.api_key
 
-    def _routes(self):
+    def routes(self):
         return [
             ("GET", r"/ping", self._ping),
             ("GET", r"/lists", self._lists),
@@ -218,12 +172,16 @@ class FakeMailchimp:
     # -- answers and errors ------------------------------------------------------------------------
 
     def _raise(self, status: int, title: str, detail: str, errors: list | None = None) -> None:
+        raise Reply(self._problem(status, title, detail, errors))
+
+    @staticmethod
+    def _problem(status: int, title: str, detail: str, errors: list | None = None) -> httpx.Response:
         body: dict[str, Any] = {"type": ERROR_DOCS, "title": title, "status": status, "detail": detail,
                                 "instance": str(uuid.uuid4())}
         if errors:
             body["errors"] = errors
-        raise _Reply(httpx.Response(status, content=json.dumps(body).encode(),
-                                    headers={"Content-Type": "application/problem+json"}))
+        return httpx.Response(status, content=json.dumps(body).encode(),
+                              headers={"Content-Type": "application/problem+json"})
 
     def _audience(self, list_id: str) -> dict[str, dict]:
         if list_id not in self.audiences:

@@ -13,11 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -25,44 +22,20 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 import httpx
 
+from .common import FakeVendor, RateWindow, Reply
+
 LISTS = ("unsubscribes", "bounces", "complaints")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-@dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    times: int = 1
-    path: str | None = None      # substring of the path
-    method: str | None = None
-    message: str = "injected fault"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakeMailgun:
+class FakeMailgun(FakeVendor):
     """A stateful Mailgun account behind `handle(request)`."""
 
     def __init__(self, api_key: str = "key-0123456789abcdef", *, domains: tuple[str, ...] = ("mg.example.com",),
                  max_limit: int = 1000, max_batch: int = 1000, rate_limit: int | None = None,
                  retry_after: str | None = None, refuse: set[str] | None = None,
                  clock: Callable[[], float] = time.time):
+        super().__init__(clock)
         self.api_key = api_key
         self.domains = {d: {name: {} for name in LISTS} for d in domains}
         self.max_limit = max_limit
@@ -70,12 +43,7 @@ class FakeMailgun:
         self.rate_limit = rate_limit          # requests per rolling second, None = unlimited
         self.retry_after = retry_after        # Retry-After on a 429, when set
         self.refuse = {a.lower() for a in refuse or ()}  # addresses Mailgun refuses although they look valid
-        self.clock = clock
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.faults: list[Fault] = []
-        self._recent: deque[float] = deque()
-        self._lock = threading.RLock()
+        self.window = RateWindow(lambda: self.rate_limit, 1.0, lambda: self.clock())
 
     # -- things that happen "at Mailgun" --------------------------------------------------------------------
 
@@ -92,18 +60,12 @@ class FakeMailgun:
                *, at: float | None = None, domain: str | None = None) -> None:
         with self._lock:
             self._list("bounces", domain)[address.lower()] = {
-                "address": address.lower(), "code": code, "error": error, "created_at": at or self.clock()}
+                "address": address.lower(), "code": code, "error": error, "created_at": self.moment(at)}
 
     def complaint(self, address: str, *, at: float | None = None, domain: str | None = None) -> None:
         with self._lock:
             self._list("complaints", domain)[address.lower()] = {"address": address.lower(),
-                                                                 "created_at": at or self.clock()}
-
-    def fail(self, status: int, **kwargs) -> Fault:
-        """Answer the next matching request(s) with `status` instead."""
-        fault = Fault(status, **kwargs)
-        self.faults.append(fault)
-        return fault
+                                                                 "created_at": self.moment(at)}
 
     # -- what tests look at -----------------------------------------------------------------------------------
 
@@ -111,36 +73,23 @@ class FakeMailgun:
         record = self._list("unsubscribes", domain).get(address.lower())
         return sorted(record["tags"]) if record else []
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side ------------------------------------------------------------------------------------------
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as Mailgun would (the entry point for MockTransport and serve())."""
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self.statuses.append(response.status_code)
-            return response
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         params = dict(request.url.params.multi_items())
         body = self._body(request)
-        self.requests.append(Received(request.method, unquote(path), params, body))
+        received = self.receive(request, body=body, headers=False)
         expected = "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()
         if request.headers.get("authorization") != expected:
             # [DOC] a 401 with a `message` (Mailgun has been seen to answer "Forbidden").
             self._raise(401, "Forbidden")
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in unquote(path)) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                return httpx.Response(fault.status, json={"message": fault.message}, headers=fault.headers)
-        self._rate_limit()
+        fault = self.injected(received)
+        if fault:
+            return self.error(fault.status, fault.message, fault)
+        if not self.window.hit():
+            raise Reply(httpx.Response(429, json={"message": "Too many requests"},
+                                       headers={"Retry-After": self.retry_after} if self.retry_after else {}))
         base = f"{request.url.scheme}://{request.url.netloc.decode()}"
         match = re.fullmatch(r"/v4/domains/([^/]+)", path)
         if match and request.method == "GET":
@@ -174,23 +123,12 @@ class FakeMailgun:
             try:
                 return json.loads(request.content)
             except ValueError:
-                raise _Reply(httpx.Response(400, json={"message": "Invalid JSON"})) from None
+                raise Reply(httpx.Response(400, json={"message": "Invalid JSON"})) from None
         # A single record sent as a form, the other documented way to add.
         return dict(parse_qsl(request.content.decode()))
 
     def _raise(self, status: int, message: str) -> None:
-        raise _Reply(httpx.Response(status, json={"message": message}))
-
-    def _rate_limit(self) -> None:
-        if not self.rate_limit:
-            return
-        now = self.clock()
-        while self._recent and self._recent[0] <= now - 1:
-            self._recent.popleft()
-        if len(self._recent) >= self.rate_limit:
-            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-            raise _Reply(httpx.Response(429, json={"message": "Too many requests"}, headers=headers))
-        self._recent.append(now)
+        raise Reply(httpx.Response(status, json={"message": message}))
 
     def _domain(self, name: str) -> httpx.Response:
         if name not in self.domains:
@@ -256,19 +194,19 @@ class FakeMailgun:
                 self._merge_unsubscribe(records, address, [str(t) for t in tags], at)
             elif list_name == "bounces":
                 records[address] = {"address": address, "code": str(item.get("code") or "550"),
-                                    "error": item.get("error") or "", "created_at": at or self.clock()}
+                                    "error": item.get("error") or "", "created_at": self.moment(at)}
             else:
-                records[address] = {"address": address, "created_at": at or self.clock()}
+                records[address] = {"address": address, "created_at": self.moment(at)}
         return httpx.Response(200, json={"message": f"{len(items)} addresses have been added to the "
                                                     f"{list_name} table"})
 
     def _merge_unsubscribe(self, records: dict, address: str, tags: list[str], at: float | None) -> None:
         record = records.setdefault(address.lower(), {"address": address.lower(), "tags": [],
-                                                      "created_at": at or self.clock()})
+                                                      "created_at": self.moment(at)})
         for tag in tags:
             if tag.lower() not in {t.lower() for t in record["tags"]}:
                 record["tags"].append(tag)
-        record["created_at"] = at or self.clock()
+        record["created_at"] = self.moment(at)
 
     def _delete(self, list_name: str, records: dict, address: str, tag: str | None) -> httpx.Response:
         record = records.get(address)

@@ -11,57 +11,37 @@ statuses, and which date the filters compare (UTC here).
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
+
+from .common import Fault, FakeVendor, RateWindow, Reply
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EASTERN = timezone(timedelta(hours=-5))  # the offset Postmark's examples show on CreatedAt
 
 
 @dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
+class PostmarkFault(Fault):
+    """An injected answer with Postmark's ErrorCode."""
 
-    method: str
-    path: str
-    params: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    times: int = 1
-    path: str | None = None
-    method: str | None = None
     error_code: int = 0
-    message: str = "injected fault"
-    headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakePostmark:
+class FakePostmark(FakeVendor):
     """A stateful Postmark server behind `handle(request)`."""
+
+    fault_type = PostmarkFault
 
     def __init__(self, server_token: str = "pm-server-token", *, streams: dict[str, str] | None = None,
                  max_batch: int = 50, processing_delay: float = 0.0, rate_limit: int | None = None,
                  retry_after: str | None = None, clock: Callable[[], float] = time.time):
+        super().__init__(clock)
         self.server_token = server_token
         self.streams = streams if streams is not None else {
             "outbound": "Transactional", "broadcast": "Broadcasts", "inbound": "Inbound"}
@@ -69,14 +49,9 @@ class FakePostmark:
         self.processing_delay = processing_delay  # [LIB] creates take effect asynchronously
         self.rate_limit = rate_limit
         self.retry_after = retry_after
-        self.clock = clock
+        self.window = RateWindow(lambda: self.rate_limit, 1.0, lambda: self.clock())
         # stream -> address -> {EmailAddress, SuppressionReason, Origin, created (epoch), visible (epoch)}
         self.suppressions: dict[str, dict[str, dict]] = {s: {} for s in self.streams}
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.faults: list[Fault] = []
-        self._recent: deque[float] = deque()
-        self._lock = threading.RLock()
 
     # -- things that happen "at Postmark" -----------------------------------------------------------------
 
@@ -84,16 +59,10 @@ class FakePostmark:
                  origin: str = "Recipient", *, at: float | None = None) -> None:
         """Record a suppression as Postmark itself would (an unsubscribe link, a bounce, a complaint)."""
         with self._lock:
-            moment = at if at is not None else self.clock()
+            moment = self.moment(at)
             self.suppressions[stream][address.lower()] = {
                 "EmailAddress": address.lower(), "SuppressionReason": reason, "Origin": origin,
                 "created": moment, "visible": moment}
-
-    def fail(self, status: int, **kwargs) -> Fault:
-        """Answer the next matching request(s) with `status` instead."""
-        fault = Fault(status, **kwargs)
-        self.faults.append(fault)
-        return fault
 
     # -- what tests look at -----------------------------------------------------------------------------------
 
@@ -101,39 +70,22 @@ class FakePostmark:
         """Address -> (reason, origin) of a stream's suppressions, processed or not."""
         return {a: (s["SuppressionReason"], s["Origin"]) for a, s in self.suppressions[stream].items()}
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side ------------------------------------------------------------------------------------------
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as Postmark would (the entry point for MockTransport and serve())."""
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self.statuses.append(response.status_code)
-            return response
-
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        path = unquote(request.url.path)
+        received = self.receive(request, headers=False)
+        path, body = received.path, received.body
         # Query names are matched without regard to case, as Postmark's own examples mix them.
-        params = {k.lower(): v for k, v in request.url.params.multi_items()}
-        try:
-            body = json.loads(request.content) if request.content else None
-        except ValueError:
-            self._raise(422, 402, "Received invalid JSON input.")
-        self.requests.append(Received(request.method, path, dict(request.url.params.multi_items()), body))
+        params = {k.lower(): v for k, v in received.params.items()}
         if request.headers.get("x-postmark-server-token") != self.server_token:
             self._raise(401, 10, "Bad or missing Server API token.")
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in path) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                return httpx.Response(fault.status, json={"ErrorCode": fault.error_code, "Message": fault.message},
-                                      headers=fault.headers)
-        self._rate_limit()
+        fault = self.injected(received)
+        if fault:
+            return self.error(fault.status, fault.message, fault)
+        if not self.window.hit():
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            raise Reply(httpx.Response(429, json={"ErrorCode": 429, "Message": "Rate limit exceeded"},
+                                       headers=headers))
         if path == "/message-streams" and request.method == "GET":
             return self._list_streams(params)
         match = re.fullmatch(r"/message-streams/([^/]+)/suppressions(/dump|/delete)?", path)
@@ -150,20 +102,16 @@ class FakePostmark:
             return self._delete(stream, body)
         self._raise(405, 0, "Method not allowed")
 
-    def _raise(self, status: int, code: int, message: str) -> None:
-        raise _Reply(httpx.Response(status, json={"ErrorCode": code, "Message": message}))
+    def error(self, status: int, message: str, fault: Fault | None = None) -> httpx.Response:
+        code = fault.error_code if isinstance(fault, PostmarkFault) else 0
+        return httpx.Response(status, json={"ErrorCode": code, "Message": message},
+                              headers=fault.headers if fault else {})
 
-    def _rate_limit(self) -> None:
-        if not self.rate_limit:
-            return
-        now = self.clock()
-        while self._recent and self._recent[0] <= now - 1:
-            self._recent.popleft()
-        if len(self._recent) >= self.rate_limit:
-            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-            raise _Reply(httpx.Response(429, json={"ErrorCode": 429, "Message": "Rate limit exceeded"},
-                                        headers=headers))
-        self._recent.append(now)
+    def bad_json(self) -> httpx.Response:
+        return httpx.Response(422, json={"ErrorCode": 402, "Message": "Received invalid JSON input."})
+
+    def _raise(self, status: int, code: int, message: str) -> None:
+        raise Reply(httpx.Response(status, json={"ErrorCode": code, "Message": message}))
 
     def _list_streams(self, params: dict) -> httpx.Response:
         wanted = params.get("messagestreamtype", "All")

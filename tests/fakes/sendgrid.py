@@ -11,57 +11,27 @@ and 429 when a window is spent. Choices SendGrid does not document (marked
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
+
+from .common import FakeVendor, RateWindow, Reply
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 LIST_NAMES = ("unsubscribes", "bounces", "spam_reports", "blocks", "invalid_emails")
 
 
-@dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    times: int = 1
-    path: str | None = None      # substring of the path
-    method: str | None = None
-    message: str = "injected fault"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakeSendGrid:
+class FakeSendGrid(FakeVendor):
     """A stateful SendGrid account behind `handle(request)`."""
 
     def __init__(self, api_key: str = "SG.test-key.secret", *, groups: dict[int, str] | None = None,
                  batch_limit: int = 1000, page_limit: int = 500, rate_limit: int | None = None,
                  rate_period: float = 1.0, invalid_addresses: set[str] | None = None,
                  clock: Callable[[], float] = time.time):
+        super().__init__(clock)
         self.api_key = api_key
         self.groups: dict[int, dict] = {gid: {"id": gid, "name": name, "description": f"{name} mail",
                                               "is_default": False}
@@ -71,15 +41,10 @@ class FakeSendGrid:
         self.rate_limit = rate_limit
         self.rate_period = rate_period
         self.invalid_addresses = {a.lower() for a in invalid_addresses or ()}
-        self.clock = clock
+        self.window = RateWindow(lambda: self.rate_limit, rate_period, lambda: self.clock())
         # list name -> address -> record (with "email" and "created")
         self.lists: dict[str, dict[str, dict]] = {name: {} for name in LIST_NAMES}
         self.group_suppressions: dict[int, dict[str, int]] = {gid: {} for gid in self.groups}
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.faults: list[Fault] = []
-        self._window: deque[float] = deque()
-        self._lock = threading.RLock()
 
     # -- things that happen "at SendGrid" ----------------------------------------------------------
 
@@ -112,14 +77,8 @@ class FakeSendGrid:
         with self._lock:
             self._add("invalid_emails", email, at, reason="Mail domain mentioned in email address is unknown")
 
-    def fail(self, status: int, **kwargs) -> Fault:
-        """Answer the next matching request(s) with `status` instead (429 comes with SendGrid's headers)."""
-        fault = Fault(status, **kwargs)
-        self.faults.append(fault)
-        return fault
-
     def _add(self, list_name: str, email: str, at: int | None, **extra: Any) -> None:
-        self.lists[list_name].setdefault(email.lower(), {"email": email.lower(), "created": at or self.now(),
+        self.lists[list_name].setdefault(email.lower(), {"email": email.lower(), "created": int(self.moment(at)),
                                                          **extra})
 
     # -- what tests look at ----------------------------------------------------------------------
@@ -133,51 +92,40 @@ class FakeSendGrid:
         with self._lock:
             return set(self.group_suppressions.get(group_id, {}))
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        with self._lock:
-            return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side -----------------------------------------------------------------------------
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as SendGrid would (the entry point for MockTransport and serve())."""
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self._rate_headers(response)
-            self.statuses.append(response.status_code)
-            return response
+    def answered(self, response: httpx.Response) -> None:
+        if self.rate_limit is None or response.status_code == 429:
+            return
+        response.headers["X-RateLimit-Limit"] = str(self.rate_limit)
+        response.headers["X-RateLimit-Remaining"] = str(max(0, self.rate_limit - len(self.window)))
+        recent = self.window.recent
+        reset = (recent[0] + self.rate_period) if recent else self.clock() + self.rate_period
+        response.headers["X-RateLimit-Reset"] = str(int(reset) + 1)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        path = unquote(request.url.path)
-        params = dict(request.url.params.multi_items())
-        try:
-            body = json.loads(request.content) if request.content else None
-        except ValueError:
-            self._raise(400, "invalid JSON body", None)
-        self.requests.append(Received(request.method, path, params, body, dict(request.headers)))
+        received = self.receive(request)
         authorization = request.headers.get("authorization")
         if not authorization:
             self._raise(401, "authorization required", None)
         if authorization != f"Bearer {self.api_key}":
             self._raise(401, "The provided authorization grant is invalid, expired, or revoked", None)
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in path) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                if fault.status == 429:
-                    self._too_many(fault.headers)
-                self._raise(fault.status, fault.message, None, fault.headers)
-        self._rate_limit()
-        for method, pattern, handler in self._routes():
-            match = re.fullmatch(pattern, path)
-            if match and method == request.method:
-                return handler(params, body, *match.groups())
-        self._raise(404, "resource not found", None)
+        fault = self.injected(received)
+        if fault:
+            if fault.status == 429:
+                self._too_many(fault.headers)
+            self._raise(fault.status, fault.message, None, fault.headers)
+        if not self.window.hit():
+            self._too_many()
+        answer = self.dispatch(received)
+        if answer is None:
+            self._raise(404, "resource not found", None)
+        return answer
 
-    def _routes(self):
+    def bad_json(self) -> httpx.Response:
+        return httpx.Response(400, json={"errors": [{"field": None, "message": "invalid JSON body"}]})
+
+    def routes(self):
         return [
             ("GET", r"/v3/suppression/(unsubscribes|bounces|spam_reports|blocks|invalid_emails)", self._list),
             ("GET", r"/v3/asm/groups", self._groups),
@@ -194,33 +142,15 @@ class FakeSendGrid:
     # -- answers and errors ------------------------------------------------------------------------
 
     def _raise(self, status: int, message: str, field_name: str | None, headers: dict | None = None) -> None:
-        raise _Reply(httpx.Response(status, json={"errors": [{"field": field_name, "message": message}]},
+        raise Reply(httpx.Response(status, json={"errors": [{"field": field_name, "message": message}]},
                                     headers=headers or {}))
 
     def _too_many(self, headers: dict | None = None) -> None:
         reset = self.now() + max(1, int(self.rate_period))
-        raise _Reply(httpx.Response(429, json={"errors": [{"field": None, "message": "too many requests"}]},
+        raise Reply(httpx.Response(429, json={"errors": [{"field": None, "message": "too many requests"}]},
                                     headers={"X-RateLimit-Limit": str(self.rate_limit or 600),
                                              "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset),
                                              **(headers or {})}))
-
-    def _rate_limit(self) -> None:
-        if self.rate_limit is None:
-            return
-        now = self.clock()
-        while self._window and self._window[0] <= now - self.rate_period:
-            self._window.popleft()
-        if len(self._window) >= self.rate_limit:
-            self._too_many()
-        self._window.append(now)
-
-    def _rate_headers(self, response: httpx.Response) -> None:
-        if self.rate_limit is None or response.status_code == 429:
-            return
-        response.headers["X-RateLimit-Limit"] = str(self.rate_limit)
-        response.headers["X-RateLimit-Remaining"] = str(max(0, self.rate_limit - len(self._window)))
-        reset = (self._window[0] + self.rate_period) if self._window else self.clock() + self.rate_period
-        response.headers["X-RateLimit-Reset"] = str(int(reset) + 1)
 
     def _recipients(self, body: Any) -> list[str]:
         """The recipient_emails of a write, checked as SendGrid would refuse them (whole request) [INFERRED]."""

@@ -10,12 +10,10 @@ errors with `x-amzn-ErrorType` and `{"message": ...}`. [INFERRED]: the PageSize 
 from __future__ import annotations
 
 import base64
-import json
 import re
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -25,80 +23,46 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from .common import Fault, FakeVendor, Reply
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
                    r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
 
 
 @dataclass
-class Received:
-    """One request the fake received, decoded for assertions."""
+class SesFault(Fault):
+    """An injected answer with its AWS error type."""
 
-    method: str
-    path: str
-    params: dict[str, list[str]]
-    body: Any
+    error_type: str = "InternalFailure"
 
 
-@dataclass
-class Fault:
-    """An answer to give instead of the real one, `times` times, to requests that match."""
-
-    status: int
-    error_type: str
-    times: int = 1
-    path: str | None = None
-    method: str | None = None
-    message: str = "injected fault"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Reply(Exception):
-    def __init__(self, response: httpx.Response):
-        self.response = response
-
-
-class FakeSes:
+class FakeSes(FakeVendor):
     """A stateful SES v2 account (one region) behind `handle(request)`."""
+
+    fault_type = SesFault
 
     def __init__(self, access_key: str = "AKIAFAKEFAKEFAKE0001", secret_key: str = "fake/secret/key/0123456789",
                  region: str = "eu-west-1", *, max_page: int = 1000, clock: Callable[[], float] = time.time):
+        super().__init__(clock)
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.max_page = max_page
-        self.clock = clock
         self.entries: dict[str, dict] = {}  # address -> {EmailAddress, Reason, LastUpdateTime}
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.faults: list[Fault] = []
-        self._lock = threading.RLock()
 
     def suppress(self, address: str, reason: str = "BOUNCE", *, at: float | None = None) -> None:
         """SES adds an address after a hard bounce or a complaint."""
         with self._lock:
             self.entries[address.lower()] = {"EmailAddress": address.lower(), "Reason": reason,
-                                             "LastUpdateTime": at if at is not None else self.clock()}
+                                             "LastUpdateTime": self.moment(at)}
 
-    def fail(self, status: int, error_type: str, **kwargs) -> Fault:
-        fault = Fault(status, error_type, **kwargs)
-        self.faults.append(fault)
-        return fault
+    def fail(self, status: int, error_type: str = "InternalFailure", **kwargs) -> Fault:
+        """Answer the next matching request(s) with `status` and the AWS error `error_type` instead."""
+        return super().fail(status, error_type=error_type, **kwargs)
 
     def held(self) -> dict[str, str]:
         return {a: e["Reason"] for a, e in self.entries.items()}
 
-    def calls(self, path: str = "", method: str | None = None) -> list[Received]:
-        return [r for r in self.requests if path in r.path and (method is None or r.method == method)]
-
     # -- the HTTP side ------------------------------------------------------------------------------------------
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            try:
-                response = self._handle(request)
-            except _Reply as reply:
-                response = reply.response
-            self.statuses.append(response.status_code)
-            return response
 
     def _error(self, status: int, error_type: str, message: str, headers: dict | None = None) -> httpx.Response:
         return httpx.Response(status, json={"message": message},
@@ -106,21 +70,19 @@ class FakeSes:
                                        **(headers or {})})
 
     def _raise(self, status: int, error_type: str, message: str) -> None:
-        raise _Reply(self._error(status, error_type, message))
+        raise Reply(self._error(status, error_type, message))
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         params: dict[str, list[str]] = {}
         for key, value in request.url.params.multi_items():
             params.setdefault(key, []).append(value)
-        body = json.loads(request.content) if request.content else None
-        self.requests.append(Received(request.method, unquote(path), params, body))
+        received = self.receive(request, params=params, headers=False)
+        body = received.body
         self._verify_signature(request)
-        for fault in self.faults:
-            if fault.times > 0 and (fault.path is None or fault.path in unquote(path)) \
-                    and (fault.method is None or fault.method == request.method):
-                fault.times -= 1
-                return self._error(fault.status, fault.error_type, fault.message, fault.headers)
+        fault = self.injected(received)
+        if fault:
+            return self._error(fault.status, fault.error_type, fault.message, fault.headers)
         if path == "/v2/email/account" and request.method == "GET":
             return httpx.Response(200, json={"SendingEnabled": True, "ProductionAccessEnabled": True,
                                              "SuppressionAttributes": {"SuppressedReasons": ["BOUNCE", "COMPLAINT"]}})

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = [ROOT / "connector", ROOT / "adapters", ROOT / "state"]
 # The secret field of each adapter type, and the name of its instance here.
 SECRET_FIELDS = {"hubspot": "token", "sendgrid": "api_key", "mailgun": "api_key", "postmark": "server_token",
-                 "mailchimp": "api_key", "ses": "secret_access_key"}
+                 "mailchimp": "api_key", "ses": "secret_access_key", "klaviyo": "api_key"}
 
 
 class Vendors:

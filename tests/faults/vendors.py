@@ -17,12 +17,14 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from adapters.hubspot import HubSpotAdapter
+from adapters.klaviyo import KlaviyoAdapter
 from adapters.mailchimp import MailchimpAdapter
 from adapters.mailgun import MailgunAdapter
 from adapters.postmark import PostmarkAdapter
 from adapters.sendgrid import SendGridAdapter
 from adapters.ses import SesAdapter
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.klaviyo import FakeKlaviyo
 from tests.fakes.mailchimp import FakeMailchimp, member_hash
 from tests.fakes.mailgun import FakeMailgun
 from tests.fakes.postmark import FakePostmark
@@ -623,4 +625,108 @@ SES = Kit(
     SesAdapter, _ses_seed, lambda fake, address, scope: scope != "*" or address in fake.entries, _effects_of,
     _removals, small_pages={"page_size": 3})
 
-KITS: dict[str, Kit] = {kit.type: kit for kit in (HUBSPOT, SENDGRID, MAILGUN, POSTMARK, MAILCHIMP, SES)}
+
+# -- Klaviyo -------------------------------------------------------------------------------------------
+
+KLAVIYO_LIST = "Y6nRLr"
+
+
+def _klaviyo_rate_limited(retry_after: str, now: float) -> httpx.Response:
+    """Klaviyo's 429: a JSON:API errors body, and Retry-After (no RateLimit-* headers on a 429)."""
+    return httpx.Response(429, json={"errors": [{"id": str(uuid.uuid4()), "status": 429, "code": "throttled",
+                                                 "title": "Request was throttled.", "detail": "Request was throttled."}]},
+                          headers={"Retry-After": retry_after})
+
+
+def _klaviyo_page(request: httpx.Request) -> bool:
+    return request.method == "GET" and request.url.path.rstrip("/") == "/api/profiles" and \
+        request.url.params.get("filter", "").startswith("greater-than(")
+
+
+def _klaviyo_repeat_cursor(request: httpx.Request, body: Any, handle: Handle) -> Any | None:
+    """A later page's links.next names again the page just read."""
+    if not _klaviyo_page(request) or not request.url.params.get("page[cursor]") or not isinstance(body, dict):
+        return None
+    return {**body, "links": {**(body.get("links") or {}), "next": str(request.url)}}
+
+
+def _klaviyo_short_page(request: httpx.Request, body: Any, handle: Handle) -> Any | None:
+    """Half of the profiles, with links.next going on right after the ones kept."""
+    items = body.get("data") if isinstance(body, dict) else None
+    if not _klaviyo_page(request) or not isinstance(items, list) or len(items) < 2:
+        return None
+    cursor = request.url.params.get("page[cursor]")
+    start = int(base64.b64decode(cursor).decode()) if cursor else 0
+    kept = items[:len(items) // 2]
+    following = request.url.copy_set_param("page[cursor]", base64.b64encode(str(start + len(kept)).encode()).decode())
+    return {**body, "data": kept, "links": {**(body.get("links") or {}), "next": str(following)}}
+
+
+def _klaviyo_first_page(request: httpx.Request) -> httpx.Request | None:
+    return _with_param(request, **{"page[cursor]": None}) if _klaviyo_page(request) else None
+
+
+class CountingKlaviyo(FakeKlaviyo):
+    """The Klaviyo fake, counting each suppression or list suppression API jobs add or remove."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.effects: Counter = Counter()
+
+    def _held(self) -> set[tuple[str, str]]:
+        return {(email, "*") for email, p in self.profiles.items() if p["suppression"]} | {
+            (email, s["list_id"]) for email, p in self.profiles.items() for s in p["list_suppressions"]}
+
+    def _counted(self, call, params, body):
+        before = self._held()
+        response = call(params, body)
+        after = self._held()
+        for key in after - before:
+            self.effects[(*key, "added")] += 1
+        for key in before - after:
+            self.effects[(*key, "removed")] += 1
+        return response
+
+    def _suppress_job(self, params, body):
+        return self._counted(super()._suppress_job, params, body)
+
+    def _unsuppress_job(self, params, body):
+        return self._counted(super()._unsuppress_job, params, body)
+
+    def _unsubscribe_job(self, params, body):
+        return self._counted(super()._unsubscribe_job, params, body)
+
+
+def _klaviyo_seed(fake: FakeKlaviyo, address: str, kind: str, at: int) -> tuple[str, str] | None:
+    if kind == "topic":
+        if KLAVIYO_LIST in fake.lists_of(address):
+            return None
+        fake.leave_list(address, KLAVIYO_LIST, at=at / 1000)
+        return address, "newsletter"
+    reason = {"unsubscribe": "UNSUBSCRIBE", "bounce": "HARD_BOUNCE", "spam": "SPAM_COMPLAINT"}[kind]
+    if reason in fake.reasons_of(address):
+        return None
+    fake.suppress(address, reason, at=at / 1000)
+    return address, "*"
+
+
+def _klaviyo_covers(fake: FakeKlaviyo, address: str, scope: str) -> bool:
+    return bool(fake.reasons_of(address)) or (scope == "newsletter" and KLAVIYO_LIST in fake.lists_of(address))
+
+
+def _klaviyo_misuse(fake: FakeKlaviyo) -> list[str]:
+    subscribes = [f"{r.method} {r.path}" for r in fake.requests if "subscription-bulk-create" in r.path]
+    return subscribes + _removals(fake)
+
+
+KLAVIYO = Kit(
+    "klaviyo", "pk_faults0123456789abcdef0123456789",
+    VendorProfile("klaviyo", _klaviyo_rate_limited, _klaviyo_repeat_cursor, _klaviyo_short_page,
+                  _klaviyo_first_page),
+    lambda clock, token: CountingKlaviyo(token, clock=clock),
+    lambda name, base_url, token: {"name": name, "type": "klaviyo", "api_key": token, "base_url": base_url,
+                                   "topics": {"newsletter": KLAVIYO_LIST}, "max_new_per_cycle": 1_000_000},
+    KlaviyoAdapter, _klaviyo_seed, _klaviyo_covers, _effects_of, _klaviyo_misuse,
+    small_pages={"page_size": 10}, limit_fake=lambda fake, n: _set(fake, steady=n) or 60.0, rate_headers=True)
+
+KITS: dict[str, Kit] = {kit.type: kit for kit in (HUBSPOT, SENDGRID, MAILGUN, POSTMARK, MAILCHIMP, SES, KLAVIYO)}
