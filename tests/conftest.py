@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,20 @@ from connector.settings import Settings, validate_settings
 from state.store import Store
 
 from . import memory_adapter
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under a mutation run, run a mutant's tests fastest first.
+
+    mutmut runs each mutant with `-x`, so the first failing test ends it: ordered by the durations mutmut
+    recorded, a killed mutant costs its fastest killing test rather than whichever related test pytest
+    happened to collect first. Outside a mutation run the order is untouched.
+    """
+    stats = Path("mutmut-stats.json")
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", "") or not stats.is_file():
+        return
+    durations = json.loads(stats.read_text()).get("duration_by_test", {})
+    items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
 
 
 def toml_value(value) -> str:
