@@ -200,3 +200,90 @@ def test_a_paused_adapter_keeps_its_staged_opt_outs_whole_and_in_order_until_app
     assert engine.approve("a", 3) == 3
     checkpoint = store.checkpoint("a")
     assert (checkpoint.paused, checkpoint.paused_at, store.staged_optouts("a")) == (0, None, [])
+
+
+# -- what a reconcile reads and stages ------------------------------------------------------------
+
+def test_a_reconcile_counts_every_page_of_the_full_read_and_its_rejected_rows(memory_world):
+    from state.models import Page, Rejected
+
+    settings, store, engine, v = memory_world([{"name": "a", "page_size": 2}])
+    for address in ADDRESSES[:5]:
+        v["a"].held[(address, "*")] = OptOut(address)
+    pages = v["a"].read_all
+
+    def with_a_rejected_row(page_number=iter(range(100))):
+        for page in pages():
+            yield Page(page.optouts, [Rejected(f"row {next(page_number)}", "nope", "no @ in address")])
+
+    v["a"].read_all = with_a_rejected_row
+    report = engine.reconcile("a")
+    assert (report.error, report.pulled, report.rejected, report.staged) == (None, 5, 3, 5)
+
+
+def test_a_write_only_sink_is_never_ingested_and_a_paused_source_stages_nothing_more(memory_world):
+    settings, store, engine, v = drifted_world(memory_world)
+    v["b"].held[("0only-at-b@example.com", "*")] = OptOut("0only-at-b@example.com")
+    assert engine.reconcile("b").staged == 0
+    assert store.suppression("0only-at-b@example.com") is None and store.staged_count("b") == 0
+
+    v["a"].held[("new@example.com", "*")] = OptOut("new@example.com")
+    store.pause("a")
+    report = engine.reconcile("a")
+    assert (report.error, report.staged, store.staged_count("a")) == (None, 0, 0)
+    assert store.suppression("new@example.com") is None
+
+
+def test_a_dry_reconcile_keeps_nothing_it_staged_and_lists_at_most_the_limit(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a"}])
+    for address in ADDRESSES:
+        v["a"].held[(address, "*")] = OptOut(address)
+    engine.dry_run_list_limit = 2
+    report = engine.reconcile("a", dry_run=True)
+    assert report.staged == 7 and [o.address for o in report.would_add] == ADDRESSES[:2]
+    assert store.staged_count("a") == 0 and store.suppression(ADDRESSES[0]) is None
+    assert store.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_a_requested_reconcile_clears_the_request_once_it_ran(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a"}])
+    store.set_checkpoint("a", reconcile_requested=1)
+    assert engine.reconcile("a").error is None
+    checkpoint = store.checkpoint("a")
+    assert checkpoint.reconcile_requested is False and checkpoint.last_reconcile_at is not None
+
+
+def test_an_adapter_that_cannot_read_its_full_set_is_a_settings_error(memory_world):
+    from dataclasses import replace
+
+    settings, store, engine, v = memory_world([{"name": "a"}])
+    v["a"].capabilities = replace(v["a"].capabilities, read_all=False)
+    report = engine.reconcile("a")
+    assert str(report.error) == "adapter 'a' cannot read its full set, so it cannot be reconciled"
+
+
+def test_reapplied_rows_keep_each_their_own_date_and_the_first_address_in_sort_order(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a", "role": "read"},
+                                               {"name": "b", "role": "write", "batch_size": 3}])
+    dated = [OptOut("0first@example.com", "*", "unsubscribed", "recipient", None),
+             OptOut("m@example.com", "*", "unsubscribed", "recipient", "2026-01-01T00:00:00.000000+00:00"),
+             OptOut("n@example.com", "*", "unsubscribed", "recipient", "2026-02-01T00:00:00.000000+00:00")]
+    for optout in dated:
+        v["a"].opt_out(optout)
+    engine.sync_once()
+    v["b"].held.clear()
+    v["b"].apply_calls.clear()
+    engine.reconcile("b")
+    assert [(o.address, o.occurred_at) for o in v["b"].apply_calls[0]] == [(o.address, o.occurred_at)
+                                                                          for o in dated]
+
+
+def test_a_stronger_reason_found_by_reconcile_is_recorded_with_its_time(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a"}])
+    v["a"].opt_out(OptOut("x@example.com", "*", "unsubscribed", "recipient"))
+    engine.sync_once()
+    v["a"].held[("x@example.com", "*")] = OptOut("x@example.com", "*", "spam_complaint", "recipient")
+    assert engine.reconcile("a").changed == 1
+    changed = [e for e in store.events_for("x@example.com") if e["kind"] == "changed"]
+    assert [(e["reason"], e["source"]) for e in changed] == [("spam_complaint", "a")]
+    assert changed[0]["recorded_at"] and store.suppression("x@example.com")["reason"] == "spam_complaint"
