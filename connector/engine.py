@@ -141,7 +141,9 @@ class Engine:
         """Pull then push one adapter; the run is recorded (unless dry), an error is in the report."""
         report = CycleReport(name, phase="push" if push_only else "cycle", dry_run=dry_run,
                              list_limit=self.dry_run_list_limit)
-        with self._kept(name, dry_run), retry_budget_held(self.adapters[name]):
+        # A dry run changes nothing: what it staged and promoted is rolled back, as in sync_once.
+        with (self._kept(name, dry_run), retry_budget_held(self.adapters[name]),
+              self.store.rolled_back() if dry_run else nullcontext()):
             return self._recorded(report, lambda: self._pull_and_push(report, push_only))
 
     def _pull_and_push(self, report: CycleReport, push_only: bool) -> None:
