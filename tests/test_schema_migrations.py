@@ -271,3 +271,31 @@ def test_sqlite_utils_is_imported_only_when_a_migration_is_due(tmp_path):
     old = fixture_copy(tmp_path, 3)
     assert _loads_sqlite_utils(old) is True
     assert _loads_sqlite_utils(old) is False  # now at the current version
+
+
+def test_a_with_block_of_sqlite_utils_is_a_savepoint_inside_the_migrations_transaction(tmp_path):
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    nested = schema._NestedConnection(conn)
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(ZeroDivisionError):
+        with nested:
+            conn.execute("INSERT INTO t VALUES (2)")
+            1 / 0
+    assert conn.in_transaction                      # the failed block undid only its own rows
+    assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,)]
+    with nested:
+        conn.execute("INSERT INTO t VALUES (3)")
+    assert conn.in_transaction                      # and a good block commits nothing
+    assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (3,)]
+    nested.commit()
+    assert conn.in_transaction
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT n FROM t").fetchall() == []
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (4)")
+    with nested:
+        conn.execute("INSERT INTO t VALUES (5)")
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(4,), (5,)]

@@ -114,3 +114,29 @@ def test_only_an_optout_sync_store_passes_for_restore(tmp_path):
     conn.close()
     with pytest.raises(InputError, match=r"bare.db is not an optout-sync store: it has no store identity"):
         verify_store_file(bare)
+
+
+def test_truncating_the_wal_empties_it_and_a_reader_in_the_way_makes_it_give_up(tmp_path):
+    import sqlite3
+
+    from state.models import OptOut, Page
+
+    path = tmp_path / "store.db"
+    with Store(path) as store:
+        store.ingest_page("crm", Page([OptOut(f"p{n}@example.com") for n in range(200)]))
+        store.promote("crm")
+        wal = tmp_path / "store.db-wal"
+        assert wal.stat().st_size > 0
+        timeout = store.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        assert store.truncate_wal() is True and wal.stat().st_size == 0
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout   # put back
+        store.ingest_page("crm", Page([OptOut("late@example.com")]))
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()      # holds a snapshot of the WAL
+        try:
+            assert store.truncate_wal(busy_ms=10) is False and wal.stat().st_size > 0
+        finally:
+            reader.rollback()
+            reader.close()
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout
