@@ -68,10 +68,10 @@ class WindowSettings(HttpAdapterSettings):
     initial_lookback: Duration | None = None
 
 
-def topic_capabilities(settings: Any) -> Capabilities:
-    """Read, write and lift, in batches of `batch_size`, for all email and each topic of `settings.topics`."""
+def topic_capabilities(settings: Any, scopes: Iterable[str] | None = None) -> Capabilities:
+    """Read, write and lift, in batches of `batch_size`, for all email and each of `scopes` (the topics mapped)."""
     return Capabilities(read_changes=True, read_all=True, write=True, remove=True, batch_size=settings.batch_size,
-                        scopes=frozenset(settings.topics))
+                        scopes=frozenset(settings.topics if scopes is None else scopes))
 
 
 def distinct_ids(topics: Mapping[str, Any], valid: Callable[[str], bool], expected: str, noun: str, *,
@@ -337,6 +337,15 @@ class HttpAdapter:
         return None if lookback is None else minus(now, lookback)
 
     # -- paging ----------------------------------------------------------------------------------------
+
+    def offset_pages(self, fetch: Callable[[int], tuple[list, bool]], endpoint: str) -> Iterator[list]:
+        """`follow` for paging by offset: `fetch(offset)` gives a page's items and whether more may follow
+        (an empty page ends the list too); empty pages are left out."""
+        def step(offset: int | None) -> tuple[list, int | None]:
+            items, more = fetch(offset or 0)
+            return items, (offset or 0) + len(items) if items and more else None
+
+        return (items for items in self.follow(step, endpoint) if items)
 
     def whole(self, pages: Iterable[Page]) -> Iterator[Page]:
         """For `read_all`: a fresh retry budget, then the pages' opt-outs (problems are read_changes' to list)."""

@@ -218,14 +218,14 @@ class SendGridAdapter(HttpAdapter):
         endpoint = f"GET {path}"
         window = {k: v for k, v in (("start_time", start), ("end_time", end)) if v is not None}
 
-        def fetch(offset: int | None) -> tuple[list, int | None]:
-            params: dict[str, Any] = {"limit": self.settings.page_size, "offset": offset or 0, **window}
-            items = self.get(path, model, endpoint, params=params).root
+        def fetch(offset: int) -> tuple[list, bool]:
+            items = self.get(path, model, endpoint, params={"limit": self.settings.page_size, "offset": offset,
+                                                            **window}).root
             # `limit` is the page size [DOC], and `page_size` stays within SendGrid's documented
             # maximum (500): a shorter page is the last one, so no empty page is asked for.
-            return items, (offset or 0) + len(items) if len(items) == self.settings.page_size else None
+            return items, len(items) == self.settings.page_size
 
-        return self.follow(fetch, endpoint)
+        return self.offset_pages(fetch, endpoint)
 
     def _group_pages(self, start: int | None, seen_up_to: int | None, report_unmapped: bool) -> Iterator[Page]:
         items = self.get(ALL_GROUP_SUPPRESSIONS, GroupSuppressionList).root
