@@ -24,6 +24,7 @@ builds on `HttpAdapter` for the rest:
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -101,6 +102,12 @@ def integer_ids(topics: Mapping[str, Any], what: str) -> dict[str, str]:
 def integer_topic_ids(what: str) -> Any:
     """The `topics` validator of a settings model whose vendor ids are integers (`integer_ids`)."""
     return field_validator("topics")(classmethod(lambda cls, topics: integer_ids(topics, what)))
+
+
+def basic_auth(user: str, password: str) -> dict[str, Any]:
+    """`start()`'s headers and secrets for HTTP Basic auth: the password, and its encoding, are secrets."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"headers": {"Authorization": f"Basic {basic}"}, "secrets": [password, basic]}
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:
@@ -435,6 +442,14 @@ class HttpAdapter:
                     outcomes.results[index] = result
         return True
 
+    def one_call_each(self, batch: Sequence[OptOut], call: Callable[[OptOut], ApplyResult | None],
+                      refused: Callable[[OptOut, VendorPermanentError], ApplyResult] | None = None
+                      ) -> list[ApplyResult]:
+        """`each` over a whole batch, with a fresh retry budget; the results in order."""
+        outcomes = self.batch_outcomes(batch)
+        self.each(outcomes, range(len(batch)), call, refused)
+        return outcomes.finished()
+
     def batch_allowed(self) -> bool:
         """False to send one call per item instead of batches (HubSpot without its batch scopes)."""
         return True
@@ -569,8 +584,14 @@ class HttpAdapter:
         return lines
 
     def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the credential, or (with `needs`) what it lacks."""
-        return explain_refusal(exc, self.credential, self.probe_needs(exc))
+        """Why a check() probe was refused: what `probe_missing` names for a 404, else the credential, or (with
+        `probe_needs`) what it lacks."""
+        missing = self.probe_missing(str(getattr(exc, "endpoint", ""))) if getattr(exc, "status", None) == 404 else None
+        return missing or explain_refusal(exc, self.credential, self.probe_needs(exc))
+
+    def probe_missing(self, endpoint: str) -> str | None:
+        """What a probe answered 404 at `endpoint` did not find (an audience, a domain); None when unknown."""
+        return None
 
     def probe_needs(self, exc: BaseException) -> str | None:
         """The permission a refused probe lacked (a vendor names its scopes); None when unknown."""

@@ -47,7 +47,6 @@ changes meanwhile can skip a member; the periodic reconcile brings it back.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Iterator
@@ -61,7 +60,7 @@ from state.errors import ConfigError
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, to_utc_iso
 
 from .http import Clock, VendorAnswer, VendorError, VendorPermanentError, check_base_url
-from .kit import (HttpAdapter, WindowSettings, address_or_reject, filled_pages, json_body, parse_time,
+from .kit import (HttpAdapter, WindowSettings, address_or_reject, basic_auth, filled_pages, json_body, parse_time,
                   topic_capabilities, vendor_error)
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
@@ -207,10 +206,8 @@ class MailchimpAdapter(HttpAdapter):
             raise ValueError(f"scope {settings.scope!r} is not a topic defined under [topics]")
         # remove=True so that a lift with --propagate asks, and records remove()'s reason for refusing.
         self.capabilities = topic_capabilities(settings, [] if settings.scope == GLOBAL_SCOPE else [settings.scope])
-        key = settings.api_key.get_secret_value()
-        basic = base64.b64encode(f"optout-sync:{key}".encode()).decode()
-        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailchimp_error,
-                   transport=transport, clock=clock, secrets=[key, basic])
+        self.start(settings, **basic_auth("optout-sync", settings.api_key.get_secret_value()),
+                   describe_error=mailchimp_error, transport=transport, clock=clock)
         self._list = f"/lists/{settings.list_id}"
 
     # -- reading -------------------------------------------------------------------------------
@@ -396,11 +393,10 @@ class MailchimpAdapter(HttpAdapter):
                                            "off (non-members are reported, never created)"))
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the API key, or audience `list_id` (or its interest) not found."""
-        if getattr(exc, "status", None) == 404 and "/lists/" in str(getattr(exc, "endpoint", "")):
-            return f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
-        return super().probe_refusal(exc)
+    def probe_missing(self, endpoint: str) -> str | None:
+        """An audience `list_id` (or its interest) not found."""
+        return (f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
+                if "/lists/" in endpoint else None)
 
     def probe_needs(self, exc: BaseException) -> str | None:
         return f"access to audience {self.settings.list_id}"
