@@ -94,7 +94,7 @@ from .http import Clock, HttpAdapterSettings
 from .hubspot_answers import (BulkStatusesEnvelope, DefinitionsEnvelope, PublicStatus, StandardError, StatusEnvelope,
                               TimelineChange, TimelineItem, TimelinePage, hubspot_error, hubspot_pause_hint)
 from .hubspot_batch import V4, HubSpotBatches
-from .kit import Outcomes, UnexpectedAnswer, integer_ids, require_topics
+from .kit import Outcomes, UnexpectedAnswer, integer_topic_ids, require_topics
 
 LegalBasis = Literal["CONSENT_WITH_NOTICE", "LEGITIMATE_INTEREST_CLIENT", "LEGITIMATE_INTEREST_OTHER",
                      "LEGITIMATE_INTEREST_PQL", "NON_GDPR", "PERFORMANCE_OF_CONTRACT", "PROCESS_AND_STORE"]
@@ -161,10 +161,7 @@ class HubSpotSettings(HttpAdapterSettings):
     sources: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SOURCES))
     unknown_source: str = "recipient/unsubscribed"
 
-    @field_validator("topics")
-    @classmethod
-    def _subscription_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        return integer_ids(topics, "HubSpot subscription ids")
+    _subscription_ids = integer_topic_ids("HubSpot subscription ids")
 
     @field_validator("sources")
     @classmethod

@@ -5,14 +5,18 @@ models, the mapping between its records and `OptOut`, its error-body reader) and
 builds on `HttpAdapter` for the rest:
 
 - `start()`: the shared client policy (adapters/http.py) with the vendor's headers,
-  error reader and secrets; `require_topics()` for topic maps;
-- `parse()` / `get()`: an answer read into a pydantic model, or one `UnexpectedAnswer`;
+  error reader and secrets; `require_topics()`, `distinct_ids()` for topic maps;
+  `WindowSettings` for the settings of a read by time window;
+- `parse()` / `get()` / `post()`: an answer read into a pydantic model, or one `UnexpectedAnswer`;
 - `Outcomes`: one outcome per item of a batch, parking the rest when the cycle's retry
   budget is spent, and failing the batch when nothing got through;
 - `each()`: one call per item; `send_batches()`: batch calls in chunks, halved on a 400
-  that names a limit, one call per item when a batch is refused;
+  that names a limit, one call per item when a batch is refused; `send_halving()`: calls
+  split in halves until a refused item stands alone;
 - `follow()`: the paging loop with a cursor (a token, an offset, a query), refusing a
-  cursor that comes back;
+  cursor that comes back; `window_start()`, `load_cursor()` / `saved_text()` for cursors;
+- `filled_pages()`, `address_or_reject()`, `whole()`: pages of opt-outs and listed problems,
+  and the reconcile read's opt-outs;
 - `check()`: the skeleton of the operator check (a fresh retry budget, the vendor's
   `probe()`, `refuse_if()` naming every problem), `topic_lines()` for its topic map and
   `probe_refusal()` saying which credential or permission a refused probe lacked.
@@ -20,23 +24,28 @@ builds on `HttpAdapter` for the rest:
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import field_validator
 
+from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError, TransientError
-from state.models import PERMANENT, TRANSIENT, ApplyResult, OptOut, Page
+from state.models import ALREADY, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected
 
-from .base import Capabilities
+from .base import Capabilities, Duration
 from .http import (Clock, HttpAdapterSettings, HttpClient, RetryBudgetSpent, VendorError, VendorPermanentError,
                    explain_refusal, parse_retry_after)
 
 Model = TypeVar("Model")
 Cursor = TypeVar("Cursor")
+Item = TypeVar("Item")
+Moment = TypeVar("Moment")
 # How vendors say a batch was over their limit (in a 400's message): the batch is halved and sent again.
 LIMIT_WORDS = re.compile(r"\b(limit|maximum|max|too many|exceed\w*)\b", re.IGNORECASE)
 
@@ -52,12 +61,53 @@ def require_topics(settings: HttpAdapterSettings, topics: Mapping[str, str]) -> 
         raise ValueError(f"topics {', '.join(undefined)} are not defined under [topics]")
 
 
+class WindowSettings(HttpAdapterSettings):
+    """The settings of an adapter that reads by time window, from `overlap` before where the last read ended."""
+
+    overlap: Duration = 600.0
+    # None: the first read takes the whole history (it goes through max_new_per_cycle like any read).
+    initial_lookback: Duration | None = None
+
+
+def topic_capabilities(settings: Any, scopes: Iterable[str] | None = None) -> Capabilities:
+    """Read, write and lift, in batches of `batch_size`, for all email and each of `scopes` (the topics mapped)."""
+    return Capabilities(read_changes=True, read_all=True, write=True, remove=True, batch_size=settings.batch_size,
+                        scopes=frozenset(settings.topics if scopes is None else scopes))
+
+
+def distinct_ids(topics: Mapping[str, Any], valid: Callable[[str], bool], expected: str, noun: str, *,
+                 fold: Callable[[str], str] = str, note: str = "") -> dict[str, str]:
+    """A topic map whose vendor ids are stripped, each `valid` and each used by one topic only (compared after
+    `fold`); else a ValueError saying `expected` (for a bad id) or naming the `noun` two topics share."""
+    seen: dict[str, str] = {}
+    for topic, vendor_id in topics.items():
+        vendor_id = str(vendor_id).strip()
+        if not valid(vendor_id):
+            raise ValueError(f"topic {topic!r}: expected {expected}, got {vendor_id!r}")
+        if fold(vendor_id) in seen:
+            raise ValueError(f"topics {seen[fold(vendor_id)]!r} and {topic!r} map to the same {noun} {vendor_id!r}"
+                             f"{note}")
+        seen[fold(vendor_id)] = topic
+    return {topic: str(vendor_id).strip() for topic, vendor_id in topics.items()}
+
+
 def integer_ids(topics: Mapping[str, Any], what: str) -> dict[str, str]:
     """A topic map whose vendor ids must be integers (given as text or numbers), stripped; else a ValueError."""
     for topic, vendor_id in topics.items():
         if not str(vendor_id).strip().isdigit():
             raise ValueError(f"topic {topic!r}: {what} are integers, got {vendor_id!r}")
     return {topic: str(vendor_id).strip() for topic, vendor_id in topics.items()}
+
+
+def integer_topic_ids(what: str) -> Any:
+    """The `topics` validator of a settings model whose vendor ids are integers (`integer_ids`)."""
+    return field_validator("topics")(classmethod(lambda cls, topics: integer_ids(topics, what)))
+
+
+def basic_auth(user: str, password: str) -> dict[str, Any]:
+    """`start()`'s headers and secrets for HTTP Basic auth: the password, and its encoding, are secrets."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"headers": {"Authorization": f"Basic {basic}"}, "secrets": [password, basic]}
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:
@@ -121,6 +171,37 @@ def newest_on_last_page(pairs: Iterable[tuple[Page, Any]], newest: Any,
             yield page
 
     return last_page_carries(pages(), lambda: cursor_of(seen[0]))
+
+
+def address_or_reject(raw: str, page: Page, where: str, listed: bool) -> str | None:
+    """`raw` normalised; None when it is no address, listed on `page` as rejected when `listed` (new)."""
+    try:
+        return normalise_address(raw)
+    except InvalidAddress as exc:
+        if listed:
+            page.rejected.append(Rejected(where, raw, f"invalid address {raw!r}: {exc}"))
+        return None
+
+
+def filled_pages(batches: Iterable[Iterable[Item]], convert: Callable[[Item, Page], Any]) -> Iterator[Page]:
+    """One page per batch of items, each item converted onto it; a page left empty is skipped."""
+    for items in batches:
+        page = Page()
+        for item in items:
+            convert(item, page)
+        if page.optouts or page.rejected:
+            yield page
+
+
+def already_when_absent(message: str | Callable[[OptOut], str]) -> Callable[[OptOut, VendorPermanentError],
+                                                                            ApplyResult]:
+    """For `each` on a lift: a 404 means the vendor did not hold it (ALREADY, saying `message`); other
+    refusals are PERMANENT."""
+    def refused(optout: OptOut, exc: VendorPermanentError) -> ApplyResult:
+        if exc.status == 404:
+            return ApplyResult(optout, ALREADY, message if isinstance(message, str) else message(optout))
+        return ApplyResult(optout, PERMANENT, str(exc))
+    return refused
 
 
 def adapter_failure(exc: VendorPermanentError) -> bool:
@@ -196,6 +277,10 @@ class HttpAdapter:
         """Close the HTTP connections."""
         self.http.close()
 
+    def now(self) -> datetime:
+        """The clock's time, in UTC."""
+        return datetime.fromtimestamp(self.clock.time(), timezone.utc)
+
     # -- answers ---------------------------------------------------------------------------------------
 
     def parse(self, response: httpx.Response, model: type[Model], endpoint: str) -> Model:
@@ -205,10 +290,18 @@ class HttpAdapter:
         except VendorPermanentError as exc:
             raise UnexpectedAnswer(self.name, endpoint, exc.vendor_message, status=exc.status) from None
 
+    def call(self, method: str, path: str, model: type[Model], endpoint: str | None = None, **request: Any) -> Model:
+        """Call `path` and read the answer as `model`."""
+        endpoint = endpoint or f"{method} {path}"
+        return self.parse(self.http.request(method, path, endpoint=endpoint, **request), model, endpoint)
+
     def get(self, path: str, model: type[Model], endpoint: str | None = None, **request: Any) -> Model:
         """GET `path` and read the answer as `model`."""
-        endpoint = endpoint or f"GET {path}"
-        return self.parse(self.http.request("GET", path, endpoint=endpoint, **request), model, endpoint)
+        return self.call("GET", path, model, endpoint, **request)
+
+    def post(self, path: str, model: type[Model], endpoint: str | None = None, **request: Any) -> Model:
+        """POST to `path` and read the answer as `model`."""
+        return self.call("POST", path, model, endpoint, **request)
 
     def bad_cursor(self, explanation: str) -> VendorPermanentError:
         """The error for a saved cursor this adapter cannot use."""
@@ -228,7 +321,45 @@ class HttpAdapter:
             raise self.bad_cursor(f"the saved cursor is not one this adapter wrote ({exc}); reset it to "
                                   f"{reset}") from None
 
+    def saved_text(self, cursor: str | None, read: Callable[[str], Any], what: str) -> Any:
+        """A cursor saved as plain text (a time), as `read` gives it; None for none; a bad_cursor saying it is
+        not `what` when `read` fails or gives None."""
+        if cursor is None:
+            return None
+        try:
+            value = read(cursor)
+        except ValueError:
+            value = None
+        if value is None:
+            raise self.bad_cursor(f"the saved cursor {cursor!r} is not {what}")
+        return value
+
+    def window_start(self, previous: Moment | None, now: Moment, minus: Callable[[Moment, float], Moment] = (
+            lambda moment, seconds: moment - timedelta(seconds=seconds))) -> Moment | None:
+        """Where a read by time window (WindowSettings) starts: `overlap` before the previous window's end; on
+        a first read `initial_lookback` before now, or None (the whole history)."""
+        if previous is not None:
+            return minus(previous, self.settings.overlap)
+        lookback = self.settings.initial_lookback
+        return None if lookback is None else minus(now, lookback)
+
     # -- paging ----------------------------------------------------------------------------------------
+
+    def offset_pages(self, fetch: Callable[[int], tuple[list, bool]], endpoint: str) -> Iterator[list]:
+        """`follow` for paging by offset: `fetch(offset)` gives a page's items and whether more may follow
+        (an empty page ends the list too); empty pages are left out."""
+        def step(offset: int | None) -> tuple[list, int | None]:
+            items, more = fetch(offset or 0)
+            return items, (offset or 0) + len(items) if items and more else None
+
+        return (items for items in self.follow(step, endpoint) if items)
+
+    def whole(self, pages: Iterable[Page]) -> Iterator[Page]:
+        """For `read_all`: a fresh retry budget, then the pages' opt-outs (problems are read_changes' to list)."""
+        self.http.new_cycle()
+        for page in pages:
+            if page.optouts:
+                yield Page(page.optouts)
 
     def follow(self, fetch: Callable[[Cursor | None], tuple[list, Cursor | None]], endpoint: str,
                first: Cursor | None = None) -> Iterator[list]:
@@ -255,6 +386,30 @@ class HttpAdapter:
             cursor, previous = following, items
 
     # -- writing ---------------------------------------------------------------------------------------
+
+    def batch_outcomes(self, batch: Sequence[OptOut]) -> Outcomes:
+        """A fresh retry budget for a write, and an outcome slot per item."""
+        self.http.new_cycle()
+        return Outcomes(self.name, batch)
+
+    def unmapped(self, scope: str, noun: str) -> str:
+        """Why an item of a topic with no vendor id here cannot be written."""
+        return f"topic {scope!r} has no {noun} at {self.name}"
+
+    def by_target(self, outcomes: Outcomes, ids: Mapping[str, str], noun: str) -> tuple[list[int],
+                                                                                        dict[str, list[int]]]:
+        """The items for all email, and the others grouped by their topic's vendor id (`ids`: topic -> id);
+        an item of a topic `ids` lacks is refused."""
+        everywhere: list[int] = []
+        by_id: dict[str, list[int]] = {}
+        for index, optout in enumerate(outcomes.batch):
+            if optout.scope == GLOBAL_SCOPE:
+                everywhere.append(index)
+            elif optout.scope in ids:
+                by_id.setdefault(ids[optout.scope], []).append(index)
+            else:
+                outcomes.refuse(index, self.unmapped(optout.scope, noun))
+        return everywhere, by_id
 
     def on_adapter_failure(self, exc: VendorPermanentError) -> None:
         """Called before an adapter-level refusal is raised out of `each` (HubSpot forgets its batch answers)."""
@@ -286,6 +441,14 @@ class HttpAdapter:
                 if result is not None:
                     outcomes.results[index] = result
         return True
+
+    def one_call_each(self, batch: Sequence[OptOut], call: Callable[[OptOut], ApplyResult | None],
+                      refused: Callable[[OptOut, VendorPermanentError], ApplyResult] | None = None
+                      ) -> list[ApplyResult]:
+        """`each` over a whole batch, with a fresh retry budget; the results in order."""
+        outcomes = self.batch_outcomes(batch)
+        self.each(outcomes, range(len(batch)), call, refused)
+        return outcomes.finished()
 
     def batch_allowed(self) -> bool:
         """False to send one call per item instead of batches (HubSpot without its batch scopes)."""
@@ -355,6 +518,40 @@ class HttpAdapter:
                 self.each(outcomes, unreported, single_call)
             pending = pending[len(chunk):]
 
+    def send_halving(self, groups: Sequence[Item], size: int, send: Callable[[list[Item]], Any],
+                     refuse: Callable[[list[Item], VendorPermanentError], Any],
+                     park: Callable[[Sequence[Item], BaseException | str], Any], rest: str, *,
+                     fatal: Container[int] = (), alone: Container[int] = ()) -> bool:
+        """Send `groups` (items, or an address with its items) in calls of at most `size`, for a vendor whose
+        answer does not name what it refused: a refused call is split in halves until the refused group stands
+        alone and is `refuse`d. A refusal with a status in `alone` refuses the call's groups unsplit; one in
+        `fatal` is raised, like an adapter failure. A transient failure parks that call's groups and, saying
+        `rest`, every group not sent yet: False then (the rest waits for the next cycle)."""
+        def halves(part: list[Item]) -> bool:
+            try:
+                send(part)
+            except VendorPermanentError as exc:
+                if adapter_failure(exc) or exc.status in fatal:
+                    raise  # credentials, access or the account's setup: the adapter, not these items
+                if len(part) < 2 or exc.status in alone:
+                    refuse(part, exc)
+                    return True
+                middle = len(part) // 2
+                if not halves(part[:middle]):
+                    park(part[middle:], rest)
+                    return False
+                return halves(part[middle:])
+            except TransientError as exc:
+                park(part, exc)
+                return False
+            return True
+
+        for start in range(0, len(groups), size):
+            if not halves(list(groups[start:start + size])):
+                park(groups[start + size:], rest)
+                return False
+        return True
+
     # -- the operator check ----------------------------------------------------------------------------
 
     def check(self) -> list[str]:
@@ -387,8 +584,14 @@ class HttpAdapter:
         return lines
 
     def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the credential, or (with `needs`) what it lacks."""
-        return explain_refusal(exc, self.credential, self.probe_needs(exc))
+        """Why a check() probe was refused: what `probe_missing` names for a 404, else the credential, or (with
+        `probe_needs`) what it lacks."""
+        missing = self.probe_missing(str(getattr(exc, "endpoint", ""))) if getattr(exc, "status", None) == 404 else None
+        return missing or explain_refusal(exc, self.credential, self.probe_needs(exc))
+
+    def probe_missing(self, endpoint: str) -> str | None:
+        """What a probe answered 404 at `endpoint` did not find (an audience, a domain); None when unknown."""
+        return None
 
     def probe_needs(self, exc: BaseException) -> str | None:
         """The permission a refused probe lacked (a vendor names its scopes); None when unknown."""

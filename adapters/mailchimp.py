@@ -1,79 +1,67 @@
 """`mailchimp`: two-way opt-out sync with one Mailchimp audience (list) through the Marketing API 3.0.
 
-One adapter instance per audience; `scope` says which of our scopes the audience
-stands for (`*` by default). It never subscribes anyone and never creates a
-member unless `create_members = true`.
+One adapter instance per audience; `scope` says which of our scopes the audience stands for (`*` by
+default). It never subscribes anyone and never creates a member unless `create_members = true`.
 
-What this relies on from Mailchimp's Marketing API ([LIB] = the official client
-libraries or the OpenAPI spec they are generated from, [DOC] = Mailchimp's pages,
-found with the search tool; [SETTING] = not confirmed, so a setting):
-- Base URL https://<dc>.api.mailchimp.com/3.0 where <dc> ends the API key
-  (`...-us21`); HTTP Basic auth with any user name and the key [LIB].
-- GET /lists/{list_id}/members filters by `status` (one value), `since_last_changed`
-  and `before_last_changed` (ISO 8601), sorts by `sort_field=last_changed` with
-  `sort_dir`, and pages with `count` (at most 1000) and `offset`; the answer has
-  `members` and `total_items` [LIB]. A member has `email_address`, `status`
-  (subscribed, unsubscribed, cleaned, pending, transactional, archived),
-  `last_changed`, `unsubscribe_reason` [LIB]. `unsubscribed` -> unsubscribed by the
-  recipient (no origin field exists, so an admin's unsubscribe reads the same: the safe,
-  unliftable reading; the webhook's `source` user/admin/api would tell; the reason is kept
-  in details), `cleaned`
-  (hard-bounced) -> hard_bounce by the system, for all email.
-- GET /lists/{list_id}/abuse-reports pages with count/offset, items {id,
-  campaign_id, email_address, date}, no time filter [LIB]: spam complaints, for
-  all email (`read_abuse_reports`).
-- GET /lists/{list_id}/members/{subscriber_hash}, the hash being the MD5 of the
-  lower-cased address; 404 when the address is not a member [LIB].
-- POST /lists/{list_id} with {"members": [{email_address, status}],
-  "update_existing": true}: at most 500 members per call; 200 even when some
-  fail, with new_members, updated_members and errors [{email_address, error,
-  error_code}] [LIB]. It CREATES members it does not know: so only addresses
-  found as members are sent, unless `create_members`. Between the look-up and
-  the batch (seconds) a member deleted at Mailchimp would be re-created; that
-  is reported. An `archived` member is not billed and not mailed; updating it
-  would unarchive it (and bill it again), so an archived member is never written,
-  with or without `create_members`: it holds the opt-out (ALREADY). The member
+What this relies on from Mailchimp's Marketing API ([LIB] = the official client libraries or the
+OpenAPI spec they are generated from, [DOC] = Mailchimp's pages, found with the search tool;
+[SETTING] = not confirmed, so a setting):
+- Base URL https://<dc>.api.mailchimp.com/3.0 where <dc> ends the API key (`...-us21`); HTTP Basic
+  auth with any user name and the key [LIB].
+- GET /lists/{list_id}/members filters by `status` (one value), `since_last_changed` and
+  `before_last_changed` (ISO 8601), sorts by `sort_field=last_changed` with `sort_dir`, and pages
+  with `count` (at most 1000) and `offset`; the answer has `members` and `total_items` [LIB]. A
+  member has `email_address`, `status` (subscribed, unsubscribed, cleaned, pending, transactional,
+  archived), `last_changed`, `unsubscribe_reason` [LIB]. `unsubscribed` -> unsubscribed by the
+  recipient (no origin field exists, so an admin's unsubscribe reads the same: the safe, unliftable
+  reading; the webhook's `source` user/admin/api would tell; the reason is kept in details),
+  `cleaned` (hard-bounced) -> hard_bounce by the system, for all email.
+- GET /lists/{list_id}/abuse-reports pages with count/offset, items {id, campaign_id, email_address,
+  date}, no time filter [LIB]: spam complaints, for all email (`read_abuse_reports`).
+- GET /lists/{list_id}/members/{subscriber_hash}, the hash being the MD5 of the lower-cased address;
+  404 when the address is not a member [LIB].
+- POST /lists/{list_id} with {"members": [{email_address, status}], "update_existing": true}: at
+  most 500 members per call; 200 even when some fail, with new_members, updated_members and errors
+  [{email_address, error, error_code}] [LIB]. It CREATES members it does not know: so only addresses
+  found as members are sent, unless `create_members`. Between the look-up and the batch (seconds) a
+  member deleted at Mailchimp would be re-created; that is reported. An `archived` member is not
+  billed and not mailed; updating it would unarchive it (and bill it again), so an archived member
+  is never written, with or without `create_members`: it holds the opt-out (ALREADY). The member
   look-up answers `status: "archived"` for one [LIB: the member status enum].
-- Undoing an unsubscribe means re-subscribing, which needs the person's consent:
-  `remove` refuses every item.
-- Errors are application/problem+json {type, title, status, detail, instance}
-  [LIB]; the limit is 10 simultaneous connections per key, 429 beyond it, and
-  no rate-limit headers are sent (Mailchimp's fundamentals page as quoted by a
-  third-party summary). This client makes one call at a time; a 429 is retried
-  with back-off by the shared policy.
-- Billing: Mailchimp counts unsubscribed (and non-subscribed) contacts in an
-  audience toward the plan's contact limit; archived ones do not (a post by
-  Mailchimp Support). `create_members` therefore adds one billed contact per
-  created address.
+- Undoing an unsubscribe means re-subscribing, which needs the person's consent: `remove` refuses
+  every item.
+- Errors are application/problem+json {type, title, status, detail, instance} [LIB]; the limit is 10
+  simultaneous connections per key, 429 beyond it, and no rate-limit headers are sent (Mailchimp's
+  fundamentals page as quoted by a third-party summary). This client makes one call at a time; a 429
+  is retried with back-off by the shared policy.
+- Billing: Mailchimp counts unsubscribed (and non-subscribed) contacts in an audience toward the
+  plan's contact limit; archived ones do not (a post by Mailchimp Support). `create_members`
+  therefore adds one billed contact per created address.
 
-Incremental read, for the window [cursor - overlap, now] (cursor = ISO time): abuse
-reports filtered by `date`, then cleaned and unsubscribed members by `last_changed`,
-oldest change first; the cursor moves to the window's end once all is read.
-`last_changed` also moves on edits that are not opt-outs; such members are read
-again, which the store makes harmless. Offset paging over a set that changes
-meanwhile can skip a member; the periodic reconcile brings it back.
+Incremental read, for the window [cursor - overlap, now] (cursor = ISO time): abuse reports filtered
+by `date`, then cleaned and unsubscribed members by `last_changed`, oldest change first; the cursor
+moves to the window's end once all is read. `last_changed` also moves on edits that are not
+opt-outs; such members are read again, which the store makes harmless. Offset paging over a set that
+changes meanwhile can skip a member; the periodic reconcile brings it back.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError
-from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected, \
-    to_utc_iso
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, to_utc_iso
 
-from .base import Capabilities, Duration
-from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, check_base_url
-from .kit import HttpAdapter, Outcomes, json_body, parse_time, vendor_error
+from .http import Clock, VendorAnswer, VendorError, VendorPermanentError, check_base_url
+from .kit import (HttpAdapter, WindowSettings, address_or_reject, basic_auth, filled_pages, json_body, parse_time,
+                  topic_capabilities, vendor_error)
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 _DATA_CENTER = re.compile(r"-([a-z]{2,4}\d{1,3})$")
@@ -89,7 +77,7 @@ def subscriber_hash(address: str) -> str:
     return hashlib.md5(address.lower().encode("utf-8")).hexdigest()
 
 
-class MailchimpSettings(HttpAdapterSettings):
+class MailchimpSettings(WindowSettings):
     """Settings of a `mailchimp` adapter instance (one per audience)."""
 
     type: Literal["mailchimp"] = "mailchimp"
@@ -102,9 +90,6 @@ class MailchimpSettings(HttpAdapterSettings):
     create_members: bool = False
     batch_size: int = Field(default=500, ge=1, le=500)
     page_size: int = Field(default=1000, ge=1, le=1000)
-    overlap: Duration = 600.0
-    # None: the first read takes the whole history (it goes through max_new_per_cycle like any read).
-    initial_lookback: Duration | None = None
     read_abuse_reports: bool = True
 
     @field_validator("base_url")
@@ -140,9 +125,14 @@ class Member(VendorAnswer):
     unsubscribe_reason: str | None = None
 
 
-class MembersPage(VendorAnswer):
-    members: list[Member]
+class Counted(VendorAnswer):
+    """A page of a list that Mailchimp pages by offset: how many items the whole list holds."""
+
     total_items: int | None = None
+
+
+class MembersPage(Counted):
+    members: list[Member]
 
 
 class AbuseReport(VendorAnswer):
@@ -152,9 +142,8 @@ class AbuseReport(VendorAnswer):
     date: str | None = None
 
 
-class AbuseReportsPage(VendorAnswer):
+class AbuseReportsPage(Counted):
     abuse_reports: list[AbuseReport]
-    total_items: int | None = None
 
 
 class BatchError(VendorAnswer):
@@ -179,9 +168,8 @@ class Audience(VendorAnswer):
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
-class AudiencesPage(VendorAnswer):
+class AudiencesPage(Counted):
     lists: list[Audience]
-    total_items: int | None = None
 
 
 class Ping(VendorAnswer):
@@ -217,13 +205,9 @@ class MailchimpAdapter(HttpAdapter):
         if settings.scope != GLOBAL_SCOPE and settings.scope not in topics:
             raise ValueError(f"scope {settings.scope!r} is not a topic defined under [topics]")
         # remove=True so that a lift with --propagate asks, and records remove()'s reason for refusing.
-        self.capabilities = Capabilities(
-            read_changes=True, read_all=True, write=True, remove=True, batch_size=settings.batch_size,
-            scopes=frozenset() if settings.scope == GLOBAL_SCOPE else frozenset({settings.scope}))
-        key = settings.api_key.get_secret_value()
-        basic = base64.b64encode(f"optout-sync:{key}".encode()).decode()
-        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailchimp_error,
-                   transport=transport, clock=clock, secrets=[key, basic])
+        self.capabilities = topic_capabilities(settings, [] if settings.scope == GLOBAL_SCOPE else [settings.scope])
+        self.start(settings, **basic_auth("optout-sync", settings.api_key.get_secret_value()),
+                   describe_error=mailchimp_error, transport=transport, clock=clock)
         self._list = f"/lists/{settings.list_id}"
 
     # -- reading -------------------------------------------------------------------------------
@@ -231,44 +215,25 @@ class MailchimpAdapter(HttpAdapter):
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         """Members changed to unsubscribed/cleaned and abuse reports in [cursor - overlap, now]; cursor last."""
         self.http.new_cycle()
-        now = datetime.fromtimestamp(self.clock.time(), timezone.utc).replace(microsecond=0)
-        previous = self._cursor_time(cursor)
-        if previous is not None:
-            start: datetime | None = previous - timedelta(seconds=self.settings.overlap)
-        elif self.settings.initial_lookback is not None:
-            start = now - timedelta(seconds=self.settings.initial_lookback)
-        else:
-            start = None
+        now = self.now().replace(microsecond=0)
+        previous = self.saved_text(cursor, parse_time, "an ISO time")
+        start = self.window_start(previous, now)
         yield from self._pages(start, now, seen_up_to=previous)
         yield Page(cursor=_api_time(now))
 
     def read_all(self) -> Iterator[Page]:
         """Every unsubscribed and cleaned member and every abuse report, page by page (for reconcile)."""
-        self.http.new_cycle()
-        for page in self._pages(None, None, seen_up_to=None):
-            if page.optouts:
-                yield Page(page.optouts)
+        return self.whole(self._pages(None, None, seen_up_to=None))
 
     def _pages(self, start: datetime | None, end: datetime | None, seen_up_to: datetime | None) -> Iterator[Page]:
         # Strongest first (spam complaints, bounces, unsubscribes): the store keeps the first staged
         # observation of an (address, scope) of a read, and an abuse report also unsubscribes the member.
         if self.settings.read_abuse_reports:
-            for reports in self._abuse_reports():
-                page = Page()
-                for report in reports:
-                    moment = parse_time(report.date)
-                    if start is not None and moment is not None and moment < start:
-                        continue  # no time filter at Mailchimp for this list: keep the window's part
-                    self._convert_report(report, moment, page, seen_up_to)
-                if page.optouts or page.rejected:
-                    yield page
+            yield from filled_pages(self._abuse_reports(),
+                                    lambda report, page: self._convert_report(report, page, start, seen_up_to))
         for status in ("cleaned", "unsubscribed"):
-            for members in self._members(status, start, end):
-                page = Page()
-                for member in members:
-                    self._convert_member(member, page, seen_up_to)
-                if page.optouts or page.rejected:
-                    yield page
+            yield from filled_pages(self._members(status, start, end),
+                                    lambda member, page: self._convert_member(member, page, seen_up_to))
 
     def _members(self, status: str, start: datetime | None, end: datetime | None) -> Iterator[list[Member]]:
         window = {k: _api_time(v) for k, v in (("since_last_changed", start), ("before_last_changed", end)) if v}
@@ -280,29 +245,22 @@ class MailchimpAdapter(HttpAdapter):
         return self._offset_pages(f"{self._list}/abuse-reports", "GET /lists/{list_id}/abuse-reports",
                                   AbuseReportsPage, "abuse_reports", {"count": self.settings.page_size})
 
-    def _offset_pages(self, path: str, endpoint: str, model: type, field: str, params: dict[str, Any]) -> Iterator[list]:
+    def _offset_pages(self, path: str, endpoint: str, model: type, field: str,
+                      params: dict[str, Any]) -> Iterator[list]:
         """Pages by offset until an empty page or total_items (a short page is not the end at Mailchimp)."""
-        def fetch(offset: int | None) -> tuple[list, int | None]:
-            answer = self.get(path, model, endpoint, params={**params, "offset": offset or 0})
+        def fetch(offset: int) -> tuple[list, bool]:
+            answer = self.get(path, model, endpoint, params={**params, "offset": offset})
             items = getattr(answer, field)
-            done = (offset or 0) + len(items)
-            return items, None if not items or (answer.total_items is not None and done >= answer.total_items) \
-                else done
+            return items, answer.total_items is None or offset + len(items) < answer.total_items
 
-        for items in self.follow(fetch, endpoint):
-            if items:
-                yield items
+        return self.offset_pages(fetch, endpoint)
 
     def _convert_member(self, member: Member, page: Page, seen_up_to: datetime | None) -> None:
         moment = parse_time(member.last_changed)
         fresh = seen_up_to is None or moment is None or moment > seen_up_to
-        try:
-            address = normalise_address(member.email_address)
-        except InvalidAddress as exc:
-            if fresh:
-                page.rejected.append(Rejected(f"Mailchimp member changed at {member.last_changed}",
-                                              member.email_address, f"invalid address {member.email_address!r}: "
-                                              f"{exc}"))
+        address = address_or_reject(member.email_address, page, f"Mailchimp member changed at {member.last_changed}",
+                                    fresh)
+        if address is None:
             return
         occurred = to_utc_iso(moment) if moment else None
         details: dict[str, Any] = {"mailchimp_list": self.settings.list_id, "mailchimp_status": member.status}
@@ -314,15 +272,14 @@ class MailchimpAdapter(HttpAdapter):
             # An address that hard-bounced is dead for every kind of mail, whatever the audience stands for.
             page.optouts.append(OptOut(address, GLOBAL_SCOPE, "hard_bounce", "system", occurred, details))
 
-    def _convert_report(self, report: AbuseReport, moment: datetime | None, page: Page,
+    def _convert_report(self, report: AbuseReport, page: Page, start: datetime | None,
                         seen_up_to: datetime | None) -> None:
+        moment = parse_time(report.date)
+        if start is not None and moment is not None and moment < start:
+            return  # no time filter at Mailchimp for this list: keep the window's part
         fresh = seen_up_to is None or moment is None or moment > seen_up_to
-        try:
-            address = normalise_address(report.email_address)
-        except InvalidAddress as exc:
-            if fresh:
-                page.rejected.append(Rejected(f"Mailchimp abuse report {report.id}", report.email_address,
-                                              f"invalid address {report.email_address!r}: {exc}"))
+        address = address_or_reject(report.email_address, page, f"Mailchimp abuse report {report.id}", fresh)
+        if address is None:
             return
         details = {"mailchimp_list": self.settings.list_id, "mailchimp_abuse_report": report.id,
                    "campaign_id": report.campaign_id}
@@ -334,8 +291,7 @@ class MailchimpAdapter(HttpAdapter):
 
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Unsubscribe each address that is a member (or create it unsubscribed with create_members); in order."""
-        self.http.new_cycle()
-        outcomes = Outcomes(self.name, batch)
+        outcomes = self.batch_outcomes(batch)
         wanted = []
         for index, optout in enumerate(batch):
             if optout.scope in (GLOBAL_SCOPE, self.settings.scope):
@@ -364,7 +320,7 @@ class MailchimpAdapter(HttpAdapter):
     def _decide(self, optout: OptOut, seen: dict[str, str | None]) -> ApplyResult | None:
         """An item's outcome from its member record; None when it goes into the batch write."""
         if optout.address not in seen:
-            seen[optout.address] = self._member_status(optout.address, "GET /lists/{list_id}/members/{subscriber_hash}")
+            seen[optout.address] = self._member_status(optout.address)
         status = seen[optout.address]
         if status in DONE:
             return ApplyResult(optout, ALREADY, f"Mailchimp member is {status} already")
@@ -380,24 +336,22 @@ class MailchimpAdapter(HttpAdapter):
                 "created (Mailchimp would bill it)"))
         return ApplyResult(optout, PERMANENT, f"Mailchimp member has status {status!r}; not changed")
 
-    def _member_status(self, address: str, endpoint: str) -> str | None:
-        path = f"{self._list}/members/{subscriber_hash(address)}"
+    def _member_status(self, address: str) -> str | None:
+        """The member's status; None when the address is not a member (404)."""
         try:
-            response = self.http.request("GET", path, endpoint=endpoint, params={"fields": "email_address,status"})
+            return self.get(f"{self._list}/members/{subscriber_hash(address)}", Member,
+                            "GET /lists/{list_id}/members/{subscriber_hash}",
+                            params={"fields": "email_address,status"}).status
         except VendorPermanentError as exc:
             if exc.status == 404:
                 return None
             raise
-        return self.parse(response, Member, endpoint).status
 
     def _batch_unsubscribe(self, items: list[OptOut]) -> list[ApplyResult]:
-        endpoint = "POST /lists/{list_id}"
-        # Only ever status `unsubscribed`: this adapter never subscribes anyone.
         addresses = list(dict.fromkeys(o.address for o in items))  # an address may come for `*` and the scope
-        body = {"members": [{"email_address": a, "status": "unsubscribed"} for a in addresses],
-                "update_existing": True}
-        answer = self.parse(self.http.request("POST", self._list, endpoint=endpoint, json=body),
-                             BatchAnswer, endpoint)
+        # Only ever status `unsubscribed`: this adapter never subscribes anyone.
+        answer = self.post(self._list, BatchAnswer, "POST /lists/{list_id}", json={
+            "members": [{"email_address": a, "status": "unsubscribed"} for a in addresses], "update_existing": True})
         updated = {m.email_address.strip().lower() for m in answer.updated_members}
         created = {m.email_address.strip().lower() for m in answer.new_members}
         refused = {e.email_address.strip().lower(): e for e in answer.errors}
@@ -425,48 +379,24 @@ class MailchimpAdapter(HttpAdapter):
         """Verify the key with read-only calls and list the account's audiences."""
         ping = self.get("/ping", Ping)
         lines = [f"API reachable: {ping.health_status or 'ok'}"]
-        audiences: list[Audience] = []
-        offset = 0
-        while True:
-            page = self.get("/lists", AudiencesPage, params={
-                "count": 1000, "offset": offset, "fields": "lists.id,lists.name,lists.stats,total_items"})
-            audiences += page.lists
-            offset += len(page.lists)
-            if not page.lists or page.total_items is None or offset >= page.total_items:
-                break
-        lines.append(f"{len(audiences)} audiences")
-        found = False
-        for audience in audiences:
-            members = audience.stats.get("member_count")
-            unsubscribed = audience.stats.get("unsubscribe_count")
-            mark = ""
-            if audience.id == self.settings.list_id:
-                found = True
-                mark = f" <- this adapter (scope {self.settings.scope})"
-            lines.append(f"audience {audience.id} ({audience.name}): {members} subscribed, {unsubscribed} "
-                         f"unsubscribed{mark}")
-        if not found:
+        audiences = [audience for page in self._offset_pages("/lists", "GET /lists", AudiencesPage, "lists", {
+            "count": 1000, "fields": "lists.id,lists.name,lists.stats,total_items"}) for audience in page]
+        if not any(audience.id == self.settings.list_id for audience in audiences):
             raise ConfigError(f"{self.name}: audience {self.settings.list_id} is not in this Mailchimp account")
+        lines.append(f"{len(audiences)} audiences")
+        for audience in audiences:
+            mark = f" <- this adapter (scope {self.settings.scope})" if audience.id == self.settings.list_id else ""
+            lines.append(f"audience {audience.id} ({audience.name}): {audience.stats.get('member_count')} subscribed, "
+                         f"{audience.stats.get('unsubscribe_count')} unsubscribed{mark}")
         lines.append("create_members: " + ("on (non-members are created as unsubscribed contacts, which "
                                            "Mailchimp bills)" if self.settings.create_members else
                                            "off (non-members are reported, never created)"))
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the API key, or audience `list_id` (or its interest) not found."""
-        if getattr(exc, "status", None) == 404 and "/lists/" in str(getattr(exc, "endpoint", "")):
-            return f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
-        return super().probe_refusal(exc)
+    def probe_missing(self, endpoint: str) -> str | None:
+        """An audience `list_id` (or its interest) not found."""
+        return (f"audience {self.settings.list_id} (list_id) or its interest is not in this Mailchimp account"
+                if "/lists/" in endpoint else None)
 
     def probe_needs(self, exc: BaseException) -> str | None:
         return f"access to audience {self.settings.list_id}"
-
-    # -- small helpers -----------------------------------------------------------------------------
-
-    def _cursor_time(self, cursor: str | None) -> datetime | None:
-        if cursor is None:
-            return None
-        moment = parse_time(cursor)
-        if moment is None:
-            raise self.bad_cursor(f"the saved cursor {cursor!r} is not an ISO time")
-        return moment

@@ -37,33 +37,29 @@ page size (documented maxima as defaults), the pacing, the origin of unsubscribe
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from state.addresses import InvalidAddress, normalise_address
-from state.errors import TransientError
-from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
+from state.models import APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
-from .base import Capabilities, Duration
-from .http import (Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint,
-                   parse_http_date)
-from .kit import HttpAdapter, Outcomes, UnexpectedAnswer, json_body, parse_time, require_topics, vendor_error
+from .base import Duration
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, generic_pause_hint, parse_http_date
+from .kit import (HttpAdapter, UnexpectedAnswer, address_or_reject, already_when_absent, basic_auth, cursor_text,
+                  distinct_ids, filled_pages, json_body, parse_time, require_topics, topic_capabilities, vendor_error)
 
 LISTS = ("unsubscribes", "bounces", "complaints")
 ALL_TAGS = "*"
 MAX_RECORDS = 1000  # [DOC] records per JSON add, and items per list page
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
-CURSOR_VERSION = 1
 Item = TypeVar("Item")
 
 
@@ -101,17 +97,9 @@ class MailgunSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _tags(cls, topics: dict[str, str]) -> dict[str, str]:
-        seen: dict[str, str] = {}
-        for topic, tag in topics.items():
-            tag = str(tag).strip()
-            if not tag or tag == ALL_TAGS or len(tag) > 128:
-                raise ValueError(f"topic {topic!r}: expected a Mailgun tag of 1-128 characters other than "
-                                 f"'*', got {tag!r}")
-            if tag.lower() in seen:
-                raise ValueError(f"topics {seen[tag.lower()]!r} and {topic!r} map to the same Mailgun tag "
-                                 f"{tag!r} (tags are case-insensitive)")
-            seen[tag.lower()] = topic
-        return {topic: str(tag).strip() for topic, tag in topics.items()}
+        return distinct_ids(topics, lambda tag: 0 < len(tag) <= 128 and tag != ALL_TAGS,
+                            "a Mailgun tag of 1-128 characters other than '*'", "Mailgun tag", fold=str.lower,
+                            note=" (tags are case-insensitive)")
 
 
 # -- Mailgun's answers, as far as this adapter relies on them ------------------------------------
@@ -121,23 +109,26 @@ class Paging(VendorAnswer):
     next: str | None = None
 
 
-class UnsubscribeItem(VendorAnswer):
+class ComplaintItem(VendorAnswer):
+    """An item of a suppression list; the other lists' items add to it."""
+
     address: str
+    created_at: str | None = None
+
+
+class UnsubscribeItem(ComplaintItem):
     # Documented as an array; the single-record lookup has been seen to give a bare string.
     tags: list[str] | str | None = None
-    created_at: str | None = None
+
+    def tag_list(self) -> list[str]:
+        """The record's tags, stripped, empty ones left out."""
+        tags = [self.tags] if isinstance(self.tags, str) else list(self.tags or [])
+        return [t.strip() for t in tags if t and t.strip()]
 
 
-class BounceItem(VendorAnswer):
-    address: str
+class BounceItem(ComplaintItem):
     code: str | None = None
     error: str | None = None
-    created_at: str | None = None
-
-
-class ComplaintItem(VendorAnswer):
-    address: str
-    created_at: str | None = None
 
 
 class ListPage(VendorAnswer, Generic[Item]):
@@ -164,9 +155,19 @@ class Sweep:
     listed_before: str | None = None
 
     def dump(self) -> str:
-        return json.dumps({"v": CURSOR_VERSION, "list": self.list_name, "next": self.next_params,
-                           "started": self.started_at, "listed_before": self.listed_before},
-                          sort_keys=True, separators=(",", ":"))
+        return cursor_text(list=self.list_name, next=self.next_params, started=self.started_at,
+                           listed_before=self.listed_before)
+
+    @staticmethod
+    def load(saved: dict) -> "Sweep":
+        """A sweep from a saved cursor's fields; a ValueError when they are not ones `dump` writes."""
+        next_params = saved.get("next")
+        if saved.get("list") not in LISTS:
+            raise ValueError("unknown cursor version or list")
+        if next_params is not None and not (isinstance(next_params, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in next_params.items())):
+            raise ValueError("paging parameters are not text")
+        return Sweep(saved["list"], next_params, saved.get("started"), saved.get("listed_before"))
 
 
 @dataclass
@@ -180,10 +181,7 @@ class _Record:
 
     def body(self, now: datetime) -> dict[str, Any]:
         return {"address": self.address, "tags": sorted(self.tags),
-                "created_at": format_datetime(self.created_at or now, usegmt=True)}
-
-
-# -- error and time reading --------------------------------------------------------------------------
+                "created_at": format_datetime((self.created_at or now).astimezone(timezone.utc), usegmt=True)}
 
 
 def mailgun_error(response: httpx.Response, now: float) -> VendorError:
@@ -192,15 +190,6 @@ def mailgun_error(response: httpx.Response, now: float) -> VendorError:
     if not message and response.text.strip() and not response.text.lstrip().startswith("<"):
         message = response.text.strip()[:300]
     return vendor_error(response, now, str(message) if message else None)
-
-
-def _utc(text: str | None) -> datetime | None:
-    """A UTC datetime from the store's ISO text (naive taken as UTC); None when absent or unreadable."""
-    moment = parse_time(text)
-    return moment.astimezone(timezone.utc) if moment else None
-
-
-# -- the adapter ----------------------------------------------------------------------------------------
 
 
 class MailgunAdapter(HttpAdapter):
@@ -214,12 +203,9 @@ class MailgunAdapter(HttpAdapter):
         require_topics(settings, topics)
         self._tag_of = dict(settings.topics)
         self._topic_of_tag = {tag.lower(): topic for topic, tag in settings.topics.items()}
-        self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
-                                         batch_size=settings.batch_size, scopes=frozenset(settings.topics))
-        key = settings.api_key.get_secret_value()
-        basic = base64.b64encode(f"api:{key}".encode()).decode()
-        self.start(settings, headers={"Authorization": f"Basic {basic}"}, describe_error=mailgun_error,
-                   pause_hint=generic_pause_hint, transport=transport, clock=clock, secrets=[key, basic])
+        self.capabilities = topic_capabilities(settings)
+        self.start(settings, **basic_auth("api", settings.api_key.get_secret_value()), describe_error=mailgun_error,
+                   pause_hint=generic_pause_hint, transport=transport, clock=clock)
         self._domain_path = quote(settings.domain, safe="")
 
     # -- reading --------------------------------------------------------------------------------------
@@ -231,10 +217,10 @@ class MailgunAdapter(HttpAdapter):
         store keeps only what it did not hold; a sweep finished within a call ends it.
         """
         self.http.new_cycle()
-        sweep = self._load_sweep(cursor)
+        sweep = self.load_cursor(cursor, Sweep.load, reset="start a new sweep") or Sweep()
         if sweep.started_at is None:
-            sweep.started_at = self._now().isoformat()
-        listed_before = _utc(sweep.listed_before)
+            sweep.started_at = self.now().isoformat()
+        listed_before = parse_time(sweep.listed_before)
         if listed_before is not None:
             listed_before -= timedelta(seconds=self.settings.listing_overlap)
         for _ in range(self.settings.max_pages_per_cycle):
@@ -258,48 +244,24 @@ class MailgunAdapter(HttpAdapter):
 
     def read_all(self) -> Iterator[Page]:
         """Every unsubscribe, hard bounce and complaint of the domain, page by page (for reconcile)."""
-        self.http.new_cycle()
-        for list_name in LISTS:
-            params: dict[str, str] | None = None
-            while True:
-                items, next_params = self._list_page(list_name, params)
-                if not items:
-                    break
-                page = Page()
-                for item in items:
-                    # Problems were listed by the incremental reads when first seen.
-                    self._convert(list_name, item, page, listed_before=None, list_problems=False)
-                if page.optouts:
-                    yield Page(page.optouts)
-                params = next_params
+        # Problems were listed by the incremental reads when first seen.
+        return self.whole(page for name in LISTS for page in filled_pages(self._list_pages(name), (
+            lambda item, page, n=name: self._convert(n, item, page, listed_before=None, list_problems=False))))
 
-    def _load_sweep(self, cursor: str | None) -> Sweep:
-        if cursor is None:
-            return Sweep()
-        try:
-            saved = json.loads(cursor)
-            if saved.get("v") != CURSOR_VERSION or saved.get("list") not in LISTS:
-                raise ValueError("unknown cursor version or list")
-            next_params = saved.get("next")
-            if next_params is not None and not (isinstance(next_params, dict) and all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in next_params.items())):
-                raise ValueError("paging parameters are not text")
-            return Sweep(saved["list"], next_params, saved.get("started"), saved.get("listed_before"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise self.bad_cursor(f"the saved cursor is not one this adapter wrote ({exc}); reset it to start a "
-                                  "new sweep") from None
+    def _list_pages(self, list_name: str) -> Iterator[list[Any]]:
+        """The pages of a list from its start, up to the first empty one."""
+        return self.follow(lambda params: self._list_page(list_name, params), f"GET /v3/{{domain}}/{list_name}")
 
-    def _list_page(self, list_name: str, params: dict[str, str] | None) -> tuple[list[Any], dict[str, str]]:
-        """One page of a list and the query of its `paging.next` URL."""
+    def _list_page(self, list_name: str, params: dict[str, str] | None) -> tuple[list[Any], dict[str, str] | None]:
+        """One page of a list and the query of its `paging.next` URL (None after an empty page: the end)."""
         path = f"/v3/{self._domain_path}/{list_name}"
         endpoint = f"GET /v3/{{domain}}/{list_name}"
         query = {**(params or {}), "limit": str(self.settings.page_size)}
-        answer = self.parse(self.http.request("GET", path, endpoint=endpoint, params=query),
-                             PAGE_MODELS[list_name], endpoint)
+        answer = self.get(path, PAGE_MODELS[list_name], endpoint, params=query)
         next_params = self._next_params(answer.paging, list_name, endpoint)
         if answer.items and next_params == (params or {}):
             raise UnexpectedAnswer(self.name, endpoint, "paging.next repeats the page just read", status=200)
-        return answer.items, next_params
+        return answer.items, next_params if answer.items else None
 
     def _next_params(self, paging: Paging | None, list_name: str, endpoint: str) -> dict[str, str]:
         # Only the query of paging.next is used, against the configured host: the API key is never
@@ -319,11 +281,8 @@ class MailgunAdapter(HttpAdapter):
         occurred = to_utc_iso(created) if created else None
         new = list_problems and (listed_before is None or (created is not None and created > listed_before))
         where = f"{list_name} of {self.settings.domain}"
-        try:
-            address = normalise_address(item.address)
-        except InvalidAddress as exc:
-            if new:
-                page.rejected.append(Rejected(where, item.address, f"invalid address {item.address!r}: {exc}"))
+        address = address_or_reject(item.address, page, where, new)
+        if address is None:
             return
         if list_name == "bounces":
             code = (item.code or "").strip()
@@ -335,8 +294,7 @@ class MailgunAdapter(HttpAdapter):
         if list_name == "complaints":
             page.optouts.append(OptOut(address, GLOBAL_SCOPE, "spam_complaint", "system", occurred))
             return
-        tags = [item.tags] if isinstance(item.tags, str) else list(item.tags or [])
-        tags = [t.strip() for t in tags if t and t.strip()]
+        tags = item.tag_list()
         origin = self.settings.unsubscribe_origin
         if not tags or ALL_TAGS in tags:
             page.optouts.append(OptOut(address, GLOBAL_SCOPE, "unsubscribed", origin, occurred,
@@ -360,76 +318,50 @@ class MailgunAdapter(HttpAdapter):
         Mailgun's batch add answers for the whole request, so success is APPLIED for
         each item (it cannot tell which addresses it held already); an add is idempotent.
         """
-        self.http.new_cycle()
-        outcomes = Outcomes(self.name, batch)
+        outcomes = self.batch_outcomes(batch)
         records: dict[str, _Record] = {}
         for index, optout in enumerate(batch):
             tag = self._tag(optout)
             if tag is None:
-                outcomes.refuse(index, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+                outcomes.refuse(index, self.unmapped(optout.scope, "Mailgun tag"))
                 continue
             record = records.setdefault(optout.address, _Record(optout.address))
             record.tags.add(tag)
             record.indexes.append(index)
-            moment = _utc(optout.occurred_at)
+            moment = parse_time(optout.occurred_at)
             if moment is not None and (record.created_at is None or moment < record.created_at):
                 record.created_at = moment
-        pending = list(records.values())
-        for start in range(0, len(pending), self.settings.batch_size):
-            if not self._add(outcomes, pending[start:start + self.settings.batch_size]):
-                outcomes.park([i for r in pending[start + self.settings.batch_size:] for i in r.indexes],
-                              "not sent: an earlier request of this batch could not be sent in this cycle")
-                break
-        return outcomes.finished()
 
-    def _add(self, outcomes: Outcomes, records: list[_Record]) -> bool:
-        """POST records; a refused request is split in halves until the refused records stand alone.
-
-        Returns False when a transient failure means the rest should wait for the next cycle.
-        """
-        path = f"/v3/{self._domain_path}/unsubscribes"
-        endpoint = "POST /v3/{domain}/unsubscribes"
-        now = self._now()
-        try:
-            self.http.request("POST", path, endpoint=endpoint, json=[r.body(now) for r in records])
-        except VendorPermanentError as exc:
-            if exc.status in (401, 403, 404) or exc.status is None:
-                raise  # bad key, no access or no such domain: the adapter, not these addresses
-            if len(records) > 1:
-                middle = len(records) // 2
-                return self._add(outcomes, records[:middle]) and self._add(outcomes, records[middle:])
-            for index in records[0].indexes:
-                outcomes.set(index, PERMANENT, str(exc))
-            return True
-        except TransientError as exc:
-            outcomes.park([i for r in records for i in r.indexes], exc)
-            return False
-        for record in records:
-            for index in record.indexes:
+        def add(part: list[_Record]) -> None:
+            now = self.now()
+            self.http.request("POST", f"/v3/{self._domain_path}/unsubscribes",
+                              endpoint="POST /v3/{domain}/unsubscribes", json=[r.body(now) for r in part])
+            for index in (i for r in part for i in r.indexes):
                 outcomes.set(index, APPLIED)
-        return True
+
+        # A 404 is no such domain: the adapter, not these addresses.
+        self.send_halving(list(records.values()), self.settings.batch_size, add,
+                          lambda part, exc: [outcomes.set(i, PERMANENT, str(exc)) for r in part for i in r.indexes],
+                          lambda part, why: outcomes.park([i for r in part for i in r.indexes], why),
+                          "not sent: an earlier request of this batch could not be sent in this cycle", fatal=(404,))
+        return outcomes.finished()
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
         """For an audited lift: remove only the lifted tag (`*` or the topic's) from each address.
 
         Never a whole record: that would also lift tags this lift is not about.
         """
-        self.http.new_cycle()
-        outcomes = Outcomes(self.name, batch)
-
         def delete(optout: OptOut) -> ApplyResult:
             tag = self._tag(optout)
             if tag is None:
-                return ApplyResult(optout, PERMANENT, f"topic {optout.scope!r} has no Mailgun tag at {self.name}")
+                return ApplyResult(optout, PERMANENT, self.unmapped(optout.scope, "Mailgun tag"))
             path = f"/v3/{self._domain_path}/unsubscribes/{quote(optout.address, safe='@')}"
             self.http.request("DELETE", path, endpoint="DELETE /v3/{domain}/unsubscribes/{address}",
                               params={"tag": tag})
             return ApplyResult(optout, APPLIED)
 
-        self.each(outcomes, range(len(batch)), delete, lambda o, exc: ApplyResult(
-            o, ALREADY, f"Mailgun holds no unsubscribe with tag {self._tag(o)!r}") if exc.status == 404
-            else ApplyResult(o, PERMANENT, str(exc)))
-        return outcomes.finished()
+        return self.one_call_each(batch, delete, already_when_absent(
+            lambda o: f"Mailgun holds no unsubscribe with tag {self._tag(o)!r}"))
 
     def _tag(self, optout: OptOut) -> str | None:
         return ALL_TAGS if optout.scope == GLOBAL_SCOPE else self._tag_of.get(optout.scope)
@@ -438,26 +370,17 @@ class MailgunAdapter(HttpAdapter):
 
     def probe(self) -> list[str]:
         """Look the domain up, probe the three lists and list the tags unsubscribes use; changes nothing."""
-        domain = self.settings.domain
-        endpoint = "GET /v4/domains/{name}"
-        answer = self.parse(self.http.request("GET", f"/v4/domains/{self._domain_path}", endpoint=endpoint),
-                             DomainAnswer, endpoint)
-        lines = [f"domain {domain}: {answer.domain.get('state') or 'state not reported'}"]
+        answer = self.get(f"/v4/domains/{self._domain_path}", DomainAnswer, "GET /v4/domains/{name}")
+        lines = [f"domain {self.settings.domain}: {answer.domain.get('state') or 'state not reported'}"]
         counts: dict[str, int] = {}
         spelled: dict[str, str] = {}
-        params: dict[str, str] | None = None
         scanned = 0
-        for _ in range(self.settings.check_pages):
-            items, next_params = self._list_page("unsubscribes", params)
-            if not items:
-                break
+        for items in islice(self._list_pages("unsubscribes"), self.settings.check_pages):
             scanned += len(items)
             for item in items:
-                tags = [item.tags] if isinstance(item.tags, str) else list(item.tags or [])
-                for tag in {t.strip() for t in tags if t and t.strip() and t.strip() != ALL_TAGS}:
+                for tag in {t for t in item.tag_list() if t != ALL_TAGS}:
                     counts[tag.lower()] = counts.get(tag.lower(), 0) + 1
                     spelled.setdefault(tag.lower(), tag)
-            params = next_params
         lines.append(f"unsubscribes: readable ({scanned} scanned for tags)")
         for topic, tag in sorted(self._tag_of.items()):
             seen = counts.get(tag.lower(), 0)
@@ -471,17 +394,10 @@ class MailgunAdapter(HttpAdapter):
             lines.append(f"{list_name}: readable")
         return lines
 
-    def probe_refusal(self, exc: BaseException) -> str | None:
-        """Why a check() probe was refused: the API key, the domain it may not use, or a domain not in the account."""
-        if getattr(exc, "status", None) == 404 and "/domains/" in str(getattr(exc, "endpoint", "")):
-            return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` "
-                    "for an EU domain)")
-        return super().probe_refusal(exc)
+    def probe_missing(self, endpoint: str) -> str | None:
+        """A domain not in the account (or in the other region)."""
+        return (f"domain {self.settings.domain} is not in this Mailgun account (check `domain`, and `base_url` for "
+                "an EU domain)" if "/domains/" in endpoint else None)
 
     def probe_needs(self, exc: BaseException) -> str | None:
         return f"access to domain {self.settings.domain}"
-
-    # -- small helpers ----------------------------------------------------------------------------------
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.time(), timezone.utc)

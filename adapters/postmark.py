@@ -43,27 +43,25 @@ refused with the reason. Soft bounces never reach the suppression list.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from state.addresses import InvalidAddress, normalise_address
 from state.errors import TransientError
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected, \
     to_utc_iso
 
-from .base import Capabilities
-from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import (HttpAdapter, Outcomes, cursor_text, json_body, newest_on_last_page, parse_time, require_topics,
-                  vendor_error)
+from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, generic_pause_hint
+from .kit import (HttpAdapter, Outcomes, address_or_reject, cursor_text, distinct_ids, json_body, newest_on_last_page,
+                  parse_time, require_topics, topic_capabilities, vendor_error)
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 MAX_SUPPRESSIONS = 50  # [LIB] addresses per create or delete call
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-CURSOR_VERSION = 1
+NOT_SENT = "not sent: an earlier call of this batch could not be sent in this cycle"
 
 # Why a lift may not remove a suppression that this daemon did not create at Postmark.
 NOT_OURS = {
@@ -105,15 +103,8 @@ class PostmarkSettings(HttpAdapterSettings):
     @field_validator("topics")
     @classmethod
     def _streams(cls, topics: dict[str, str]) -> dict[str, str]:
-        seen: dict[str, str] = {}
-        for topic, stream in topics.items():
-            stream = str(stream).strip()
-            if not _STREAM_ID.match(stream):
-                raise ValueError(f"topic {topic!r}: expected a message stream id such as 'broadcast', got {stream!r}")
-            if stream in seen:
-                raise ValueError(f"topics {seen[stream]!r} and {topic!r} map to the same stream {stream!r}")
-            seen[stream] = topic
-        return {topic: str(stream).strip() for topic, stream in topics.items()}
+        return distinct_ids(topics, lambda stream: bool(_STREAM_ID.match(stream)),
+                            "a message stream id such as 'broadcast'", "stream")
 
     @model_validator(mode="after")
     def _all_email_is_not_a_topic(self) -> "PostmarkSettings":
@@ -157,18 +148,12 @@ class Streams(VendorAnswer):
     MessageStreams: list[Stream]
 
 
-# -- error reading -------------------------------------------------------------------------------------
-
-
 def postmark_error(response: httpx.Response, now: float) -> VendorError:
     """Postmark's `{"ErrorCode", "Message"}` body and any Retry-After."""
     body = json_body(response)
     code = body.get("ErrorCode")
     return vendor_error(response, now, str(body.get("Message") or "") or None,
                         f"ErrorCode {code}" if code is not None else None)
-
-
-# -- the adapter ----------------------------------------------------------------------------------------
 
 
 class PostmarkAdapter(HttpAdapter):
@@ -186,8 +171,7 @@ class PostmarkAdapter(HttpAdapter):
         if settings.all_email_stream is not None:
             self._scope_of[settings.all_email_stream] = GLOBAL_SCOPE
         self._scope_of.update({stream: topic for topic, stream in settings.topics.items()})
-        self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
-                                         batch_size=settings.batch_size, scopes=frozenset(settings.topics))
+        self.capabilities = topic_capabilities(settings)
         token = settings.server_token.get_secret_value()
         self.start(settings, headers={"X-Postmark-Server-Token": token}, describe_error=postmark_error,
                    pause_hint=generic_pause_hint, transport=transport, clock=clock, secrets=[token])
@@ -210,17 +194,14 @@ class PostmarkAdapter(HttpAdapter):
         if newest is not None:
             params["fromdate"] = (newest.date() - timedelta(days=self.settings.overlap_days)).isoformat()
         elif self.settings.initial_lookback_days is not None:
-            params["fromdate"] = (self._today() - timedelta(days=self.settings.initial_lookback_days)).isoformat()
+            params["fromdate"] = (self.now().date() - timedelta(days=self.settings.initial_lookback_days)).isoformat()
         pairs = (pair for stream in self._scope_of for pair in self._stream_pages(stream, params, listed_up_to=newest))
         yield from newest_on_last_page(pairs, newest, lambda seen: cursor_text(newest=seen.isoformat() if seen else None))
 
     def read_all(self) -> Iterator[Page]:
         """Every suppression of every mapped stream, handed over page by page (for reconcile)."""
-        self.http.new_cycle()
-        for stream in self._scope_of:
-            for page, _ in self._stream_pages(stream, {}, listed_up_to=None, list_problems=False):
-                if page.optouts:
-                    yield Page(page.optouts)
+        return self.whole(page for stream in self._scope_of
+                          for page, _ in self._stream_pages(stream, {}, listed_up_to=None, list_problems=False))
 
     def _stream_pages(self, stream: str, params: dict[str, str], listed_up_to: datetime | None,
                       list_problems: bool = True) -> Iterator[tuple[Page, datetime | None]]:
@@ -245,12 +226,8 @@ class PostmarkAdapter(HttpAdapter):
         created = parse_time(item.CreatedAt)
         new = list_problems and (listed_up_to is None or (created is not None and created > listed_up_to))
         where = f"suppressions of stream {stream}"
-        try:
-            address = normalise_address(item.EmailAddress)
-        except InvalidAddress as exc:
-            if new:
-                page.rejected.append(Rejected(where, item.EmailAddress,
-                                              f"invalid address {item.EmailAddress!r}: {exc}"))
+        address = address_or_reject(item.EmailAddress, page, where, new)
+        if address is None:
             return created
         details = {"postmark_stream": stream, "postmark_reason": item.SuppressionReason,
                    "postmark_origin": item.Origin}
@@ -308,23 +285,17 @@ class PostmarkAdapter(HttpAdapter):
         parked = False
         for stream, addresses in by_stream.items():
             if parked:
-                for indexes in addresses.values():
-                    for index in indexes:
-                        per_item[index].append(ApplyResult(batch[index], TRANSIENT, "not sent: an earlier call of "
-                                                           "this batch could not be sent in this cycle"))
+                _note(per_item, batch, addresses.items(), TRANSIENT, NOT_SENT)
                 continue
             if delete:
                 addresses = self._deletable(batch, stream, addresses, per_item)
-            pending = list(addresses)
-            for start in range(0, len(pending), self.settings.batch_size):
-                chunk = pending[start:start + self.settings.batch_size]
-                if not self._send(batch, stream, {a: addresses[a] for a in chunk}, per_item, delete):
-                    for address in pending[start + self.settings.batch_size:]:
-                        for index in addresses[address]:
-                            per_item[index].append(ApplyResult(batch[index], TRANSIENT, "not sent: an earlier call "
-                                                               "of this batch could not be sent in this cycle"))
-                    parked = True
-                    break
+            # A call refused whole (422 other than bad credentials) is split until the refused address
+            # stands alone; a 404 (no such stream) refuses the call's addresses.
+            parked = not self.send_halving(
+                list(addresses.items()), self.settings.batch_size,
+                lambda part, s=stream: self._send(batch, s, part, per_item, delete),
+                lambda part, exc, s=stream: _note(per_item, batch, part, PERMANENT, f"stream {s}: {exc}"),
+                lambda part, why: _note(per_item, batch, part, TRANSIENT, str(why)), NOT_SENT, alone=(404,))
         outcomes = Outcomes(self.name, batch)
         for index, optout in enumerate(batch):
             result = refused[index] or self._combine(optout, per_item[index])
@@ -340,13 +311,10 @@ class PostmarkAdapter(HttpAdapter):
                 found = [s for s in self._dump(stream, {"EmailAddress": address})
                          if s.EmailAddress.strip().lower() == address]
             except TransientError as exc:
-                for index in indexes:
-                    per_item[index].append(ApplyResult(batch[index], TRANSIENT, str(exc)))
+                _note(per_item, batch, [(address, indexes)], TRANSIENT, str(exc))
                 continue
             if not found:
-                for index in indexes:
-                    per_item[index].append(ApplyResult(batch[index], ALREADY,
-                                                       f"stream {stream}: Postmark holds no suppression"))
+                _note(per_item, batch, [(address, indexes)], ALREADY, f"stream {stream}: Postmark holds no suppression")
                 continue
             blocker = next((s for s in found if s.SuppressionReason != "ManualSuppression"
                             or s.Origin != "Customer"), None)
@@ -355,56 +323,27 @@ class PostmarkAdapter(HttpAdapter):
                 continue
             why = NOT_OURS.get(blocker.SuppressionReason) or NOT_OURS.get(blocker.Origin or "") or (
                 f"its origin is {blocker.Origin!r}, and only Customer-made suppressions are removed")
-            for index in indexes:
-                per_item[index].append(ApplyResult(batch[index], PERMANENT, (
-                    f"stream {stream}: not removed: {blocker.SuppressionReason} by {blocker.Origin}: {why}")))
+            _note(per_item, batch, [(address, indexes)], PERMANENT,
+                  f"stream {stream}: not removed: {blocker.SuppressionReason} by {blocker.Origin}: {why}")
         return kept
 
-    def _send(self, batch: list[OptOut], stream: str, addresses: dict[str, list[int]],
-              per_item: list[list[ApplyResult]], delete: bool) -> bool:
-        """One create or delete call; False when the rest should wait for the next cycle.
-
-        A call refused whole (422 other than bad credentials) is split in halves until the
-        refused address stands alone.
-        """
-        path = f"/message-streams/{stream}/suppressions" + ("/delete" if delete else "")
+    def _send(self, batch: list[OptOut], stream: str, addresses: list[tuple[str, list[int]]],
+              per_item: list[list[ApplyResult]], delete: bool) -> None:
+        """One create or delete call for (address, its items) pairs; each item's outcome from the answer."""
         endpoint = "POST /message-streams/{stream}/suppressions" + ("/delete" if delete else "")
-        try:
-            response = self.http.request("POST", path, endpoint=endpoint,
-                                         json={"Suppressions": [{"EmailAddress": a} for a in addresses]})
-        except VendorPermanentError as exc:
-            if exc.status in (401, 403) or exc.status is None:
-                raise  # bad or missing token: the adapter, not these addresses
-            if len(addresses) > 1 and exc.status != 404:
-                items = list(addresses.items())
-                middle = len(items) // 2
-                return (self._send(batch, stream, dict(items[:middle]), per_item, delete)
-                        and self._send(batch, stream, dict(items[middle:]), per_item, delete))
-            for indexes in addresses.values():
-                for index in indexes:
-                    per_item[index].append(ApplyResult(batch[index], PERMANENT, f"stream {stream}: {exc}"))
-            return True
-        except TransientError as exc:
-            for indexes in addresses.values():
-                for index in indexes:
-                    per_item[index].append(ApplyResult(batch[index], TRANSIENT, str(exc)))
-            return False
-        answer = self.parse(response, Statuses, endpoint)
+        answer = self.post(f"/message-streams/{stream}/suppressions" + ("/delete" if delete else ""), Statuses,
+                           endpoint, json={"Suppressions": [{"EmailAddress": a} for a, _ in addresses]})
         reported = {s.EmailAddress.strip().lower(): s for s in answer.Suppressions}
         success = "Deleted" if delete else "Suppressed"
-        for address, indexes in addresses.items():
+        for address, indexes in addresses:
             status = reported.get(address)
             if status is None:
-                outcome = ApplyResult(batch[indexes[0]], PERMANENT,
-                                      f"stream {stream}: Postmark's answer does not mention this address")
-            elif status.Status == success:
-                outcome = ApplyResult(batch[indexes[0]], APPLIED, f"stream {stream}: {status.Status}")
+                _note(per_item, batch, [(address, indexes)], PERMANENT,
+                      f"stream {stream}: Postmark's answer does not mention this address")
             else:
-                outcome = ApplyResult(batch[indexes[0]], PERMANENT,
-                                      f"stream {stream}: {status.Status}: {status.Message or 'no message'}")
-            for index in indexes:
-                per_item[index].append(ApplyResult(batch[index], outcome.outcome, outcome.message))
-        return True
+                _note(per_item, batch, [(address, indexes)], APPLIED if status.Status == success else PERMANENT,
+                      f"stream {stream}: {status.Status}" if status.Status == success
+                      else f"stream {stream}: {status.Status}: {status.Message or 'no message'}")
 
     def _as_held(self, result: ApplyResult) -> ApplyResult:
         """Say how Postmark will list a suppression we made, so that reading it back is known as our echo.
@@ -454,7 +393,10 @@ class PostmarkAdapter(HttpAdapter):
         """A refused probe lacked the server token's access (a stream that does not exist is named by check())."""
         return "access to the server's message streams"
 
-    # -- small helpers ----------------------------------------------------------------------------------
 
-    def _today(self) -> date:
-        return datetime.fromtimestamp(self.clock.time(), timezone.utc).date()
+def _note(per_item: list[list[ApplyResult]], batch: list[OptOut], addresses: Iterable[tuple[str, list[int]]],
+          outcome: str, message: str) -> None:
+    """The same outcome, in one stream, for the items of each address."""
+    for _, indexes in addresses:
+        for index in indexes:
+            per_item[index].append(ApplyResult(batch[index], outcome, message))

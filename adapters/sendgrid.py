@@ -58,13 +58,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, RootModel, SecretStr, field_validator
 
-from state.addresses import InvalidAddress, normalise_address
 from state.errors import TransientError
-from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, ApplyResult, OptOut, Page, Rejected, to_utc_iso
+from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ApplyResult, OptOut, Page, Rejected, to_utc_iso
 
-from .base import Capabilities, Duration, chunks
-from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
-from .kit import HttpAdapter, Outcomes, integer_ids, json_body, require_topics, vendor_error
+from .base import chunks
+from .http import Clock, VendorAnswer, VendorError, VendorPermanentError, generic_pause_hint
+from .kit import (HttpAdapter, WindowSettings, address_or_reject, already_when_absent, filled_pages,
+                  integer_topic_ids, json_body, require_topics, topic_capabilities, vendor_error)
 
 ListName = Literal["unsubscribes", "bounces", "spam_reports", "groups"]
 ALL_LISTS: tuple[ListName, ...] = ("unsubscribes", "bounces", "spam_reports", "groups")
@@ -75,7 +75,7 @@ _LIMIT_WORDS = re.compile(r"\b(limit|maximum|max|too many|exceed\w*|at most)\b",
 _INDEX = re.compile(r"\[(\d+)\]|\.(\d+)\b")
 
 
-class SendGridSettings(HttpAdapterSettings):
+class SendGridSettings(WindowSettings):
     """Settings of a `sendgrid` adapter instance (one per SendGrid account or subuser)."""
 
     type: Literal["sendgrid"] = "sendgrid"
@@ -87,16 +87,10 @@ class SendGridSettings(HttpAdapterSettings):
     batch_size: int = Field(default=1000, ge=1, le=10_000)
     page_size: int = Field(default=500, ge=1, le=500)
     read_lists: list[ListName] = Field(default_factory=lambda: list(ALL_LISTS))
-    overlap: Duration = 600.0
-    # None: the first read takes the whole history (it goes through max_new_per_cycle like any read).
-    initial_lookback: Duration | None = None
     unclassified_bounces: Literal["hard_bounce", "ignore"] = "hard_bounce"
     confirm_global: bool = False
 
-    @field_validator("topics")
-    @classmethod
-    def _group_ids(cls, topics: dict[str, str]) -> dict[str, str]:
-        return integer_ids(topics, "SendGrid unsubscribe group ids")
+    _group_ids = integer_topic_ids("SendGrid unsubscribe group ids")
 
     @field_validator("read_lists")
     @classmethod
@@ -108,20 +102,18 @@ class SendGridSettings(HttpAdapterSettings):
 
 
 class Unsubscribe(VendorAnswer):
+    """An item of a suppression list; the other lists' items add to it."""
+
     email: str
     created: int | None = None
 
 
-class Bounce(VendorAnswer):
-    email: str
-    created: int | None = None
+class Bounce(Unsubscribe):
     reason: str | None = None
     status: str | None = None
 
 
-class SpamReport(VendorAnswer):
-    email: str
-    created: int | None = None
+class SpamReport(Unsubscribe):
     ip: str | None = None
 
 
@@ -176,12 +168,6 @@ def sendgrid_error(response: httpx.Response, now: float) -> VendorError:
     return error
 
 
-def _iso(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    return to_utc_iso(datetime.fromtimestamp(seconds, timezone.utc))
-
-
 class SendGridAdapter(HttpAdapter):
     """Reads SendGrid's suppression lists and writes global and group suppressions."""
 
@@ -193,8 +179,7 @@ class SendGridAdapter(HttpAdapter):
         require_topics(settings, topics)
         self._group_of = dict(settings.topics)
         self._topic_of = {group: topic for topic, group in settings.topics.items()}
-        self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, remove=True,
-                                         batch_size=settings.batch_size, scopes=frozenset(settings.topics))
+        self.capabilities = topic_capabilities(settings)
         key = settings.api_key.get_secret_value()
         headers = {"Authorization": f"Bearer {key}"}
         if settings.on_behalf_of:
@@ -208,22 +193,14 @@ class SendGridAdapter(HttpAdapter):
         """Opt-outs created in [cursor - overlap, now], list by list; the last page carries the new cursor."""
         self.http.new_cycle()
         now = int(self.clock.time())
-        previous = self._cursor_seconds(cursor)
-        if previous is not None:
-            start: int | None = max(0, previous - int(self.settings.overlap))
-        elif self.settings.initial_lookback is not None:
-            start = max(0, now - int(self.settings.initial_lookback))
-        else:
-            start = None
+        previous = self.saved_text(cursor, int, "a unix timestamp in seconds")
+        start = self.window_start(previous, now, lambda seconds, back: max(0, seconds - int(back)))
         yield from self._pages(start, now, seen_up_to=previous, report_unmapped=True)
         yield Page(cursor=str(now))
 
     def read_all(self) -> Iterator[Page]:
         """Every opt-out SendGrid holds now, page by page, for reconcile (unmapped groups are left out)."""
-        self.http.new_cycle()
-        for page in self._pages(None, None, seen_up_to=None, report_unmapped=False):
-            if page.optouts:
-                yield Page(page.optouts)
+        return self.whole(self._pages(None, None, seen_up_to=None, report_unmapped=False))
 
     def _pages(self, start: int | None, end: int | None, seen_up_to: int | None,
                report_unmapped: bool) -> Iterator[Page]:
@@ -234,51 +211,39 @@ class SendGridAdapter(HttpAdapter):
                 yield from self._group_pages(start, seen_up_to, report_unmapped)
                 continue
             path, model = LISTS[list_name]
-            for items in self._paged(path, model, start, end):
-                page = Page()
-                for item in items:
-                    self._convert(list_name, item, page, seen_up_to)
-                if page.optouts or page.rejected:
-                    yield page
+            yield from filled_pages(self._paged(path, model, start, end),
+                                    lambda item, page, n=list_name: self._convert(n, item, page, seen_up_to))
 
     def _paged(self, path: str, model: type[RootModel], start: int | None, end: int | None) -> Iterator[list]:
         endpoint = f"GET {path}"
         window = {k: v for k, v in (("start_time", start), ("end_time", end)) if v is not None}
 
-        def fetch(offset: int | None) -> tuple[list, int | None]:
-            params: dict[str, Any] = {"limit": self.settings.page_size, "offset": offset or 0, **window}
-            items = self.get(path, model, endpoint, params=params).root
+        def fetch(offset: int) -> tuple[list, bool]:
+            items = self.get(path, model, endpoint, params={"limit": self.settings.page_size, "offset": offset,
+                                                            **window}).root
             # `limit` is the page size [DOC], and `page_size` stays within SendGrid's documented
             # maximum (500): a shorter page is the last one, so no empty page is asked for.
-            return items, (offset or 0) + len(items) if len(items) == self.settings.page_size else None
+            return items, len(items) == self.settings.page_size
 
-        return self.follow(fetch, endpoint)
+        return self.offset_pages(fetch, endpoint)
 
     def _group_pages(self, start: int | None, seen_up_to: int | None, report_unmapped: bool) -> Iterator[Page]:
         items = self.get(ALL_GROUP_SUPPRESSIONS, GroupSuppressionList).root
         if start is not None:
             # No time filter at SendGrid for this list: keep the window's part (undated items always).
             items = [i for i in items if i.created_at is None or i.created_at >= start]
-        for chunk in chunks(items, self.settings.page_size):
-            page = Page()
-            for item in chunk:
-                self._convert("groups", item, page, seen_up_to, report_unmapped)
-            if page.optouts or page.rejected:
-                yield page
+        yield from filled_pages(chunks(items, self.settings.page_size),
+                                lambda item, page: self._convert("groups", item, page, seen_up_to, report_unmapped))
 
     def _convert(self, list_name: str, item: Any, page: Page, seen_up_to: int | None,
                  report_unmapped: bool = True) -> None:
         """One list item as an opt-out, or a listed problem (only when new since the cursor), or nothing."""
         created = item.created_at if list_name == "groups" else item.created
         fresh = seen_up_to is None or created is None or created > seen_up_to
-        try:
-            address = normalise_address(item.email)
-        except InvalidAddress as exc:
-            if fresh:
-                page.rejected.append(Rejected(f"SendGrid {list_name} item created at {created}", item.email,
-                                              f"invalid address {item.email!r}: {exc}"))
+        address = address_or_reject(item.email, page, f"SendGrid {list_name} item created at {created}", fresh)
+        if address is None:
             return
-        moment = _iso(created)
+        moment = None if created is None else to_utc_iso(datetime.fromtimestamp(created, timezone.utc))
         details: dict[str, Any] = {"sendgrid_list": list_name}
         if list_name == "unsubscribes":
             page.optouts.append(OptOut(address, GLOBAL_SCOPE, "unsubscribed", "recipient", moment, details))
@@ -315,9 +280,8 @@ class SendGridAdapter(HttpAdapter):
 
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Add each address to the global list (all email) or its topic's group; one result per item, in order."""
-        self.http.new_cycle()
-        outcomes = Outcomes(self.name, batch)
-        global_items, by_group = self._split(outcomes)
+        outcomes = self.batch_outcomes(batch)
+        global_items, by_group = self.by_target(outcomes, self._group_of, "SendGrid group id")
         try:
             if by_group:
                 existing = {str(g.id) for g in self.get(GROUPS, GroupList).root}
@@ -339,9 +303,8 @@ class SendGridAdapter(HttpAdapter):
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
         """For an audited lift: delete global or group suppressions, one call each (all SendGrid offers)."""
-        self.http.new_cycle()
-        outcomes = Outcomes(self.name, batch)
-        global_items, by_group = self._split(outcomes)
+        outcomes = self.batch_outcomes(batch)
+        global_items, by_group = self.by_target(outcomes, self._group_of, "SendGrid group id")
 
         def delete(optout: OptOut) -> ApplyResult:
             group = self._group_of.get(optout.scope)
@@ -351,21 +314,8 @@ class SendGridAdapter(HttpAdapter):
             return ApplyResult(optout, APPLIED, "removed at SendGrid")
 
         self.each(outcomes, global_items + [i for indexes in by_group.values() for i in indexes], delete,
-                  lambda o, exc: ApplyResult(o, ALREADY, "SendGrid did not hold it") if exc.status == 404
-                  else ApplyResult(o, PERMANENT, str(exc)))
+                  already_when_absent("SendGrid did not hold it"))
         return outcomes.finished(fail_when_nothing_sent=False)
-
-    def _split(self, outcomes: Outcomes) -> tuple[list[int], dict[str, list[int]]]:
-        global_items: list[int] = []
-        by_group: dict[str, list[int]] = {}
-        for index, optout in enumerate(outcomes.batch):
-            if optout.scope == GLOBAL_SCOPE:
-                global_items.append(index)
-            elif optout.scope in self._group_of:
-                by_group.setdefault(self._group_of[optout.scope], []).append(index)
-            else:
-                outcomes.refuse(index, f"topic {optout.scope!r} has no SendGrid group id at {self.name}")
-        return global_items, by_group
 
     def batch_refusal_is_items(self, exc: VendorPermanentError, items: list[OptOut]) -> set[int]:
         """Positions of the batch a 400 names, by index (recipient_emails[3]) or by address."""
@@ -378,18 +328,14 @@ class SendGridAdapter(HttpAdapter):
         addresses = [o.address for o in items]
         search = f"{GROUPS}/{group}/suppressions/search"
         endpoint = f"POST {GROUPS}/{{group_id}}/suppressions/search"
-        held = {a.strip().lower() for a in self.parse(
-            self.http.request("POST", search, endpoint=endpoint, json={"recipient_emails": addresses}),
-            AddressList, endpoint).root}
+        held = {a.strip().lower() for a in self.post(search, AddressList, endpoint,
+                                                     json={"recipient_emails": addresses}).root}
         outcomes = {a: ApplyResult(o, ALREADY, f"SendGrid group {group} held it already")
                     for a, o in zip(addresses, items) if a in held}
         missing = [o for o in items if o.address not in held]
         if missing:
-            path = f"{GROUPS}/{group}/suppressions"
-            endpoint = f"POST {GROUPS}/{{group_id}}/suppressions"
-            self.parse(self.http.request("POST", path, endpoint=endpoint,
-                                          json={"recipient_emails": [o.address for o in missing]}),
-                        RecipientEmails, endpoint)
+            self.post(f"{GROUPS}/{group}/suppressions", RecipientEmails, f"POST {GROUPS}/{{group_id}}/suppressions",
+                      json={"recipient_emails": [o.address for o in missing]})
             outcomes.update({o.address: ApplyResult(o, APPLIED) for o in missing})
         return [outcomes[a] for a in addresses]
 
@@ -397,10 +343,7 @@ class SendGridAdapter(HttpAdapter):
         held = self._globally_held(items) if self.settings.confirm_global else set()
         missing = [o for o in items if o.address not in held]
         if missing:
-            endpoint = f"POST {GLOBAL}"
-            self.parse(self.http.request("POST", GLOBAL, endpoint=endpoint,
-                                          json={"recipient_emails": [o.address for o in missing]}),
-                        RecipientEmails, endpoint)
+            self.post(GLOBAL, RecipientEmails, json={"recipient_emails": [o.address for o in missing]})
         return [ApplyResult(o, ALREADY, "SendGrid's global list held it already") if o.address in held
                 else ApplyResult(o, APPLIED) for o in items]
 
@@ -408,8 +351,7 @@ class SendGridAdapter(HttpAdapter):
         endpoint = f"GET {GLOBAL}/{{email}}"
         held = set()
         for optout in items:
-            answer = self.parse(self.http.request("GET", f"{GLOBAL}/{quote(optout.address, safe='@')}",
-                                                   endpoint=endpoint), GlobalSuppression, endpoint)
+            answer = self.get(f"{GLOBAL}/{quote(optout.address, safe='@')}", GlobalSuppression, endpoint)
             if (answer.recipient_email or "").strip().lower() == optout.address:
                 held.add(optout.address)
         return held
@@ -440,13 +382,3 @@ class SendGridAdapter(HttpAdapter):
         scope = ("asm.groups.read" if GROUPS in endpoint
                  else f"suppression.read (or suppression.{listed}.read)" if listed else None)
         return scope and f"API key permission {scope}"
-
-    # -- small helpers -----------------------------------------------------------------------------
-
-    def _cursor_seconds(self, cursor: str | None) -> int | None:
-        if cursor is None:
-            return None
-        try:
-            return int(cursor)
-        except ValueError:
-            raise self.bad_cursor(f"the saved cursor {cursor!r} is not a unix timestamp in seconds") from None

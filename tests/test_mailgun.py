@@ -425,3 +425,17 @@ def test_a_parked_batch_holds_the_watermark_until_it_lands(tmp_path, memory_worl
     report = engine.cycle("mailgun")
     assert report.error is None and report.pushed == 1 and fake.tags_of("a@example.com") == ["*"]
     assert store.checkpoint("mailgun").applied_seq == 1
+
+
+def test_a_split_request_cut_short_parks_its_other_half_unsent():
+    # A request refused whole is split; when its first half cannot be sent within the budget, the
+    # second half was never sent either: it waits for the next cycle with its reason.
+    fake, adapter, _ = mailgun(retry_budget="5s")
+    fake.fail(400, method="POST", message="Invalid request")
+    fake.fail(503, times=100)
+    results = adapter.apply([OptOut("a@example.com"), OptOut("b@example.com"), OptOut("c@example.com", "product")])
+    assert outcomes(results) == [("a@example.com", "*", "transient"), ("b@example.com", "*", "transient"),
+                                 ("c@example.com", "product", PERMANENT)]
+    assert "not sent: an earlier request of this batch" in results[1].message
+    sent = [[r["address"] for r in c.body] for c in fake.calls("/unsubscribes", "POST")]
+    assert all(addresses != ["b@example.com"] for addresses in sent) and fake.tags_of("b@example.com") == []

@@ -362,3 +362,18 @@ def test_a_parked_batch_holds_the_watermark_until_it_lands(tmp_path, memory_worl
     report = engine.cycle("postmark")
     assert report.error is None and report.pushed == 1 and "a@example.com" in fake.held("outbound")
     assert store.checkpoint("postmark").applied_seq == 1
+
+
+def test_a_split_call_cut_short_parks_its_other_half_unsent():
+    # A call refused whole is split; when its first half cannot be sent within the budget, the second
+    # half was never sent either and must wait for the next cycle (never reported as written).
+    fake, adapter, _ = postmark(retry_budget="5s")
+    fake.fail(422, method="POST", path="/suppressions", error_code=300, message="Invalid request")
+    fake.fail(503, times=100)
+    results = adapter.apply([OptOut("a@example.com", "newsletter"), OptOut("b@example.com", "newsletter"),
+                             OptOut("c@example.com", "product")])
+    assert outcomes(results) == [("a@example.com", "newsletter", "transient"),
+                                 ("b@example.com", "newsletter", "transient"), ("c@example.com", "product", PERMANENT)]
+    assert "not sent: an earlier call of this batch" in results[1].message
+    sent = [[s["EmailAddress"] for s in c.body["Suppressions"]] for c in fake.calls("/suppressions", "POST")]
+    assert all(addresses != ["b@example.com"] for addresses in sent) and fake.held("broadcast") == {}
