@@ -103,7 +103,7 @@ def is_idle(report: CycleReport) -> bool:
     """True for a cycle that read, pushed, failed and rejected nothing, without an error or a note."""
     return not (report.error is not None or report.pulled or report.rejected or report.added or report.changed
                 or report.pushed or report.failed or report.parked or report.skipped or report.missing_at_source
-                or report.notes)
+                or report.released or report.removed or report.notes)
 
 
 def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paused: bool = True) -> None:
@@ -117,8 +117,8 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paus
     level = logging.ERROR if report.error else logging.DEBUG if is_idle(report) else logging.INFO
     fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
                   pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
-                  rejected=report.rejected, duration_ms=report.duration_ms, cursor_age_s=cursor_age_s,
-                  error_class=None, error=None)
+                  rejected=report.rejected, released=report.released, removed=report.removed,
+                  duration_ms=report.duration_ms, cursor_age_s=cursor_age_s, error_class=None, error=None)
     if report.phase == "reconcile":
         fields["missing_at_source"] = report.missing_at_source
     if report.dry_run:
