@@ -49,14 +49,22 @@ def evidence_text(adapter: str, item: Resubscribe, when: str) -> str:
     return f"re-subscribed at {adapter} by the recipient at {when}" + (f" ({fields})" if fields else "")
 
 
-def record(store: Store, adapter: str, items: list[Resubscribe], policy: str, now: str) -> ResubscribeCounts:
+def record(store: Store, adapter: str, items: list[Resubscribe], policy: str, now: str,
+           page_optouts: list[OptOut] = ()) -> ResubscribeCounts:
     """Record the re-subscribes one page of `adapter` brought; call inside the page's transaction.
 
-    The page's opt-outs are in the temp table `incoming` and already staged, so an opt-out of
-    the same page dated after a re-subscribe keeps it from releasing anything.
+    The page's opt-outs are staged already; they are given as read too (`page_optouts`), so that
+    an opt-out of the same page dated after a re-subscribe keeps it from releasing anything.
     """
     if policy not in RESUBSCRIBE_POLICIES:
         raise ValueError(f"recipient_resubscribe must be one of {', '.join(RESUBSCRIBE_POLICIES)}, got {policy!r}")
+    wanted = {(item.address, item.scope) for item in items}
+    in_page: dict[tuple[str, str], str] = {}
+    for optout in page_optouts:
+        key = (optout.address, optout.scope)
+        when = _canonical(optout.occurred_at) if key in wanted else None
+        if when and when > in_page.get(key, ""):
+            in_page[key] = when
     counts = ResubscribeCounts()
     for item in items:
         when = _canonical(item.occurred_at)
@@ -65,7 +73,7 @@ def record(store: Store, adapter: str, items: list[Resubscribe], policy: str, no
             continue  # never opted out here: a subscribe is none of our business
         if _seen_before(store, adapter, item, when):
             continue  # a repeat read (an overlap, a member read again): recorded once
-        refusal = _refusal(store, adapter, item, when, optout, policy)
+        refusal = _refusal(store, adapter, item, when, optout, policy, in_page.get((item.address, item.scope)))
         details = {**item.evidence, "resubscribe_by": item.by}
         if refusal:
             counts.refused += 1
@@ -160,9 +168,9 @@ def _current_optout(store: Store, address: str, scope: str) -> dict | None:
     return {"reason": row[0], "origin": row[1], "seq": None} if row else None
 
 
-def _latest_optout_at(store: Store, address: str, scope: str, optout: dict) -> str | None:
+def _latest_optout_at(store: Store, address: str, scope: str, optout: dict, in_page: str | None) -> str | None:
     """When the newest opt-out of (address, scope) we know of happened (or was recorded, if undated)."""
-    candidates = []
+    candidates = [in_page]
     if optout["seq"] is not None:
         candidates.append(store.conn.execute(
             "SELECT max(COALESCE(occurred_at, recorded_at)) FROM events WHERE address = ? AND scope = ?"
@@ -170,14 +178,12 @@ def _latest_optout_at(store: Store, address: str, scope: str, optout: dict) -> s
     candidates.append(store.conn.execute(
         "SELECT max(COALESCE(occurred_at, staged_at)) FROM staged WHERE address = ? AND scope = ?",
         (address, scope)).fetchone()[0])
-    candidates.append(store.conn.execute(
-        "SELECT max(occurred_at) FROM incoming WHERE address = ? AND scope = ?", (address, scope)).fetchone()[0])
     dated = [c for c in candidates if c]
     return max(dated) if dated else None
 
 
 def _refusal(store: Store, adapter: str, item: Resubscribe, when: str | None, optout: dict,
-             policy: str) -> str | None:
+             policy: str, in_page: str | None) -> str | None:
     """Why this re-subscribe releases nothing, or None when it releases the opt-out."""
     if policy == "ignore":
         return "recipient_resubscribe is 'ignore' for this adapter"
@@ -189,7 +195,7 @@ def _refusal(store: Store, adapter: str, item: Resubscribe, when: str | None, op
         return NEVER_RELEASED[optout["reason"]]
     if optout["origin"] == "system":
         return f"a {optout['reason'].replace('_', ' ')} a system reported is never released"
-    latest = _latest_optout_at(store, item.address, item.scope, optout)
+    latest = _latest_optout_at(store, item.address, item.scope, optout, in_page)
     if latest is not None and when <= latest:
         return f"dated {when}, not after the opt-out of {latest}"
     return None

@@ -410,7 +410,7 @@ class Store:
                 (adapter, now))
             resubscribes.end_releases(self, "incoming", adapter, now)
             if page.resubscribes:
-                done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now)
+                done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now, page.optouts)
                 counts.released = done.released + done.lifted
             if page.rejected:
                 self.conn.executemany(
