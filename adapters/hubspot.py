@@ -485,8 +485,8 @@ class HubSpotAdapter:
             for item in answer.timeline:
                 self._convert(item, page, seen_up_to=None)
             optouts = self._confirmed(page.optouts)
-            if optouts:
-                yield Page(optouts)
+            if optouts or page.resubscribes:  # re-subscribes: read before the diff re-applies anything
+                yield Page(optouts, resubscribes=page.resubscribes)
 
     def _windows(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         end = max(start, end)

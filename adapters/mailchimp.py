@@ -666,8 +666,10 @@ def resubscribe_of(member: Member, list_id: str, scope: str) -> Resubscribe | No
     evidence = {"vendor": "mailchimp", "mailchimp_list": list_id, "mailchimp_member": member.unique_email_id,
                 "mailchimp_status": member.status, "timestamp_opt": member.timestamp_opt,
                 "ip_opt_recorded": bool(member.ip_opt), "last_changed": member.last_changed}
+    # Dated by the confirmation when the person confirmed, else by the status change itself.
+    moment = confirmed if by_recipient else _parse_time(member.last_changed)
     return Resubscribe(address, scope, "recipient" if by_recipient else "unknown",
-                       to_utc_iso(confirmed) if by_recipient else None, evidence)
+                       to_utc_iso(moment) if moment else None, evidence)
 
 
 def resubscribe_pages(adapter: MailchimpAdapter, start: datetime | None, end: datetime | None) -> Iterator[Page]:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
 from state import resubscribes
-from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
+from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Page, Rejected, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
@@ -370,6 +370,11 @@ class Engine:
             self.store.begin_source_set()
             with self._progress(name, "reconcile_read", report) as progress:
                 for page in adapter.read_all():
+                    if page.resubscribes and ingest:
+                        # Before the diff: a recipient's re-subscribe there must release, not be re-applied.
+                        report.released += self.store.ingest_page(
+                            name, Page(resubscribes=page.resubscribes), save_cursor=False,
+                            resubscribe_policy=self.settings.resubscribe_policy(config)).released
                     self.store.add_to_source_set(page.optouts)
                     report.pulled += len(page.optouts)
                     report.rejected += len(page.rejected)  # listed when the rows were first pulled

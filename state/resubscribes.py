@@ -5,7 +5,8 @@ back to subscribed that an adapter reads (models.Resubscribe) releases the opt-o
 that adapter, so push and reconcile stop re-applying it there, when all of this holds:
 
 - the vendor says the recipient made it (never an admin, an API client or an import);
-- it is dated, and dated after every opt-out of that (address, scope) we know of;
+- it is dated, and dated after every opt-out of that (address, scope) we know of (one dated at or
+  before the opt-out is not even recorded: the opt-out overrode it);
 - the opt-out is not a spam complaint, a hard bounce or anything else a system reported;
 - the adapter's policy (`recipient_resubscribe`) is not `ignore`.
 
@@ -73,7 +74,10 @@ def record(store: Store, adapter: str, items: list[Resubscribe], policy: str, no
             continue  # never opted out here: a subscribe is none of our business
         if _seen_before(store, adapter, item, when):
             continue  # a repeat read (an overlap, a member read again): recorded once
-        refusal = _refusal(store, adapter, item, when, optout, policy, in_page.get((item.address, item.scope)))
+        latest = _latest_optout_at(store, item.address, item.scope, optout, in_page.get((item.address, item.scope)))
+        if when is not None and latest is not None and when <= latest:
+            continue  # it happened before the opt-out: a subscribe the opt-out already overrode, not news
+        refusal = _refusal(item, when, optout, policy)
         details = {**item.evidence, "resubscribe_by": item.by}
         if refusal:
             counts.refused += 1
@@ -182,9 +186,8 @@ def _latest_optout_at(store: Store, address: str, scope: str, optout: dict, in_p
     return max(dated) if dated else None
 
 
-def _refusal(store: Store, adapter: str, item: Resubscribe, when: str | None, optout: dict,
-             policy: str, in_page: str | None) -> str | None:
-    """Why this re-subscribe releases nothing, or None when it releases the opt-out."""
+def _refusal(item: Resubscribe, when: str | None, optout: dict, policy: str) -> str | None:
+    """Why this re-subscribe (dated after the opt-out, or undated) releases nothing; None when it releases."""
     if policy == "ignore":
         return "recipient_resubscribe is 'ignore' for this adapter"
     if item.by != RECIPIENT:
@@ -195,9 +198,6 @@ def _refusal(store: Store, adapter: str, item: Resubscribe, when: str | None, op
         return NEVER_RELEASED[optout["reason"]]
     if optout["origin"] == "system":
         return f"a {optout['reason'].replace('_', ' ')} a system reported is never released"
-    latest = _latest_optout_at(store, item.address, item.scope, optout, in_page)
-    if latest is not None and when <= latest:
-        return f"dated {when}, not after the opt-out of {latest}"
     return None
 
 
