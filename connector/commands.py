@@ -22,6 +22,7 @@ from adapters import registry
 from adapters.base import Adapter
 from state.errors import ConfigError, OptOutSyncError
 from state.models import OptOut, utc_now
+from state.resubscribes import release_counts
 from state.schema import SCHEMA_VERSION
 from state.store import Store
 
@@ -236,6 +237,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
 
     with nullcontext(store) if store is not None else open_store(settings) as store:
         rows = []
+        released = release_counts(store)  # opt-outs a recipient's own re-subscribe released, per adapter
         for config in settings.adapters:
             checkpoint = store.checkpoint(config.name)
             pending, oldest = (store.pending_summary(config.name, checkpoint.applied_seq)
@@ -259,6 +261,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
                 "staged": store.staged_count(config.name),
                 "failures": store.failure_count(config.name),
                 "last_reconcile_at": checkpoint.last_reconcile_at,
+                "released": released.get(config.name, 0),
                 "progress": stored_progress(store, config.name),
             })
         holder = StoreLock(settings.store.path).holder()
@@ -268,6 +271,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
         return {
             "store": str(settings.store.path),
             "suppressions": store.count_suppressions(),
+            "releases": sum(released.values()),
             "daemon_running": holder is not None,
             # Who holds the store's lock (the daemon, or a `sync --once`/`reconcile` run): pid, since when.
             "daemon": ({"pid": holder.pid, "started_at": holder.started_at, "command": holder.command}

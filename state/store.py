@@ -868,7 +868,7 @@ class Store:
     def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
                           source: str | None = None, since: str | None = None,
                           until: str | None = None, count: bool = False) -> Iterator[tuple]:
-        """Stream (address, scope, reason, origin, source, occurred_at or '') rows, by address.
+        """Stream (address, scope, reason, origin, source, occurred_at or '', released at) rows, by address.
 
         `since` (inclusive) and `until` (exclusive) compare with when the opt-out
         happened, or, where the source did not say, when it was recorded. With
@@ -889,7 +889,11 @@ class Store:
             where.append("COALESCE(occurred_at, recorded_at) < ?")
             params.append(until)
         # An unknown occurred_at is '' (as a CSV shows it), so every cell of a row is text.
-        columns = "count(*)" if count else "address, scope, reason, origin, source, COALESCE(occurred_at, '')"
+        columns = "count(*)" if count else (
+            "address, scope, reason, origin, source, COALESCE(occurred_at, ''),"
+            # Where the recipient's own re-subscribe released it (state.resubscribes), ';'-separated.
+            " COALESCE((SELECT group_concat(adapter, ';') FROM (SELECT r.adapter FROM releases r"
+            " WHERE r.address = suppressions.address AND r.scope = suppressions.scope ORDER BY r.adapter)), '')")
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
