@@ -8,7 +8,7 @@ one window paged with the timeline's own `offset`/`hasMore` (a first run of an
 empty portal is one call); `timeline_window` can split a long read into
 windows. The cursor moves to a window's end only once the whole window is read,
 since newest-first pages cannot move it part-way. Opt-outs in the overlap are
-read again (the store makes repeats harmless); history lines (re-subscribes)
+read again (the store makes repeats harmless); history lines, re-subscribes
 and listed problems there are not repeated.
 
 Full read (reconcile): the same timeline from the beginning, with each page's
@@ -68,6 +68,13 @@ Quota facts (C = confirmed, with where; I = inferred, hence a setting):
   (developers.hubspot.com/docs/methods/email/get_subscriptions_timeline). I: the
   largest `limit` (timeline_page_size 100) and how long an offset lives
   (timeline_window can keep each read short).
+
+Re-subscribes (issue 17): HubSpot says who made one. A timeline change back to SUBSCRIBED carries
+its `source` (confirmed: the v1 timeline reference's own example, SOURCE_RECIPIENT), so it is read
+as a Resubscribe with that source, the change's time and `causedByEvent.id` as evidence, by the
+incremental read and by the full read (so a reconcile learns of it before it diffs); the store
+decides whether it releases the opt-out. Details and what is inferred: RESUBSCRIBED_BY at the end
+of this module.
 """
 
 from __future__ import annotations

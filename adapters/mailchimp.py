@@ -52,6 +52,12 @@ oldest change first; the cursor moves to the window's end once all is read.
 `last_changed` also moves on edits that are not opt-outs; such members are read
 again, which the store makes harmless. Offset paging over a set that changes
 meanwhile can skip a member; the periodic reconcile brings it back.
+
+Re-subscribes (issue 17): members changed back to `subscribed` are read too (one more list call per
+cycle). The member record does not say who changed it; a confirmed opt-in (`ip_opt` and
+`timestamp_opt`) is read as the person's own (inferred; see RESUBSCRIBE_FIELDS at the end of this
+module), anything else as "unknown", which never releases an opt-out. The full read does not read
+them: the daemon's cycle, which reads them, runs just before each of its reconciles.
 """
 
 from __future__ import annotations
