@@ -225,3 +225,18 @@ def test_an_opt_out_in_the_same_read_dated_after_the_resubscribe_keeps_it(memory
     engine.sync_once()
     assert "resubscribed" not in kinds(store)
     assert resubscribes.releases_of(store, "ann@example.com", "*") == []
+
+
+def test_a_bad_policy_is_a_settings_error_naming_the_key(tmp_path):
+    from connector.settings import load_settings
+    from state.errors import ConfigError
+
+    from .conftest import write_settings
+
+    path = write_settings(tmp_path, [{"name": "esp", "type": "csv_file", "path": "o.csv",
+                                      "recipient_resubscribe": "sometimes"}], sync={"recipient_resubscribe": "often"})
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    text = str(caught.value)
+    assert "sync.recipient_resubscribe" in text and "(esp).recipient_resubscribe" in text
+    assert "Input should be 'local', 'everywhere' or 'ignore', got 'often'" in text
