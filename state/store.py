@@ -889,11 +889,12 @@ class Store:
             where.append("COALESCE(occurred_at, recorded_at) < ?")
             params.append(until)
         # An unknown occurred_at is '' (as a CSV shows it), so every cell of a row is text.
-        columns = "count(*)" if count else (
-            "address, scope, reason, origin, source, COALESCE(occurred_at, ''),"
-            # Where the recipient's own re-subscribe released it (state.resubscribes), ';'-separated.
-            " COALESCE((SELECT group_concat(adapter, ';') FROM (SELECT r.adapter FROM releases r"
-            " WHERE r.address = suppressions.address AND r.scope = suppressions.scope ORDER BY r.adapter)), '')")
+        # Where the recipient's own re-subscribe released it (state.resubscribes), ';'-separated; the
+        # lookup per row costs a third more time, so a store without releases skips it.
+        released = (" COALESCE((SELECT group_concat(adapter, ';') FROM (SELECT r.adapter FROM releases r"
+                    " WHERE r.address = suppressions.address AND r.scope = suppressions.scope ORDER BY r.adapter)),"
+                    " '')" if self.conn.execute("SELECT 1 FROM releases LIMIT 1").fetchone() else " ''")
+        columns = "count(*)" if count else f"address, scope, reason, origin, source, COALESCE(occurred_at, ''),{released}"
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
