@@ -211,6 +211,8 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
                     f"{r.held} already held, {r.ignored} ignored, {r.rejected} rejected), "
                     f"{'would push' if dry_run else 'pushed'} {r.pushed}, failed {r.failed}, parked {r.parked}, "
                     f"skipped {r.skipped}")
+            if r.released or r.removed:
+                line += f"; released {r.released} and removed {r.removed} after recipients' own re-subscribes"
             if r.paused:
                 line += f"; PAUSED with {r.waiting_approval} staged (optout-sync approve {r.adapter} --count {r.waiting_approval})"
             if r.error:

@@ -240,3 +240,14 @@ def test_a_bad_policy_is_a_settings_error_naming_the_key(tmp_path):
     text = str(caught.value)
     assert "sync.recipient_resubscribe" in text and "(esp).recipient_resubscribe" in text
     assert "Input should be 'local', 'everywhere' or 'ignore', got 'often'" in text
+
+
+def test_a_persons_lift_ends_the_releases_of_the_opt_out_it_removes(spread):
+    from state.lifts import lift
+
+    settings, store, engine, v = spread("manual", "user")
+    v["esp"].resubscribe("ann@example.com", occurred_at=T1)
+    engine.sync_once()
+    assert resubscribes.release_counts(store) == {"esp": 1}
+    lift(store, "ann@example.com", "*", "consent", "asked by phone", "ops")
+    assert resubscribes.release_counts(store) == {}
