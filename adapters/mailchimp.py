@@ -52,6 +52,12 @@ oldest change first; the cursor moves to the window's end once all is read.
 `last_changed` also moves on edits that are not opt-outs; such members are read
 again, which the store makes harmless. Offset paging over a set that changes
 meanwhile can skip a member; the periodic reconcile brings it back.
+
+Re-subscribes (issue 17): members changed back to `subscribed` are read too (one more list call per
+cycle). The member record does not say who changed it; a confirmed opt-in (`ip_opt` and
+`timestamp_opt`) is read as the person's own (inferred; see RESUBSCRIBE_FIELDS at the end of this
+module), anything else as "unknown", which never releases an opt-out. The full read does not read
+them: the daemon's cycle, which reads them, runs just before each of its reconciles.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from state.addresses import InvalidAddress, normalise_address
 from state.errors import ConfigError
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Rejected, \
-    to_utc_iso
+    Resubscribe, to_utc_iso
 
 from .base import Capabilities, Duration
 from .http import Clock, HttpAdapterSettings, VendorAnswer, VendorError, VendorPermanentError, check_base_url
@@ -138,6 +144,10 @@ class Member(VendorAnswer):
     status: str
     last_changed: str | None = None
     unsubscribe_reason: str | None = None
+    # Read for re-subscribes only (RESUBSCRIBE_FIELDS): the person's own opt-in confirmation.
+    unique_email_id: str | None = None
+    timestamp_opt: str | None = None
+    ip_opt: str | None = None
 
 
 class MembersPage(VendorAnswer):
@@ -240,6 +250,7 @@ class MailchimpAdapter(HttpAdapter):
         else:
             start = None
         yield from self._pages(start, now, seen_up_to=previous)
+        yield from resubscribe_pages(self, start, now)
         yield Page(cursor=_api_time(now))
 
     def read_all(self) -> Iterator[Page]:
@@ -270,11 +281,12 @@ class MailchimpAdapter(HttpAdapter):
                 if page.optouts or page.rejected:
                     yield page
 
-    def _members(self, status: str, start: datetime | None, end: datetime | None) -> Iterator[list[Member]]:
+    def _members(self, status: str, start: datetime | None, end: datetime | None,
+                 fields: str = MEMBER_FIELDS) -> Iterator[list[Member]]:
         window = {k: _api_time(v) for k, v in (("since_last_changed", start), ("before_last_changed", end)) if v}
         return self._offset_pages(f"{self._list}/members", "GET /lists/{list_id}/members", MembersPage, "members", {
             "status": status, "count": self.settings.page_size, "sort_field": "last_changed", "sort_dir": "ASC",
-            "fields": MEMBER_FIELDS, **window})
+            "fields": fields, **window})
 
     def _abuse_reports(self) -> Iterator[list[AbuseReport]]:
         return self._offset_pages(f"{self._list}/abuse-reports", "GET /lists/{list_id}/abuse-reports",
@@ -470,3 +482,51 @@ class MailchimpAdapter(HttpAdapter):
         if moment is None:
             raise self.bad_cursor(f"the saved cursor {cursor!r} is not an ISO time")
         return moment
+
+
+# -- re-subscribes (issue 17): members back to `subscribed` by their own confirmation ----------------------
+#
+# What the Marketing API says about who made a member `subscribed` again (found with the search tool):
+# - Confirmed [LIB: the official clients' member model, generated from the API spec]: a member has
+#   `timestamp_opt` ("the date and time the subscriber confirmed their opt-in status") and `ip_opt`
+#   ("the IP address the subscriber used to confirm their opt-in status"), and `last_changed`.
+#   No field names who changed the status: the member record has no "changed by".
+# - Confirmed [LIB]: `ip_opt` and `timestamp_opt` are also fields an API client may send when it adds
+#   or updates a member, so on their own they are not proof.
+# - Inferred (Stack Overflow answers quoting the API's error, not Mailchimp's reference): the API refuses
+#   to subscribe a member who unsubscribed ("Member In Compliance State ... cannot be subscribed"); the way
+#   back is status `pending`, which sends the person a confirmation email. So a formerly unsubscribed
+#   member becomes `subscribed` again only by the person's own action: a sign-up form or that confirmation.
+# - The audience webhook's `source` (user, admin, api) would name who; webhooks are not read here.
+# Hence: a `subscribed` member with an `ip_opt` and a `timestamp_opt` is read as the recipient's own
+# re-subscribe dated `timestamp_opt` (the store releases only if that is after the opt-out); without
+# them it is "unknown" and releases nothing. The IP address itself is not kept (it is personal data;
+# the evidence says only that Mailchimp recorded one).
+RESUBSCRIBE_FIELDS = (f"{MEMBER_FIELDS},members.unique_email_id,members.timestamp_opt,members.ip_opt")
+
+
+def resubscribe_of(member: Member, list_id: str, scope: str) -> Resubscribe | None:
+    """A member back to `subscribed` as a Resubscribe with its evidence; None for a member we cannot read."""
+    try:
+        address = normalise_address(member.email_address)
+    except InvalidAddress:
+        return None  # listed where it matters: when it opted out
+    confirmed = parse_time(member.timestamp_opt)
+    by_recipient = bool(member.ip_opt) and confirmed is not None
+    evidence = {"vendor": "mailchimp", "mailchimp_list": list_id, "mailchimp_member": member.unique_email_id,
+                "mailchimp_status": member.status, "timestamp_opt": member.timestamp_opt,
+                "ip_opt_recorded": bool(member.ip_opt), "last_changed": member.last_changed}
+    # Dated by the confirmation when the person confirmed, else by the status change itself.
+    moment = confirmed if by_recipient else parse_time(member.last_changed)
+    return Resubscribe(address, scope, "recipient" if by_recipient else "unknown",
+                       to_utc_iso(moment) if moment else None, evidence)
+
+
+def resubscribe_pages(adapter: MailchimpAdapter, start: datetime | None, end: datetime | None) -> Iterator[Page]:
+    """Members changed to `subscribed` in the window, as pages of re-subscribes (the store ignores
+    members that never opted out)."""
+    for members in adapter._members("subscribed", start, end, fields=RESUBSCRIBE_FIELDS):
+        found = [resubscribe_of(m, adapter.settings.list_id, adapter.settings.scope) for m in members]
+        page = Page(resubscribes=[r for r in found if r is not None])
+        if page.resubscribes:
+            yield page
