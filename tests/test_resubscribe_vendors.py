@@ -158,3 +158,35 @@ def test_hubspot_a_reconcile_before_the_next_pull_reads_the_resubscribe_first(tm
     report = engine.reconcile("hubspot")  # the full read carries the timeline's re-subscribe too
     assert report.error is None and report.released == 1 and report.missing_at_source == 0
     assert unsubscribe_all_writes(fake) == writes and not fake._prefs(X).wide
+
+
+def test_hubspot_a_timeline_page_holding_only_a_resubscribe_is_read():
+    # Newest first, one item a page: the re-subscribe is alone on a page that is not the last.
+    clock = FakeClock()
+    fake = FakeHubSpot(HS_TOKEN, clock=clock)
+    fake.recipient_unsubscribes_all(X, at=fake.now_ms() - 2000)
+    fake.recipient_subscribes(X, at=fake.now_ms() - 1000)
+    config = HubSpotAdapter.settings_model.model_validate({"name": "hubspot", "token": HS_TOKEN,
+                                                           "timeline_page_size": 1})
+    adapter = HubSpotAdapter(config, {}, transport=httpx.MockTransport(fake.handle), clock=clock)
+    pages = list(adapter.read_changes(None))
+    assert len(fake.calls("/timeline")) == 2
+    assert [(r.address, r.scope, r.by) for p in pages for r in p.resubscribes] == [(X, "*", "recipient")]
+    assert [(o.address, o.scope) for p in pages for o in p.optouts] == [(X, "*")]
+
+
+def test_mailchimp_an_old_confirmation_does_not_make_an_admins_resubscribe_the_recipients():
+    # The member confirmed a sign-up in 2020, unsubscribed, and a user set it back to subscribed:
+    # Mailchimp keeps the old timestamp_opt but records no opt-in IP for the admin's change.
+    clock = FakeClock()
+    fake = FakeMailchimp(MC_KEY, clock=clock)
+    fake.recipient_resubscribes(X, at=1_600_000_000)
+    fake.recipient_unsubscribes(X, at=clock() - 600)
+    fake.admin_resubscribes(X, at=clock() - 300)
+    config = MailchimpAdapter.settings_model(**{"name": "mailchimp", "api_key": MC_KEY, "list_id": "a1b2c3d4e5",
+                                                "base_url": "https://us21.api.mailchimp.test/3.0"})
+    adapter = MailchimpAdapter(config, {}, transport=httpx.MockTransport(fake.handle), clock=clock)
+    found = [r for p in adapter.read_changes(None) for r in p.resubscribes]
+    assert [(r.address, r.by) for r in found] == [(X, "unknown")]
+    assert found[0].occurred_at == fake.stamp(clock() - 300).replace("+00:00", ".000000+00:00")
+    assert found[0].evidence["ip_opt_recorded"] is False
