@@ -100,6 +100,8 @@ class AdapterSettings(BaseModel):
     max_new_per_cycle: int = Field(default=10_000, ge=1)
     reconcile_every: Duration = 86_400.0
     unmapped_topics: Literal["skip", "global"] | None = None
+    # None: the engine-wide [sync] recipient_resubscribe.
+    recipient_resubscribe: Literal["local", "everywhere", "ignore"] | None = None
     topics: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("interval")

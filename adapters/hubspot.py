@@ -8,7 +8,7 @@ one window paged with the timeline's own `offset`/`hasMore` (a first run of an
 empty portal is one call); `timeline_window` can split a long read into
 windows. The cursor moves to a window's end only once the whole window is read,
 since newest-first pages cannot move it part-way. Opt-outs in the overlap are
-read again (the store makes repeats harmless); history lines (re-subscribes)
+read again (the store makes repeats harmless); history lines, re-subscribes
 and listed problems there are not repeated.
 
 Full read (reconcile): the same timeline from the beginning, with each page's
@@ -72,6 +72,10 @@ Quota facts (C = confirmed, with where; I = inferred, hence a setting):
   (developers.hubspot.com/docs/methods/email/get_subscriptions_timeline). I: the
   largest `limit` (timeline_page_size 100) and how long an offset lives
   (timeline_window can keep each read short).
+
+Re-subscribes (issue 17): a timeline change back to SUBSCRIBED carries its `source`, so it is read as
+a Resubscribe with its evidence by both reads (a reconcile learns of it before it diffs); what is
+confirmed and inferred: adapters/hubspot_resubscribes.py.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ from .http import Clock, HttpAdapterSettings
 from .hubspot_answers import (BulkStatusesEnvelope, DefinitionsEnvelope, PublicStatus, StandardError, StatusEnvelope,
                               TimelineChange, TimelineItem, TimelinePage, hubspot_error, hubspot_pause_hint)
 from .hubspot_batch import V4, HubSpotBatches
+from .hubspot_resubscribes import resubscribe_of, resubscribe_scope
 from .kit import Outcomes, UnexpectedAnswer, integer_topic_ids, require_topics
 
 LegalBasis = Literal["CONSENT_WITH_NOTICE", "LEGITIMATE_INTEREST_CLIENT", "LEGITIMATE_INTEREST_OTHER",
@@ -233,7 +238,7 @@ class HubSpotAdapter(HubSpotBatches):
                 page = Page()
                 for item in answer.timeline:
                     self._convert(item, page, seen_up_to=previous)
-                has_data = bool(page.optouts or page.notices or page.rejected)
+                has_data = bool(page.optouts or page.notices or page.rejected or page.resubscribes)
                 window_had_data = window_had_data or has_data
                 if last:
                     page.cursor = str(window_end)
@@ -249,8 +254,8 @@ class HubSpotAdapter(HubSpotBatches):
             for item in answer.timeline:
                 self._convert(item, page, seen_up_to=None)
             optouts = self._confirmed(page.optouts)
-            if optouts:
-                yield Page(optouts)
+            if optouts or page.resubscribes:  # re-subscribes: read before the diff re-applies anything
+                yield Page(optouts, resubscribes=page.resubscribes)
 
     def _windows(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         end = max(start, end)
@@ -295,6 +300,13 @@ class HubSpotAdapter(HubSpotBatches):
                        "hubspot_source": change.source}
             if change.causedByEvent and change.causedByEvent.get("id"):
                 details["hubspot_event_id"] = str(change.causedByEvent["id"])
+            resubscribe = resubscribe_of(change, address,
+                                         resubscribe_scope(change, self.settings.business_unit_id, self._topic_of),
+                                         moment)
+            if resubscribe is not None:
+                if fresh:
+                    page.resubscribes.append(resubscribe)
+                continue
             kind, value = self._classify(change)
             if kind == "optout":
                 scope, reason, origin = value

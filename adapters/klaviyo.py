@@ -47,6 +47,13 @@ Mapping: UNSUBSCRIBE -> unsubscribed (recipient), SPAM_COMPLAINT -> spam_complai
 HARD_BOUNCE -> hard_bounce (system), USER_SUPPRESSED -> manual (user); INVALID_EMAIL is
 not an opt-out (a malformed address) and is not read; an unknown reason is listed. A
 list suppression of a mapped list is that topic's opt-out, by its reason.
+
+Re-subscribes (issue 17): none is read. A suppression Klaviyo removes (a re-subscribe) leaves the
+suppressed-profile reads, which keep no record of the removal, so it is drift: a reconcile re-applies
+the opt-out. I (Klaviyo's OpenAPI schema as copied by a third party, found with the search tool, not
+checked against the reference): a profile's `subscriptions.email.marketing` has `method` ("the method by
+which the profile was subscribed", e.g. PREFERENCE_PAGE) and `consent_timestamp`, which might tell a
+recipient's own re-subscribe; this adapter (written after issue 17's vendor review) does not read them.
 """
 
 from __future__ import annotations

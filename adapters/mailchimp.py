@@ -43,6 +43,12 @@ by `date`, then cleaned and unsubscribed members by `last_changed`, oldest chang
 moves to the window's end once all is read. `last_changed` also moves on edits that are not
 opt-outs; such members are read again, which the store makes harmless. Offset paging over a set that
 changes meanwhile can skip a member; the periodic reconcile brings it back.
+
+Re-subscribes (issue 17): members changed back to `subscribed` are read too (one more list call per
+cycle). The member record does not say who changed it; a confirmed opt-in (`ip_opt` and
+`timestamp_opt`) is read as the person's own (inferred; see
+adapters/mailchimp_resubscribes.py), anything else as "unknown", which never releases an opt-out. The full read does not read
+them: the daemon's cycle, which reads them, runs just before each of its reconciles.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, A
 from .http import Clock, VendorAnswer, VendorError, VendorPermanentError, check_base_url
 from .kit import (HttpAdapter, WindowSettings, address_or_reject, basic_auth, filled_pages, json_body, parse_time,
                   topic_capabilities, vendor_error)
+from .mailchimp_resubscribes import resubscribe_pages
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
 _DATA_CENTER = re.compile(r"-([a-z]{2,4}\d{1,3})$")
@@ -123,6 +130,10 @@ class Member(VendorAnswer):
     status: str
     last_changed: str | None = None
     unsubscribe_reason: str | None = None
+    # Read for re-subscribes only (mailchimp_resubscribes.EXTRA_FIELDS): the person's own opt-in confirmation.
+    unique_email_id: str | None = None
+    timestamp_opt: str | None = None
+    ip_opt: str | None = None
 
 
 class Counted(VendorAnswer):
@@ -219,6 +230,7 @@ class MailchimpAdapter(HttpAdapter):
         previous = self.saved_text(cursor, parse_time, "an ISO time")
         start = self.window_start(previous, now)
         yield from self._pages(start, now, seen_up_to=previous)
+        yield from resubscribe_pages(self, start, now)
         yield Page(cursor=_api_time(now))
 
     def read_all(self) -> Iterator[Page]:
@@ -235,11 +247,12 @@ class MailchimpAdapter(HttpAdapter):
             yield from filled_pages(self._members(status, start, end),
                                     lambda member, page: self._convert_member(member, page, seen_up_to))
 
-    def _members(self, status: str, start: datetime | None, end: datetime | None) -> Iterator[list[Member]]:
+    def _members(self, status: str, start: datetime | None, end: datetime | None,
+                 fields: str = MEMBER_FIELDS) -> Iterator[list[Member]]:
         window = {k: _api_time(v) for k, v in (("since_last_changed", start), ("before_last_changed", end)) if v}
         return self._offset_pages(f"{self._list}/members", "GET /lists/{list_id}/members", MembersPage, "members", {
             "status": status, "count": self.settings.page_size, "sort_field": "last_changed", "sort_dir": "ASC",
-            "fields": MEMBER_FIELDS, **window})
+            "fields": fields, **window})
 
     def _abuse_reports(self) -> Iterator[list[AbuseReport]]:
         return self._offset_pages(f"{self._list}/abuse-reports", "GET /lists/{list_id}/abuse-reports",

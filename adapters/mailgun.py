@@ -33,6 +33,12 @@ so the next cycle goes on where this one stopped; the store's diff finds what is
 Problems (invalid addresses, unmapped tags) are listed only for items newer than the
 previous sweep, so a sweep does not list them again. Unknowns kept as settings: batch and
 page size (documented maxima as defaults), the pacing, the origin of unsubscribes.
+
+Re-subscribes (issue 17): Mailgun's API cannot say who made one, so none is read. Confirmed
+(documentation.mailgun.com, Unsubscribe API, found with the search tool): removing an unsubscribe
+(DELETE /v3/{domain}/unsubscribes/{address}, or in the control panel) deletes the record, "delivery
+... resumes until it unsubscribes again"; a record has only `address`, `tags` and `created_at`, and
+nothing lists removals. So a re-subscribe at Mailgun is drift: a reconcile re-applies the opt-out.
 """
 
 from __future__ import annotations

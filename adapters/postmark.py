@@ -38,6 +38,14 @@ does not say whether an address was suppressed already: Suppressed is APPLIED. A
 deletes only origin-Customer manual suppressions (the only kind this daemon creates); the
 others were made by the recipient, by a bounce or complaint, or by Postmark's staff, and are
 refused with the reason. Soft bounces never reach the suppression list.
+
+Re-subscribes (issue 17): the polling API cannot say who made one, so none is read. Confirmed [LIB
+postmark-php, postmark-dotnet "Managing Suppressions", found with the search tool]: the suppressions
+dump lists only current suppressions, with the `Origin` (Recipient, Customer, Admin) of the
+suppression, not of its removal; deleting one ("reactivate") leaves nothing to read. The
+SubscriptionChange webhook does say it: `SuppressSending: false` is a reactivation, with `Origin`
+Recipient, Customer or Admin and `ChangedAt` [DOC, ../shared/specs/webhooks.md]; webhooks are not read
+here. So a re-subscribe at Postmark is drift: a reconcile re-applies the opt-out, as before.
 """
 
 from __future__ import annotations

@@ -45,6 +45,16 @@ Incremental read: one time window per cycle, from the saved cursor (unix seconds
 minus `overlap` to now; the cursor moves to the window's end only after the whole
 window is read. Offset paging over a list that shrinks meanwhile (a lift) can skip
 an item; the overlap and the periodic reconcile bring it back.
+
+Re-subscribes (issue 17): SendGrid's API cannot say who made one, so none is read. Confirmed
+(twilio.com/docs/sendgrid/api-reference, found with the search tool): a re-subscribe removes the
+address from the global unsubscribes or from a group's suppressions (DELETE
+/v3/asm/suppressions/global/{email}, DELETE /v3/asm/groups/{group_id}/suppressions/{email}), and a
+group's suppression list is a bare array of addresses; no list keeps a record of a removal, of who
+made it or when. Only the Event Webhook names a recipient's own `group_resubscribe` (with
+`asm_group_id` and a timestamp) [DOC, ../shared/specs/webhooks.md]; webhooks are not read here. So a
+re-subscribe at SendGrid, by the recipient or by a user of the account, is drift: a reconcile
+re-applies the opt-out, as before.
 """
 
 from __future__ import annotations

@@ -26,6 +26,12 @@ SES has no "unsubscribed" reason and no topics: writing an unsubscribe there wou
 as a bounce or complaint, so opt-outs of other reasons are refused per item unless
 `write_other_reasons_as` names the SES reason to use. Each write looks the address up first,
 so an existing entry is ALREADY and a complaint is never overwritten by a bounce.
+
+Re-subscribes (issue 17): none. Confirmed (docs.aws.amazon.com, SES API v2
+DeleteSuppressedDestination, found with the search tool): an entry leaves the account suppression
+list only by that call (the account's own API or console); a recipient cannot remove it, and the
+list keeps no record of a removal. Its entries are bounces and complaints, which a re-subscribe never
+releases anyway. An entry removed at SES is drift: a reconcile re-applies it.
 """
 
 from __future__ import annotations

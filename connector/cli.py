@@ -211,6 +211,8 @@ def sync(obj: Context, once: bool, names: tuple[str, ...], dry_run: bool, as_jso
                     f"{r.held} already held, {r.ignored} ignored, {r.rejected} rejected), "
                     f"{'would push' if dry_run else 'pushed'} {r.pushed}, failed {r.failed}, parked {r.parked}, "
                     f"skipped {r.skipped}")
+            if r.released or r.removed:
+                line += f"; released {r.released} and removed {r.removed} after recipients' own re-subscribes"
             if r.paused:
                 line += f"; PAUSED with {r.waiting_approval} staged (optout-sync approve {r.adapter} --count {r.waiting_approval})"
             if r.error:
@@ -295,7 +297,9 @@ def status(obj: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"store {data['store']}: {data['suppressions']} suppressions; {describe_holder(data['daemon'])}")
+    released = f" ({data['releases']} released where the recipient re-subscribed)" if data.get("releases") else ""
+    click.echo(f"store {data['store']}: {data['suppressions']} suppressions{released}; "
+               f"{describe_holder(data['daemon'])}")
     for row in data["adapters"]:
         state = f"PAUSED ({row['staged']} staged; approve with --count {row['staged']})" if row["paused"] else "active"
         lag = f"{row['lag_s']:.0f}s" if row["lag_s"] is not None else "-"
@@ -303,6 +307,7 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(f"  {row['adapter']} ({row['type']}, {row['role']}): {state}; last run {row['last_run_at'] or 'never'}; "
                    f"pending {row['pending']}; lag {lag}; cursor age {cursor}; failures {row['failures']}; "
                    f"last reconcile {row['last_reconcile_at'] or 'never'}"
+                   + (f"; released {row['released']}" if row.get("released") else "")
                    + ("; LAG ALARM" if row.get("lag_alarm") else ""))
         if row.get("progress"):
             click.echo(f"    {describe_progress(row['progress'])}")
@@ -517,7 +522,7 @@ def _import_dict(obj: Context, file: Path, source, preview, scope: str, reason: 
 @_edge
 def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: str | None, source: str | None,
            since: str | None, until: str | None) -> None:
-    """Write the suppressions as CSV: email,scope,reason,origin,source,occurred_at."""
+    """Write the suppressions as CSV: email,scope,reason,origin,source,occurred_at,released_at."""
     settings = obj.settings()
     require_store(settings.store.path)  # before -o creates its file
     kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)

@@ -22,6 +22,7 @@ from adapters import registry
 from adapters.base import Adapter
 from state.errors import ConfigError, OptOutSyncError
 from state.models import OptOut, utc_now
+from state.resubscribes import release_counts
 from state.schema import SCHEMA_VERSION
 from state.store import Store
 
@@ -103,7 +104,7 @@ def is_idle(report: CycleReport) -> bool:
     """True for a cycle that read, pushed, failed and rejected nothing, without an error or a note."""
     return not (report.error is not None or report.pulled or report.rejected or report.added or report.changed
                 or report.pushed or report.failed or report.parked or report.skipped or report.missing_at_source
-                or report.notes)
+                or report.released or report.removed or report.notes)
 
 
 def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paused: bool = True) -> None:
@@ -117,8 +118,8 @@ def log_report(report: CycleReport, cursor_age_s: float | None = None, warn_paus
     level = logging.ERROR if report.error else logging.DEBUG if is_idle(report) else logging.INFO
     fields = dict(adapter=report.adapter, phase=report.phase, pulled=report.pulled, added=report.added,
                   pushed=report.pushed, failed=report.failed, parked=report.parked, skipped=report.skipped,
-                  rejected=report.rejected, duration_ms=report.duration_ms, cursor_age_s=cursor_age_s,
-                  error_class=None, error=None)
+                  rejected=report.rejected, released=report.released, removed=report.removed,
+                  duration_ms=report.duration_ms, cursor_age_s=cursor_age_s, error_class=None, error=None)
     if report.phase == "reconcile":
         fields["missing_at_source"] = report.missing_at_source
     if report.dry_run:
@@ -236,6 +237,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
 
     with nullcontext(store) if store is not None else open_store(settings) as store:
         rows = []
+        released = release_counts(store)  # opt-outs a recipient's own re-subscribe released, per adapter
         for config in settings.adapters:
             checkpoint = store.checkpoint(config.name)
             pending, oldest = (store.pending_summary(config.name, checkpoint.applied_seq)
@@ -259,6 +261,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
                 "staged": store.staged_count(config.name),
                 "failures": store.failure_count(config.name),
                 "last_reconcile_at": checkpoint.last_reconcile_at,
+                "released": released.get(config.name, 0),
                 "progress": stored_progress(store, config.name),
             })
         holder = StoreLock(settings.store.path).holder()
@@ -268,6 +271,7 @@ def status(settings: Settings, store: Store | None = None) -> dict:
         return {
             "store": str(settings.store.path),
             "suppressions": store.count_suppressions(),
+            "releases": sum(released.values()),
             "daemon_running": holder is not None,
             # Who holds the store's lock (the daemon, or a `sync --once`/`reconcile` run): pid, since when.
             "daemon": ({"pid": holder.pid, "started_at": holder.started_at, "command": holder.command}

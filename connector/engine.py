@@ -23,7 +23,8 @@ from pydantic import SecretStr
 
 from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
-from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
+from state import resubscribes
+from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Page, Rejected, utc_now
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
@@ -93,6 +94,9 @@ class CycleReport:
     # Of `pulled`: already suppressed for that scope, and left out (lifted before, or our own echo).
     held: int = 0
     ignored: int = 0
+    # Opt-outs a recipient's own re-subscribe released here (or lifted); removals those lifts made here.
+    released: int = 0
+    removed: int = 0
     # Dry runs only, for the operator to see: the new opt-outs, the rejected items, what push would send.
     would_add: list[OptOut] = field(default_factory=list)
     would_reject: list[Rejected] = field(default_factory=list)
@@ -117,6 +121,7 @@ class CycleReport:
         self.changed += counts.changed
         self.held += counts.held
         self.ignored += counts.ignored_lifted + counts.ignored_echoes
+        self.released += counts.released
 
 
 class Engine:
@@ -191,8 +196,9 @@ class Engine:
             report.paused = True
             report.waiting_approval = self.store.staged_count(name)
             return
+        policy = self.settings.resubscribe_policy(config)
         for page in adapter.read_changes(checkpoint.read_cursor):
-            report.absorb(self.store.ingest_page(name, page))
+            report.absorb(self.store.ingest_page(name, page, resubscribe_policy=policy))
             if report.dry_run:
                 report.keep(report.would_reject, page.rejected)
             if self.stop.is_set():
@@ -239,6 +245,8 @@ class Engine:
         prepare = getattr(adapter, "prepare", None)  # optional: a sink that makes itself ready to be read
         if prepare is not None and not report.dry_run:
             prepare()
+        if not report.dry_run:
+            self._remove_lifted_by_recipients(name, adapter, report)
         batch_size = adapter.capabilities.batch_size
         start = scan_from = self.store.checkpoint(name).applied_seq
         batch: list[tuple[PendingEvent, OptOut]] = []
@@ -266,6 +274,35 @@ class Engine:
                 scan_from = scanned_to
             if not self.stop.is_set() and (batch or skipped or scan_from > start):
                 self._apply(name, adapter, batch, skipped, scan_from, report)
+
+    def _remove_lifted_by_recipients(self, name: str, adapter: Adapter, report: CycleReport) -> None:
+        """Remove here what a recipient's re-subscribe elsewhere lifted (policy everywhere), as `lift --propagate`.
+
+        Only sinks this daemon had applied the opt-out to are due. A transient failure stays due
+        for the next cycle; anything else is recorded, as a lift's removals are.
+        """
+        due = resubscribes.removals_due(self.store, name)
+        if not due:
+            return
+        if not adapter.capabilities.remove:
+            for seq, optout in due:
+                resubscribes.finish_removal(self.store, name, seq, optout, False,
+                                            "this adapter cannot remove suppressions; remove it there by hand")
+            return
+        for start in range(0, len(due), adapter.capabilities.batch_size):
+            chunk = due[start:start + adapter.capabilities.batch_size]
+            try:
+                results = self._scrubbed(name, adapter.remove([optout for _, optout in chunk]))
+            except TransientError as exc:
+                report.notes.append(f"removals after a recipient's re-subscribe wait for the next cycle: {exc}")
+                return
+            for (seq, optout), result in zip(chunk, results):
+                if result.outcome == TRANSIENT:
+                    continue
+                message = result.message or ("removed" if result.outcome == "applied" else "was not there")
+                resubscribes.finish_removal(self.store, name, seq, optout, result.ok,
+                                            message if result.ok else f"failed: {message}")
+                report.removed += int(result.ok)
 
     def _as_sent(self, event: PendingEvent, adapter: Adapter, config: AdapterSettings) -> OptOut | None:
         return self._mapped(event.optout, adapter, config)
@@ -335,6 +372,11 @@ class Engine:
             self.store.begin_source_set()
             with self._progress(name, "reconcile_read", report) as progress:
                 for page in adapter.read_all():
+                    if page.resubscribes and ingest:
+                        # Before the diff: a recipient's re-subscribe there must release, not be re-applied.
+                        report.released += self.store.ingest_page(
+                            name, Page(resubscribes=page.resubscribes), save_cursor=False,
+                            resubscribe_policy=self.settings.resubscribe_policy(config)).released
                     self.store.add_to_source_set(page.optouts)
                     report.pulled += len(page.optouts)
                     report.rejected += len(page.rejected)  # listed when the rows were first pulled
@@ -353,7 +395,7 @@ class Engine:
                          report: CycleReport) -> None:
         as_global = self.settings.unmapped_policy(config) == "global"
         missing = self.store.missing_at_source(set(adapter.capabilities.scopes), as_global,
-                                               adapter.capabilities.batch_size)
+                                               adapter.capabilities.batch_size, name)
         with self._progress(name, "reconcile_apply", report) as progress:
             for rows in missing:
                 report.missing_at_source += len(rows)

@@ -31,7 +31,8 @@ from .csv_import import ImportFile
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
     from .settings import Settings
 
-EXPORT_HEADER = ["email", "scope", "reason", "origin", "source", "occurred_at"]
+# released_at: the adapters where the recipient's own re-subscribe released the opt-out, ';'-separated.
+EXPORT_HEADER = ["email", "scope", "reason", "origin", "source", "occurred_at", "released_at"]
 IMPORT_REASONS = ("imported", "manual", "unsubscribed", "hard_bounce", "spam_complaint")
 REJECTED_OUT_HEADER = ["row", "value", "reason"]
 
@@ -336,6 +337,14 @@ def describe_event(event: dict) -> str:
         return f"failure #{failure_id} at {event['target']} dismissed: {event['message']}"
     if kind == "observed":
         return f"seen at {event['source']} ({scope_text}): {event['message']}"
+    if kind == "resubscribed":
+        evidence = {k: v for k, v in json.loads(event["details"] or "{}").items()
+                    if k != "resubscribe_by" and v not in (None, "")}
+        return (f"re-subscribed at {event['source']} by the {event['origin']} ({scope_text}), happened "
+                f"{event['occurred_at']}; {event['message'].split('; ', 1)[-1]}; evidence: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(evidence.items())))
+    if kind == "release_ended":
+        return f"release at {event['target']} ended ({scope_text}): {event['message']}"
     return f"{kind} ({scope_text}){': ' + event['message'] if event.get('message') else ''}"
 
 

@@ -47,6 +47,9 @@ class SyncSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     unmapped_topics: Literal["skip", "global"] = "skip"
+    # What a recipient's own re-subscribe at an adapter does (state.resubscribes): release the
+    # opt-out there (local), lift it everywhere as an audited lift (everywhere), or nothing (ignore).
+    recipient_resubscribe: Literal["local", "everywhere", "ignore"] = "local"
 
 
 class LoggingSettings(BaseModel):
@@ -170,6 +173,10 @@ class Settings(BaseSettings):
     def unmapped_policy(self, adapter: AdapterSettings) -> str:
         """The adapter's unmapped-topic policy, else the engine-wide one."""
         return adapter.unmapped_topics or self.sync.unmapped_topics
+
+    def resubscribe_policy(self, adapter: AdapterSettings) -> str:
+        """The adapter's `recipient_resubscribe`, else the engine-wide one."""
+        return adapter.recipient_resubscribe or self.sync.recipient_resubscribe
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:

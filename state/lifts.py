@@ -50,6 +50,8 @@ def lift(store: Store, address: str, scope: str, legal_basis: str, explanation: 
         ).lastrowid
         store.conn.execute("DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope))
         store.conn.execute("DELETE FROM staged WHERE address = ? AND scope = ?", (address, scope))
+        # Releases were of this opt-out; a later one starts without them.
+        store.conn.execute("DELETE FROM releases WHERE address = ? AND scope = ?", (address, scope))
         store.conn.execute(
             "INSERT INTO lifts (address, scope, lifted_at, seq) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (address, scope) DO UPDATE SET lifted_at = excluded.lifted_at, seq = excluded.seq",

@@ -76,6 +76,31 @@ class Page:
     # Observations worth a history line that are not opt-outs (a re-subscribe
     # seen at a vendor); recorded, never acted on.
     notices: list[OptOut] = field(default_factory=list)
+    # Changes back to subscribed, with who made them: the store decides whether one releases an
+    # opt-out (state.resubscribes); only a dated one the recipient made ever can.
+    resubscribes: list["Resubscribe"] = field(default_factory=list)
+
+
+# Who made a change back to subscribed, as a vendor says it. Only RECIPIENT can release an opt-out.
+RECIPIENT = "recipient"
+RESUBSCRIBERS = (RECIPIENT, "admin", "api", "import", "unknown")
+RESUBSCRIBE_POLICIES = ("local", "everywhere", "ignore")
+
+
+@dataclass(slots=True)
+class Resubscribe:
+    """A change back to subscribed seen at a vendor, with its evidence.
+
+    `by` is who made it as the vendor reports it (one of RESUBSCRIBERS); `occurred_at`
+    is when (ISO UTC) or None when the vendor does not say; `evidence` names the vendor's
+    own record (its id or source field and value), kept in the event log.
+    """
+
+    address: str
+    scope: str
+    by: str
+    occurred_at: str | None
+    evidence: dict[str, Any]
 
 
 APPLIED = "applied"          # the sink now holds the opt-out

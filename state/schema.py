@@ -158,11 +158,27 @@ def m4_hardening(db: Database) -> None:
     db["failures"].add_column("dismissed_reason", str)
 
 
+def m5_releases(db: Database) -> None:
+    """5: a recipient's own re-subscribe.
+
+    `releases`: an opt-out released at one adapter because the recipient re-subscribed there (push
+    and reconcile leave it out there). `removals_due`: the sinks a lift made by a re-subscribe (policy
+    `everywhere`) still has to be removed from; each sink's push takes its own rows.
+    """
+    _create_without_rowid(db, "releases", {
+        "address": str, "scope": str, "adapter": str, "resubscribed_at": str, "released_at": str, "seq": int,
+    }, pk=("address", "scope", "adapter"),
+        not_null={"address", "scope", "adapter", "resubscribed_at", "released_at", "seq"})
+    _create_without_rowid(db, "removals_due", {"adapter": str, "lift_seq": int, "due_at": str},
+                          pk=("adapter", "lift_seq"), not_null={"adapter", "lift_seq", "due_at"})
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m1_initial,
     m2_snapshots,
     m3_drop_suppressions_by_occurred,
     m4_hardening,
+    m5_releases,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

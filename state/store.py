@@ -32,6 +32,7 @@ from .models import (
     to_utc_iso,
     utc_now,
 )
+from . import resubscribes
 from .schema import migrate
 
 
@@ -150,8 +151,10 @@ class IngestCounts:
     ignored_echoes: int = 0
     rejected: int = 0
     held: int = 0          # read, and already suppressed for that scope (`changed` are among them)
+    released: int = 0      # opt-outs a recipient's own re-subscribe released or lifted (state.resubscribes)
 
     def add(self, other: "IngestCounts") -> None:
+        self.released += other.released
         self.read += other.read
         self.held += other.held
         self.staged += other.staged
@@ -380,11 +383,12 @@ class Store:
 
     # -- ingest ---------------------------------------------------------------
 
-    def ingest_page(self, adapter: str, page: Page, *, save_cursor: bool = True) -> IngestCounts:
-        """Stage a page's new opt-outs, record stronger reasons, rejections and notices.
+    def ingest_page(self, adapter: str, page: Page, *, save_cursor: bool = True,
+                    resubscribe_policy: str = "local") -> IngestCounts:
+        """Stage a page's new opt-outs, record stronger reasons, rejections, notices and re-subscribes.
 
         With `save_cursor`, the page's cursor is saved in the same transaction, so a
-        crash keeps both or neither.
+        crash keeps both or neither. `resubscribe_policy` is the adapter's `recipient_resubscribe`.
         """
         counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
         now = utc_now()
@@ -404,6 +408,10 @@ class Store:
                 "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
                 (adapter, now))
+            resubscribes.end_releases(self, "incoming", adapter, now)
+            if page.resubscribes:
+                done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now, page.optouts)
+                counts.released = done.released + done.lifted
             if page.rejected:
                 self.conn.executemany(
                     "INSERT INTO failures (adapter, kind, location, address, value, message, first_at, last_at)"
@@ -557,10 +565,13 @@ class Store:
         rows = self.conn.execute(
             "SELECT e.seq, e.source, e.recorded_at, s.address, s.scope, s.reason, s.origin,"
             " s.occurred_at, s.details, EXISTS (SELECT 1 FROM events a WHERE a.ref_seq = e.seq"
-            " AND a.target = ? AND a.kind = 'applied') AS done"
+            " AND a.target = ? AND a.kind = 'applied')"
+            # Released here by the recipient's own re-subscribe: never re-applied here.
+            " OR EXISTS (SELECT 1 FROM releases r WHERE r.address = s.address AND r.scope = s.scope"
+            " AND r.adapter = ?) AS done"
             " FROM events e LEFT JOIN suppressions s ON s.seq = e.seq"
             " WHERE e.kind = 'suppressed' AND e.seq > ? ORDER BY e.seq LIMIT ?",
-            (adapter, after_seq, limit),
+            (adapter, adapter, after_seq, limit),
         ).fetchall()
         if not rows:
             return [], after_seq
@@ -659,8 +670,10 @@ class Store:
         row = self.conn.execute(
             "SELECT count(*), min(e.recorded_at) FROM events e JOIN suppressions s ON s.seq = e.seq"
             " WHERE e.kind = 'suppressed' AND e.seq > ? AND e.source != ? AND NOT EXISTS"
-            " (SELECT 1 FROM events a WHERE a.ref_seq = e.seq AND a.target = ? AND a.kind = 'applied')",
-            (applied_seq, adapter, adapter),
+            " (SELECT 1 FROM events a WHERE a.ref_seq = e.seq AND a.target = ? AND a.kind = 'applied')"
+            " AND NOT EXISTS (SELECT 1 FROM releases r WHERE r.address = s.address AND r.scope = s.scope"
+            " AND r.adapter = ?)",
+            (applied_seq, adapter, adapter, adapter),
         ).fetchone()
         return row[0], row[1]
 
@@ -688,6 +701,7 @@ class Store:
             not_echo = f"AND NOT {_echo_sql('n', '?')}"
             counts.changed = self._record_stronger(now, "source_set", "?", not_echo, (adapter, adapter),
                                                    (adapter,))
+            resubscribes.end_releases(self, "source_set", adapter, now)
             counts.staged = self._stage(
                 "FROM source_set i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)"
@@ -697,11 +711,12 @@ class Store:
         return counts
 
     def missing_at_source(self, scopes: set[str], unmapped_as_global: bool,
-                          batch: int) -> Iterator[list[tuple[int, OptOut]]]:
+                          batch: int, adapter: str | None = None) -> Iterator[list[tuple[int, OptOut]]]:
         """Stream, in batches, suppressions the sink should hold but its full read lacked.
 
         A suppression of a scope the sink cannot represent is expected there as a
-        global one when `unmapped_as_global`, and not at all otherwise.
+        global one when `unmapped_as_global`, and not at all otherwise. One the recipient
+        re-subscribed to at the sink `adapter` (a release) is not expected there.
         """
         self._ensure_temp_tables()
         self._write("DROP TABLE IF EXISTS temp.sink_scopes")
@@ -720,8 +735,9 @@ class Store:
                 f" FROM suppressions s WHERE (s.address, s.scope) > (?, ?)"
                 f" AND {expected} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM source_set t"
                 f" WHERE t.address = s.address AND t.scope = {expected})"
-                " ORDER BY s.address, s.scope LIMIT ?",
-                (*last, batch),
+                " AND NOT EXISTS (SELECT 1 FROM releases r WHERE r.address = s.address AND r.scope = s.scope"
+                " AND r.adapter = ?) ORDER BY s.address, s.scope LIMIT ?",
+                (*last, adapter, batch),
             )
             rows = [(seq, OptOut(address, shared.setdefault(scope, scope), shared.setdefault(reason, reason),
                                  shared.setdefault(origin, origin), occurred_at and shared.setdefault(
@@ -852,7 +868,7 @@ class Store:
     def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
                           source: str | None = None, since: str | None = None,
                           until: str | None = None, count: bool = False) -> Iterator[tuple]:
-        """Stream (address, scope, reason, origin, source, occurred_at or '') rows, by address.
+        """Stream (address, scope, reason, origin, source, occurred_at or '', released at) rows, by address.
 
         `since` (inclusive) and `until` (exclusive) compare with when the opt-out
         happened, or, where the source did not say, when it was recorded. With
@@ -873,7 +889,12 @@ class Store:
             where.append("COALESCE(occurred_at, recorded_at) < ?")
             params.append(until)
         # An unknown occurred_at is '' (as a CSV shows it), so every cell of a row is text.
-        columns = "count(*)" if count else "address, scope, reason, origin, source, COALESCE(occurred_at, '')"
+        # Where the recipient's own re-subscribe released it (state.resubscribes), ';'-separated; the
+        # lookup per row costs a third more time, so a store without releases skips it.
+        released = (" COALESCE((SELECT group_concat(adapter, ';') FROM (SELECT r.adapter FROM releases r"
+                    " WHERE r.address = suppressions.address AND r.scope = suppressions.scope ORDER BY r.adapter)),"
+                    " '')" if self.conn.execute("SELECT 1 FROM releases LIMIT 1").fetchone() else " ''")
+        columns = "count(*)" if count else f"address, scope, reason, origin, source, COALESCE(occurred_at, ''),{released}"
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -16,7 +16,7 @@ from pydantic import Field
 from adapters.base import AdapterSettings, Capabilities
 from adapters import registry
 from state.errors import PermanentError, TransientError
-from state.models import ALREADY, APPLIED, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page
+from state.models import ALREADY, APPLIED, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, Resubscribe
 
 
 class MemorySettings(AdapterSettings):
@@ -57,6 +57,12 @@ class MemoryAdapter:
         self.held.setdefault((optout.address, optout.scope), optout)
         self.log.append(optout)
 
+    def resubscribe(self, address: str, scope: str = "*", by: str = "recipient", occurred_at: str | None = None,
+                    **evidence) -> None:
+        """A change back to subscribed at the vendor, made by `by`: the vendor no longer holds the opt-out."""
+        self.held.pop((address, scope), None)
+        self.log.append(Resubscribe(address, scope, by, occurred_at, {"vendor": "memory", **evidence}))
+
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         if self.read_error:
             raise self.read_error
@@ -64,7 +70,8 @@ class MemoryAdapter:
         while position < len(self.log):
             chunk = self.log[position:position + self.settings.page_size]
             position += len(chunk)
-            yield Page(list(chunk), cursor=str(position))
+            yield Page([o for o in chunk if isinstance(o, OptOut)], cursor=str(position),
+                       resubscribes=[r for r in chunk if isinstance(r, Resubscribe)])
 
     def read_all(self) -> Iterator[Page]:
         if self.read_error:

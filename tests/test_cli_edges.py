@@ -125,7 +125,7 @@ def test_export_into_head_ends_quietly_with_0(world):
     big.write_text("email\n" + "".join(f"user{i}@example.com\n" for i in range(30_000)))
     assert run_cli("--config", str(settings), "import", str(big), "--confirm", "30000").returncode == 0
     code, stderr, got = piped(["--config", str(settings), "export"], ["head", "-1"])
-    assert got == b"email,scope,reason,origin,source,occurred_at\n"
+    assert got == b"email,scope,reason,origin,source,occurred_at,released_at\n"
     assert (code, stderr) == (0, "")  # 1 with "Aborted"-style noise before
 
 
@@ -184,7 +184,7 @@ def test_export_of_an_unknown_source_is_an_error_but_a_removed_adapter_with_rows
     assert [line.split(",")[0] for line in removed.stdout.splitlines()[1:]] == ["d@example.com", "e@example.com"]
     for source in ("sink", "import"):  # configured (or the import's) but with no rows: an empty export, no error
         empty = run_cli("--config", str(settings), "export", "--source", source)
-        assert (empty.returncode, empty.stdout) == (0, "email,scope,reason,origin,source,occurred_at\n")
+        assert (empty.returncode, empty.stdout) == (0, "email,scope,reason,origin,source,occurred_at,released_at\n")
 
 
 @pytest.mark.parametrize("since, until", [("2026-02-01", "2026-01-01"),

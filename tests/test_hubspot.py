@@ -363,6 +363,11 @@ def test_a_timeline_of_the_wrong_shape_is_a_clear_adapter_error():
 # -- reading: each mapping -------------------------------------------------------------------------------------
 
 
+def _ms_iso(ms: int) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="microseconds")
+
+
 def test_timeline_changes_map_to_opt_outs_notices_and_listed_problems():
     fake, adapter, clock = hubspot()
     at = fake.now_ms() - 60_000
@@ -385,9 +390,14 @@ def test_timeline_changes_map_to_opt_outs_notices_and_listed_problems():
         ("mystery@example.com", "*"): ("unsubscribed", "recipient"),  # unknown source: the most binding
     }
     assert optouts[("all@example.com", "*")].occurred_at == "2023-11-14T22:12:20.000000+00:00"
-    notices = [n for p in pages for n in p.notices]
-    assert [(n.address, n.scope) for n in notices] == [("back@example.com", "newsletter")]
-    assert "no suppression removed" in notices[0].details["message"]
+    assert [n for p in pages for n in p.notices] == []
+    # A change back to subscribed is a re-subscribe with who made it (the timeline's source) and its evidence.
+    resubscribes = [r for p in pages for r in p.resubscribes]
+    assert [(r.address, r.scope, r.by) for r in resubscribes] == [("back@example.com", "newsletter", "recipient")]
+    assert resubscribes[0].occurred_at == _ms_iso(at + 7)
+    evidence = resubscribes[0].evidence
+    assert evidence["hubspot_source"] == "SOURCE_RECIPIENT" and evidence["hubspot_subscription_id"] == "101"
+    assert evidence["hubspot_change_type"] == "SUBSCRIPTION_STATUS" and evidence["hubspot_event_id"]
     rejected = [r for p in pages for r in p.rejected]
     assert len(rejected) == 1 and "subscription 103" in rejected[0].reason
     assert pages[-1].cursor == str(fake.now_ms())
@@ -426,7 +436,7 @@ def test_cursor_overlap_catches_late_changes_without_duplicate_history():
     second = list(adapter.read_changes(cursor))
     assert {o.address for p in second for o in p.optouts} == {"early@example.com", "late@example.com",
                                                                "new@example.com"}
-    assert [n for p in second for n in p.notices] == []  # the re-subscribe was recorded last time
+    assert [r for p in second for r in p.resubscribes] == []  # the re-subscribe was read last time
     assert int(second[-1].cursor) > int(cursor)
     assert fake.calls("/timeline")[-1].params["startTimestamp"] == str(int(cursor) - 300_000)
 
@@ -434,6 +444,7 @@ def test_cursor_overlap_catches_late_changes_without_duplicate_history():
 def test_overlap_reads_have_no_duplicate_effects_in_the_store(tmp_path):
     fake, adapter, clock = hubspot()
     fake.recipient_unsubscribes_all("a@example.com", at=fake.now_ms() - 1000)
+    fake.recipient_unsubscribes("b@example.com", 101, at=fake.now_ms() - 950)
     fake.recipient_subscribes("b@example.com", 101, at=fake.now_ms() - 900)
     with Store(tmp_path / "store.db") as store:
         for _ in range(3):
@@ -443,8 +454,9 @@ def test_overlap_reads_have_no_duplicate_effects_in_the_store(tmp_path):
             store.promote("hubspot")
             clock.advance(5)
         kinds = [r[0] for r in store.conn.execute("SELECT kind FROM events ORDER BY seq")]
-        assert kinds == ["observed", "suppressed"]
-        assert store.count_suppressions() == 1
+        # b's re-subscribe is read with its opt-out, before that is promoted, and recorded once.
+        assert kinds == ["resubscribed", "suppressed", "suppressed"]
+        assert store.count_suppressions() == 2
 
 
 def test_first_read_of_an_empty_portal_is_one_timeline_call():

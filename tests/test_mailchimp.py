@@ -115,7 +115,8 @@ def test_incremental_read_asks_for_the_window_oldest_change_first():
     assert call.params["since_last_changed"] == "2023-11-14T21:46:40+00:00"  # cursor - overlap
     assert call.params["before_last_changed"] == "2023-11-14T22:13:20+00:00"
     assert (call.params["sort_field"], call.params["sort_dir"]) == ("last_changed", "ASC")
-    assert [c.params["status"] for c in fake.calls("/members")] == ["cleaned", "unsubscribed"]
+    # Then the members back to subscribed, for re-subscribes (issue 17).
+    assert [c.params["status"] for c in fake.calls("/members")] == ["cleaned", "unsubscribed", "subscribed"]
     assert cursors[-1] == "2023-11-14T22:13:20+00:00"
 
 

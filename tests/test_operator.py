@@ -153,7 +153,7 @@ def test_export_streams_csv_with_filters(world):
         return list(csv.reader(io.StringIO(out.getvalue())))
 
     everything = rows()
-    assert everything[0] == ["email", "scope", "reason", "origin", "source", "occurred_at"]
+    assert everything[0] == ["email", "scope", "reason", "origin", "source", "occurred_at", "released_at"]
     assert [r[0] for r in everything[1:]] == ["new@x.io", "news@x.io", "old@x.io", "spam@x.io"]
     assert [r[0] for r in rows(reasons=["hard_bounce"], since="2026-03-01")[1:]] == ["new@x.io"]
     assert [r[0] for r in rows(reasons=["hard_bounce", "spam_complaint"])[1:]] == ["new@x.io", "old@x.io", "spam@x.io"]

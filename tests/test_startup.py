@@ -77,7 +77,7 @@ def test_export_writes_exactly_what_csv_writer_writes(tmp_path, monkeypatch):
         expected = io.StringIO()
         writer = csv.writer(expected, lineterminator="\n")
         writer.writerow(operator.EXPORT_HEADER)
-        writer.writerows(store.conn.execute("SELECT address, scope, reason, origin, source, occurred_at"
+        writer.writerows(store.conn.execute("SELECT address, scope, reason, origin, source, occurred_at, ''"
                                             " FROM suppressions ORDER BY address, scope"))
     for chunk in (1, 3, 1000):
         monkeypatch.setattr(operator, "_EXPORT_CHUNK", chunk)

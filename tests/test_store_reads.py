@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from state.models import OptOut, Page
+from state.models import OptOut, Page, Resubscribe
 from state.store import Store
 
 ROWS = [
@@ -33,12 +33,20 @@ def rows(store, **filters):
 
 
 def test_every_row_by_address_then_scope_with_an_unknown_date_as_empty_text(store):
+    # The last column: where a recipient's own re-subscribe released it (none here).
     assert rows(store) == [
-        ("a@example.com", "*", "spam_complaint", "recipient", "crm", ""),
-        ("a@example.com", "news", "unsubscribed", "recipient", "crm", "2026-01-01T00:00:00.000000+00:00"),
-        ("b@example.com", "*", "hard_bounce", "system", "crm", "2026-01-02T00:00:00.000000+00:00"),
-        ("c@example.com", "*", "unsubscribed", "recipient", "esp", "2026-01-03T00:00:00.000000+00:00"),
+        ("a@example.com", "*", "spam_complaint", "recipient", "crm", "", ""),
+        ("a@example.com", "news", "unsubscribed", "recipient", "crm", "2026-01-01T00:00:00.000000+00:00", ""),
+        ("b@example.com", "*", "hard_bounce", "system", "crm", "2026-01-02T00:00:00.000000+00:00", ""),
+        ("c@example.com", "*", "unsubscribed", "recipient", "esp", "2026-01-03T00:00:00.000000+00:00", ""),
     ]
+
+
+def test_released_at_names_the_adapters_in_order_on_that_row_only(store):
+    again = Resubscribe("a@example.com", "news", "recipient", "2026-02-01T00:00:00.000000+00:00", {"vendor": "x"})
+    for adapter in ("esp", "crm"):
+        store.ingest_page(adapter, Page(resubscribes=[again]), resubscribe_policy="local")
+    assert [r[6] for r in rows(store)] == ["", "crm;esp", "", ""]
 
 
 def test_filters_combine_and_the_callers_list_is_left_as_it_was(store):

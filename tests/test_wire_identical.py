@@ -7,7 +7,8 @@ with a 429 and `Retry-After`), a lift and `check`. A recording transport keeps
 every request as sent (method, path, query, parsed body, the non-secret
 headers) and the adapter's own results. tests/data/wire/<vendor>.json holds
 what the adapters did before their modules were moved onto adapters/kit.py
-(Klaviyo's, written on the kit, as first recorded); a refactor must not change one request. Re-record (only for a deliberate
+(Klaviyo's, written on the kit, as first recorded; Mailchimp's two incremental reads end with
+the one re-subscribe read issue 17 added); a refactor must not change one request. Re-record (only for a deliberate
 change of behaviour) with OPTOUT_SYNC_RECORD_WIRE=1.
 """
 

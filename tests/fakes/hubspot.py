@@ -141,17 +141,25 @@ class FakeHubSpot(FakeVendor):
         with self._lock:
             self._set_status(email.lower(), subscription_id, "UNSUBSCRIBED", source, at=at)
 
-    def recipient_subscribes(self, email: str, subscription_id: int | None = None, *, at: int | None = None) -> None:
-        """A recipient opts back in (to one subscription, or to all email when no id is given)."""
+    def recipient_subscribes(self, email: str, subscription_id: int | None = None, *, at: int | None = None,
+                             source: str = "SOURCE_RECIPIENT") -> None:
+        """A recipient opts back in (to one subscription, or to all email when no id is given).
+
+        `source` says who the timeline names as having made the change (an admin: admin_subscribes).
+        """
         with self._lock:
             email = email.lower()
             if subscription_id is None:
                 self._prefs(email).wide.pop(0, None)
                 self._record(email, [{"change": "SUBSCRIBED", "changeType": "PORTAL_STATUS",
-                                      "source": "SOURCE_RECIPIENT"}], at)
+                                      "source": source}], at)
                 self._sync_contact(email)
             else:
-                self._set_status(email, subscription_id, "SUBSCRIBED", "SOURCE_RECIPIENT", at=at)
+                self._set_status(email, subscription_id, "SUBSCRIBED", source, at=at)
+
+    def admin_subscribes(self, email: str, subscription_id: int | None = None, *, at: int | None = None) -> None:
+        """A user of the portal opts the address back in by hand: the timeline names SOURCE_HUBSPOT_CUSTOMER."""
+        self.recipient_subscribes(email, subscription_id, at=at, source="SOURCE_HUBSPOT_CUSTOMER")
 
     def bounce(self, email: str, *, at: int | None = None) -> None:
         with self._lock:

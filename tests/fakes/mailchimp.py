@@ -87,6 +87,23 @@ class FakeMailchimp(FakeVendor):
             member = self._member_or_new(email, list_id, at)
             member.update(status="unsubscribed", last_changed=self.stamp(at), unsubscribe_reason=reason)
 
+    def recipient_resubscribes(self, email: str, *, list_id: str | None = None, at: float | None = None,
+                               ip: str = "203.0.113.7") -> None:
+        """The person signs up again (a form, or the confirmation email of a `pending` status): Mailchimp
+        records when and from which IP they confirmed their opt-in."""
+        with self._lock:
+            member = self._member_or_new(email, list_id, at)
+            member.update(status="subscribed", last_changed=self.stamp(at), timestamp_opt=self.stamp(at), ip_opt=ip,
+                          unique_email_id=f"u{member_hash(email)[:10]}")
+
+    def admin_resubscribes(self, email: str, *, list_id: str | None = None, at: float | None = None) -> None:
+        """A user of the account sets the member back to subscribed by hand: no opt-in confirmation is
+        recorded (the member keeps whatever timestamp_opt its first sign-up had)."""
+        with self._lock:
+            member = self._member_or_new(email, list_id, at)
+            member.update(status="subscribed", last_changed=self.stamp(at), ip_opt="",
+                          unique_email_id=f"u{member_hash(email)[:10]}")
+
     def clean(self, email: str, *, list_id: str | None = None, at: float | None = None) -> None:
         """Mailchimp cleans a member after a hard bounce."""
         with self._lock:

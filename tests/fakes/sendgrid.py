@@ -60,6 +60,21 @@ class FakeSendGrid(FakeVendor):
         with self._lock:
             self.group_suppressions.setdefault(group_id, {}).setdefault(email.lower(), at or self.now())
 
+    def recipient_resubscribes(self, email: str, group_id: int | None = None) -> None:
+        """The recipient re-subscribes on SendGrid's preference page (the Event Webhook's group_resubscribe).
+
+        The suppression is gone; the API's lists keep no record of who removed it, or when.
+        """
+        with self._lock:
+            if group_id is None:
+                self.lists["unsubscribes"].pop(email.lower(), None)
+            else:
+                self.group_suppressions.get(group_id, {}).pop(email.lower(), None)
+
+    def admin_resubscribes(self, email: str, group_id: int | None = None) -> None:
+        """A user of the account deletes the suppression in SendGrid's UI: the API shows the same as above."""
+        self.recipient_resubscribes(email, group_id)
+
     def bounce(self, email: str, *, status: str = "5.1.1", reason: str = "550 5.1.1 The email account that you "
                "tried to reach does not exist", at: int | None = None) -> None:
         with self._lock:

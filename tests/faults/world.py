@@ -105,7 +105,7 @@ class World:
         """
         fan_out = {name for name, kit in self.kits.items() if kit.fans_out}
         echoes, invented = set(), set()
-        for address, scope, reason, origin, source, _ in self.store.iter_suppressions():
+        for address, scope, reason, origin, source, *_ in self.store.iter_suppressions():
             if (address, scope) in self.union:
                 continue
             if scope != "*" and source in fan_out and origin == "user" and (address, "*") in self.union:

@@ -1,4 +1,4 @@
-"""Builds the fixture stores of the earlier schema versions: store_v1.db, store_v2.db, store_v3.db.
+"""Builds the fixture stores of the earlier schema versions: store_v1.db ... store_v4.db.
 
     python tests/data/stores/make_stores.py
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 # Small pages keep each file at a few KB (the program's own stores use 16 KB pages).
 PAGE_SIZE = 512
 
@@ -273,6 +273,11 @@ ROWS: dict[str, tuple[int, tuple[str, ...], list[tuple]]] = {
         ("bounced-2024-03", "101", "cat@example.com", _ts(3), "invalid", "deleted", None, _ts(12)),
         ("bounced-2024-03", "102", "fay@example.com", _ts(3), "invalid", None, None, None),
     ]),
+    # store_meta gets its identity row from migration 4 itself.
+    "inflight": (4, ("adapter", "seq", "marked_at"), [("sendgrid", 2, _ts(5))]),
+    "adapter_memory": (4, ("adapter", "key", "value", "updated_at"), [
+        ("hubspot", "batch_refused_write", _ts(4), _ts(4)),
+    ]),
 }
 
 
@@ -289,6 +294,9 @@ def build(version: int, path: Path) -> None:
             if since <= version:
                 conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
                                  f"VALUES ({', '.join('?' * len(columns))})", rows)
+        if version >= 4:  # migration 4 draws the identity; a fixed one keeps the file the same on every run
+            conn.execute("UPDATE store_meta SET value = CASE key WHEN 'store_id' THEN ? ELSE ? END",
+                         ("0123456789abcdef0123456789abcdef", T))
         conn.execute("COMMIT")
         conn.execute("VACUUM")
     finally:
@@ -303,7 +311,7 @@ def apply_old_migrations(conn: sqlite3.Connection, version: int) -> None:
 
 
 def main(folder: Path = HERE) -> None:
-    """Write store_v1.db ... store_v3.db into `folder`."""
+    """Write store_v1.db ... store_v4.db into `folder`."""
     for version in VERSIONS:
         target = folder / f"store_v{version}.db"
         build(version, target)
