@@ -287,3 +287,13 @@ def test_a_stronger_reason_found_by_reconcile_is_recorded_with_its_time(memory_w
     changed = [e for e in store.events_for("x@example.com") if e["kind"] == "changed"]
     assert [(e["reason"], e["source"]) for e in changed] == [("spam_complaint", "a")]
     assert changed[0]["recorded_at"] and store.suppression("x@example.com")["reason"] == "spam_complaint"
+
+
+def test_a_reapply_that_fails_as_a_whole_leaves_no_in_flight_mark(memory_world):
+    """The send failed before reaching the sink: its marks must not later count as ours for a lift."""
+    settings, store, engine, v = drifted_world(memory_world)
+    v["b"].fail_transient_batches = 1
+    report = engine.reconcile("b")
+    assert report.error is not None and "503" in str(report.error)
+    assert store.conn.execute("SELECT count(*) FROM inflight").fetchone()[0] == 0
+    assert engine.reconcile("b").pushed == 7

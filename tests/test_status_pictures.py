@@ -252,3 +252,14 @@ def test_the_status_page_includes_the_pictures_after_the_adapter_table(tmp_path)
     assert page.index('id="adapters"') < page.index('id="chart-reason"') < page.index('id="chart-lag"') \
         < page.index('id="open-failures"') < page.index('id="last-events"')
     assert "no new opt-outs in these days" in page and "no samples yet" in page
+
+
+def test_a_counter_recounts_for_another_store_even_when_its_log_is_longer(tmp_path):
+    counter = dashboard.DailyOptOutCounter(days=3)
+    with Store(tmp_path / "first.db") as first:
+        add_suppressed(first, [(NOW, "hard_bounce", "crm")])
+        assert counter.refresh(first.conn, NOW).total == 1
+    with Store(tmp_path / "second.db") as second:
+        add_suppressed(second, [(NOW, "unsubscribed", "esp")] * 3)
+        daily = counter.refresh(second.conn, NOW)
+        assert daily.by_reason == {"unsubscribed": [0, 0, 3]} and daily.by_source == {"esp": [0, 0, 3]}
