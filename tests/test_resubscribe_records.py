@@ -108,3 +108,60 @@ def test_a_removal_outcome_is_recorded_and_no_longer_due(store, ok, kind):
                              " LIMIT 1").fetchone()
     assert row == (kind, "own@example.com", "*", "esp", 1, "vendor said so")
     assert store.conn.execute("SELECT adapter FROM removals_due").fetchall() == [("other",)]
+
+
+def test_every_item_of_a_page_is_weighed_and_counted_after_one_that_is_skipped(store):
+    items = [Resubscribe("never@example.com", "*", "recipient", LATER, {}),          # never opted out
+             Resubscribe("own@example.com", "*", "recipient", OPTED_OUT, {}),         # not after the opt-out
+             Resubscribe("spam@example.com", "*", "recipient", LATER, {}),            # refused
+             Resubscribe("hb@example.com", "*", "admin", LATER, {}),                  # refused
+             Resubscribe("own@example.com", "*", "recipient", LATER, {"n": 1})]       # released
+    with store.transaction():
+        counts = resubscribes.record(store, "esp", items, "local", NOW)
+    assert (counts.released, counts.lifted, counts.refused) == (1, 0, 2)
+    store.ingest_page("crm", Page([OptOut("fresh@example.com", "*", "unsubscribed", "recipient", OPTED_OUT),
+                                   OptOut("new@example.com", "*", "unsubscribed", "recipient", OPTED_OUT)]))
+    store.promote("crm")
+    more = [Resubscribe("fresh@example.com", "*", "recipient", LATER, {}),
+            Resubscribe("new@example.com", "*", "recipient", LATER, {})]
+    with store.transaction():  # the same page read again, and more: each one is recorded once
+        again = resubscribes.record(store, "esp", items + more, "local", NOW)
+    assert (again.released, again.refused) == (2, 0)
+    assert store.conn.execute("SELECT count(*) FROM events WHERE kind IN ('resubscribed', 'observed')"
+                              ).fetchone()[0] == 5
+
+
+def test_two_lifts_in_a_page_are_both_counted_and_worded(store):
+    store.ingest_page("crm", Page([OptOut("two@example.com", "*", "unsubscribed", "recipient", OPTED_OUT)]))
+    store.promote("crm")
+    items = [Resubscribe("own@example.com", "*", "recipient", LATER, {}),
+             Resubscribe("two@example.com", "*", "recipient", LATER, {})]
+    with store.transaction():
+        counts = resubscribes.record(store, "esp", items, "everywhere", NOW)
+    assert counts.lifted == 2
+    messages = [m for (m,) in store.conn.execute("SELECT message FROM events WHERE kind = 'resubscribed'")]
+    assert messages == ["re-subscribed at esp by the recipient; the opt-out is lifted everywhere "
+                        "(policy everywhere)"] * 2
+
+
+def test_an_opt_out_in_the_same_page_dated_after_the_re_subscribe_keeps_it_from_releasing(store):
+    latest = "2026-02-15T00:00:00.000000+00:00"
+    page = [OptOut("own@example.com", "*", "unsubscribed", "recipient", latest),   # the newest comes first
+            OptOut("own@example.com", "*", "unsubscribed", "recipient", OPTED_OUT),
+            OptOut("other@example.com", "*", "unsubscribed", "recipient", "2027-01-01T00:00:00.000000+00:00")]
+    with store.transaction():
+        counts = resubscribes.record(store, "esp", [Resubscribe("own@example.com", "*", "recipient", LATER, {})],
+                                     "local", NOW, page)
+    assert (counts.released, counts.refused) == (0, 0)
+    assert resubscribes.releases_of(store, "own@example.com", "*") == []
+
+
+def test_an_opt_out_still_staged_is_weighed_by_its_own_reason(tmp_path, memory_world):
+    settings, store, engine, v = memory_world([{"name": "crm", "max_new_per_cycle": 1}])
+    v["crm"].opt_out(OptOut("a@example.com", "*", "spam_complaint", "recipient", OPTED_OUT))
+    v["crm"].opt_out(OptOut("b@example.com", "*", "spam_complaint", "recipient", OPTED_OUT))
+    engine.cycle("crm")
+    assert store.checkpoint("crm").paused and store.suppression("a@example.com") is None
+    counts = record(store, Resubscribe("a@example.com", "*", "recipient", LATER, {}))
+    assert counts.refused == 1
+    assert last_event(store)[4] == "re-subscribe at esp not honoured: a spam complaint is never released; the opt-out stays"

@@ -142,3 +142,16 @@ def test_truncating_the_wal_empties_it_and_a_reader_in_the_way_makes_it_give_up(
             reader.rollback()
             reader.close()
         assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout
+
+
+def test_truncating_the_wal_inside_an_open_transaction_gives_up_without_an_error(tmp_path):
+    from state.models import OptOut, Page
+
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("crm", Page([OptOut("a@example.com")]))
+        store.conn.execute("BEGIN")
+        store.conn.execute("DELETE FROM staged")
+        try:
+            assert store.truncate_wal() is False
+        finally:
+            store.conn.execute("ROLLBACK")
