@@ -299,3 +299,30 @@ def test_a_reapply_that_fails_as_a_whole_leaves_no_in_flight_mark(memory_world):
     assert report.error is not None and "503" in str(report.error)
     assert store.conn.execute("SELECT count(*) FROM inflight").fetchone()[0] == 0
     assert engine.reconcile("b").pushed == 7
+
+
+def test_re_subscribes_a_full_read_brings_are_released_from_every_page_and_only_where_it_is_read(memory_world):
+    from state.models import Page, Resubscribe
+
+    settings, store, engine, v = memory_world([{"name": "a", "page_size": 1}, {"name": "b", "role": "write"}])
+    dated = "2026-01-01T00:00:00.000000+00:00"
+    for address in ("x@example.com", "y@example.com"):
+        v["a"].opt_out(OptOut(address, "*", "unsubscribed", "recipient", dated))
+    engine.sync_once()
+    later = "2026-02-01T00:00:00.000000+00:00"
+    back = {a: Resubscribe(a, "*", "recipient", later, {"id": a}) for a in ("x@example.com", "y@example.com")}
+
+    def with_resubscribes(reads):
+        def read_all():
+            for page in reads():
+                yield Page(page.optouts, resubscribes=[back[o.address] for o in page.optouts])
+        return read_all
+
+    v["b"].read_all = with_resubscribes(v["b"].read_all)   # a sink that is never read from
+    assert engine.reconcile("b").released == 0
+    assert store.conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
+    v["a"].read_all = with_resubscribes(v["a"].read_all)
+    report = engine.reconcile("a")
+    assert report.error is None and report.released == 2
+    assert store.conn.execute("SELECT address, adapter FROM releases ORDER BY address").fetchall() == [
+        ("x@example.com", "a"), ("y@example.com", "a")]

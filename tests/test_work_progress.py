@@ -180,3 +180,17 @@ def test_an_adapters_memory_never_holds_the_progress_row(tmp_path):
             assert adapter.memory.get("batch_forbidden") == "2026-01-01"
             assert STORE_KEY not in adapter.memory
         assert store.adapter_memory("crm")[STORE_KEY] == '{"done": 1}'  # and saving it left the row alone
+
+
+def test_a_reconciles_full_read_reports_its_progress_under_its_adapter(memory_world, monkeypatch):
+    settings, store, engine, vendors = memory_world([{"name": "a", "page_size": 5}])
+    log = io.StringIO()
+    setup_logging("json", "info", stream=log)
+    for i in range(12):
+        vendors["a"].held[(f"r{i}@example.com", "*")] = memory_adapter.OptOut(f"r{i}@example.com")
+    engine.report_progress = True
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY", 0.0)
+    assert engine.reconcile("a").error is None
+    reading = [json.loads(line) for line in log.getvalue().splitlines() if '"reconcile_read"' in line]
+    assert [(e["adapter"], e["phase"], e["done"]) for e in reading] == [
+        ("a", "reconcile_read", 5), ("a", "reconcile_read", 10), ("a", "reconcile_read", 12)]
