@@ -242,6 +242,47 @@ def bench_export(work: Path, n: int, rounds: int) -> list[Row]:
     return [Row("export", f"{n:,} suppressions", wall, base, "s", "<= 2x baseline", wall <= 2 * base)]
 
 
+def build_store_shuffled(work: Path, settings: Path, n: int, seed: int = 3) -> None:
+    """A store of n global suppressions recorded in random address order (as a real backlog is)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    listing = work / "store-list.csv"
+    with listing.open("w") as handle:
+        handle.write("email\n")
+        handle.writelines(address(i) + "\n" for i in order)
+    del order
+    measured([*cli(), "--config", str(settings), "import", str(listing), "--confirm", str(n)], work)
+    listing.unlink()
+
+
+def bench_push_file(work: Path, n: int, rounds: int) -> list[Row]:
+    """Push a backlog of n to a csv_file sink (`sync --once`), against `export` of the same n, same run.
+
+    The backlog is recorded in random address order, so a sink that merged each batch into a
+    sorted file would rewrite it once per batch. Peak RSS is the pushing process's own.
+    """
+    adapters = '[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "sink.csv"\n'
+    settings = write_settings(work, adapters)
+    build_store_shuffled(work, settings, n)
+    backup = work / "store.backup"
+    shutil.copy(work / "store.db", backup)
+    walls, bases, rss = [], [], 0.0
+    for _ in range(rounds):
+        for leftover in [work / "sink.csv", *work.glob("store.db*")]:
+            leftover.unlink(missing_ok=True)
+        shutil.copy(backup, work / "store.db")
+        wall, peak, out = measured([*cli(), "--config", str(settings), "sync", "--once", "--adapter", "sink"], work)
+        if f"pushed {n}," not in out:
+            raise RuntimeError(f"push to file did not push {n}: {out}")
+        walls.append(wall)
+        rss = max(rss, peak)
+        bases.append(measured([*cli(), "--config", str(settings), "export", "-o", str(work / "out.csv")], work)[0])
+    wall, base = min(walls), min(bases)
+    return [Row("push to file", f"{n:,} opt-outs to csv_file (baseline: export of the same)", wall, base, "s",
+                "<= 2x baseline", wall <= 2 * base),
+            Row("push to file", f"peak RSS, backlog of {n:,}", rss, None, "MB", "<= 100 MB", rss <= 100)]
+
+
 def bench_push(work: Path, n: int, batch: int, server_latency: float) -> list[Row]:
     from bench.fake_vendor import BenchVendor, register
     from connector.engine import Engine
@@ -384,14 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: about one minute in all")
     parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
     parser.add_argument("--only", action="append", help="run only these benchmarks (repeatable)")
+    parser.add_argument("--size", type=int, help="rows for import, export, reconcile and push to file "
+                        "(default 1,000,000; 20,000 with --quick)")
+    parser.add_argument("--rounds", type=int, help=f"rounds of the quick commands (default {ROUNDS}; 1 with --quick)")
     args = parser.parse_args(argv)
     quick = args.quick
-    size = 20_000 if quick else 1_000_000
-    rounds = 1 if quick else ROUNDS
+    size = args.size or (20_000 if quick else 1_000_000)
+    rounds = args.rounds or (1 if quick else ROUNDS)
     plan = {
         "import": lambda w: bench_import(w, size, rounds),
         "reconcile": lambda w: reconcile_rows(w, size, quick),
         "export": lambda w: bench_export(w, size, rounds),
+        "push-file": lambda w: bench_push_file(w, size, rounds),
         "push": lambda w: bench_push_rounds(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05, rounds),
         "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
         "idle": lambda w: bench_idle(w, 5 if quick else 60),

@@ -564,8 +564,10 @@ class Store:
         ).fetchall()
         if not rows:
             return [], after_seq
+        # An import's rows share one details text: decoded once per text, not once per row.
+        details_of = functools.lru_cache(maxsize=256)(_details_from)
         pending = [
-            PendingEvent(seq, OptOut(address, scope, reason, origin, occurred_at, _details_from(details)),
+            PendingEvent(seq, OptOut(address, scope, reason, origin, occurred_at, details and details_of(details)),
                          source, recorded_at)
             for seq, source, recorded_at, address, scope, reason, origin, occurred_at, details, done in rows
             if address is not None and source != adapter and not done
@@ -628,6 +630,9 @@ class Store:
                                  item.result.message, now, now))
         with self.transaction():
             self._ensure_checkpoint(adapter)
+            # executemany, not one JSON array through json_each as ingest does: with ten columns,
+            # SQLite 3.40's ->> parses each row's array once per column, which measured twice as slow
+            # (0.34 s against 0.18 s for 50,000 events).
             self.conn.executemany(
                 "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, target, ref_seq, message,"
                 " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", events)
