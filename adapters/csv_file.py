@@ -56,34 +56,46 @@ class CsvFileSettings(AdapterSettings):
 class KeyIndex:
     """Hashes of the (address, scope) keys a file holds, in 4,096 small sorted arrays (by their top bits).
 
-    `may_hold` is exact when it says no; a yes must be confirmed against the file. An array holds
-    8 bytes a key and an insert moves only its own small array, so the index grows by 8 bytes a
-    row and never needs a merge (a merge of one large array would briefly cost tens of MB).
+    `may_hold` is exact when it says no; a yes must be confirmed against the file. New hashes wait
+    in a short list per array and are sorted in 64 at a time, so adding costs a fraction of a
+    microsecond; an array holds 8 bytes a key and only small ones are ever rebuilt, so memory
+    grows by about 8 bytes a row with no spike (a merge of one large array would cost tens of MB).
     """
 
     _SHIFT = 52  # 64-bit hashes: the top 12 bits choose one of 4,096 arrays
+    _WAITING = 64
 
     def __init__(self, hashes: Iterable[int] = ()):
         self._arrays = [array("q") for _ in range(1 << (64 - self._SHIFT))]
-        self._count = 0
+        self._waiting: list[list[int]] = [[] for _ in self._arrays]
         self.add(hashes)
 
     def may_hold(self, value: int) -> bool:
-        found = self._arrays[(value >> self._SHIFT) & 0xFFF]
+        bucket = (value >> self._SHIFT) & 0xFFF
+        found = self._arrays[bucket]
         at = bisect_left(found, value)
-        return at < len(found) and found[at] == value
+        return (at < len(found) and found[at] == value) or value in self._waiting[bucket]
 
     def add(self, values: Iterable[int]) -> None:
-        arrays, shift = self._arrays, self._SHIFT
+        waiting, shift, limit = self._waiting, self._SHIFT, self._WAITING
         for value in values:
-            found = arrays[(value >> shift) & 0xFFF]
-            at = bisect_left(found, value)
-            if at == len(found) or found[at] != value:
-                found.insert(at, value)
-                self._count += 1
+            bucket = (value >> shift) & 0xFFF
+            pending = waiting[bucket]
+            pending.append(value)
+            if len(pending) >= limit:
+                self._sort_in(bucket)
+
+    def _sort_in(self, bucket: int) -> None:
+        merged = set(self._arrays[bucket])
+        merged.update(self._waiting[bucket])
+        self._arrays[bucket] = array("q", sorted(merged))
+        self._waiting[bucket] = []
 
     def __len__(self) -> int:
-        return self._count
+        for bucket, pending in enumerate(self._waiting):
+            if pending:
+                self._sort_in(bucket)
+        return sum(len(found) for found in self._arrays)
 
 
 def key_hash(address: str, scope: str) -> int:
@@ -107,6 +119,7 @@ class CsvFileAdapter:
         self._swept = False
         self._index: KeyIndex | None = None
         self._stamp: tuple[int, int, int, int] | None = None  # the file as our last write left it
+        self._read_once = False  # an apply without an index has read the file once since it was (re)loaded
 
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         raise TypeError(f"adapter {self.name!r} (csv_file) is a sink; it has no changes to read")
@@ -133,8 +146,11 @@ class CsvFileAdapter:
             index = self._index_for(fd)
             wanted = {(o.address, o.scope): o for o in batch}
             hashes = {key: key_hash(*key) for key in wanted}
-            maybe = {key for key, value in hashes.items() if index.may_hold(value)}
-            present = self._confirm_held(maybe) if maybe else set()
+            if index is None:
+                present = self._confirm_held(set(wanted))   # one exact read of the file, no index yet
+            else:
+                maybe = {key for key, value in hashes.items() if index.may_hold(value)}
+                present = self._confirm_held(maybe) if maybe else set()
             new = sorted(key for key in wanted if key not in present)
             if new:
                 buffer = io.StringIO()
@@ -145,7 +161,8 @@ class CsvFileAdapter:
                 for key in new:
                     writerow(_row(wanted[key]))
                 self._append_durably(fd, end, buffer.getvalue().encode("utf-8"))
-                index.add(hashes[key] for key in new)
+                if index is not None:
+                    index.add(hashes[key] for key in new)
             self._remember(fd)
         return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]
 
@@ -244,7 +261,7 @@ class CsvFileAdapter:
             os.ftruncate(fd, end)
             os.fsync(fd)
         self._marker.unlink(missing_ok=True)
-        self._index = None
+        self._index, self._read_once = None, False
 
     def _torn_end(self) -> int | None:
         try:
@@ -271,11 +288,20 @@ class CsvFileAdapter:
         os.fsync(fd)
         marker.unlink()
 
-    def _index_for(self, fd: int) -> KeyIndex:
-        """The key index, built from the file when this process has none or the file changed under it."""
-        if self._index is None or self._stamp != _stamp(fd):
-            self._index = KeyIndex(key_hash(row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
-                                   for _, row in self._rows())
+    def _index_for(self, fd: int) -> KeyIndex | None:
+        """The key index; None for the first apply after the file was (re)loaded, built at the second.
+
+        One batch (a reconcile's re-apply, say) is checked by one exact read of the file, which
+        costs less than building the index; a push of many batches builds it once.
+        """
+        if self._index is not None and self._stamp == _stamp(fd):
+            return self._index
+        self._index = None
+        if not self._read_once:
+            self._read_once = True
+            return None
+        self._index = KeyIndex(key_hash(row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
+                               for _, row in self._rows())
         return self._index
 
     def _remember(self, fd: int) -> None:
@@ -324,7 +350,7 @@ class CsvFileAdapter:
             with self._locked_file() as fd:
                 self._cut_torn_append(fd)
                 results = self._rewrite_unlocked(batch, remove)
-                self._index = None  # the keys changed; rebuilt at the next append
+                self._index, self._read_once = None, False  # the keys changed; the next appends reload
                 return results
         return self._rewrite_unlocked(batch, remove)
 

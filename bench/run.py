@@ -210,6 +210,7 @@ def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
         handle.writelines(f"{a},*,imported,user,\n" for a in sink_addresses(n, differ))
     wall_in, rss_in, _ = measured([*cli(), "--config", str(settings), "reconcile", "inbox"], work)
     wall_out, rss_out, _ = measured([*cli(), "--config", str(settings), "reconcile", "sink"], work)
+    print(f"  reconcile {n:,}: source side {wall_in:.2f} s, sink side {wall_out:.2f} s", file=sys.stderr)
     # Baseline: the same two comparisons with sort + comm on plain address lists.
     store_list, source_list, sink_list = work / "store.txt", work / "source.txt", work / "sink.txt"
     with store_list.open("w") as handle:

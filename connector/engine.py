@@ -24,8 +24,10 @@ from pydantic import SecretStr
 from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
 from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Rejected, utc_now
+from state.merge_diff import SinkMerge
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
+from .prefetch import prefetched
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
     from .settings import Settings
@@ -329,11 +331,20 @@ class Engine:
         if not adapter.capabilities.read_all:
             raise ConfigError(f"adapter {name!r} cannot read its full set, so it cannot be reconciled")
         ingest = config.reads and adapter.capabilities.read_changes
+        writes = config.writes and adapter.capabilities.write
         with self.store.rolled_back() if report.dry_run else nullcontext():
-            self.store.begin_source_set()
+            # A sink that is only written needs only what it lacks: a merge against the store's
+            # primary key (state/merge_diff.py) finds that without loading the read into a table.
+            merge = None if ingest or not writes else SinkMerge(
+                self.store, set(adapter.capabilities.scopes), self.settings.unmapped_policy(config) == "global")
+            if merge is None:
+                self.store.begin_source_set()
             with self._progress(name, "reconcile_read", report) as progress:
-                for page in adapter.read_all():
-                    self.store.add_to_source_set(page.optouts)
+                for page in prefetched(adapter.read_all(), self.stop):
+                    if merge is None:
+                        self.store.add_to_source_set(page.optouts)
+                    else:
+                        merge.feed(page.optouts)
                     report.pulled += len(page.optouts)
                     report.rejected += len(page.rejected)  # listed when the rows were first pulled
                     progress.step(len(page.optouts))  # no total: a full read does not say its size
@@ -342,16 +353,18 @@ class Engine:
             if ingest and not self.store.checkpoint(name).paused:
                 report.absorb(self.store.stage_from_source_set(name))
                 self._promote_within_guard(name, config, report)
-            if config.writes and adapter.capabilities.write:
-                self._reapply_missing(name, adapter, config, report)
+            if merge is not None:
+                merge.finish()
+            if writes:
+                self._reapply_missing(name, adapter, config, report, merged=merge is not None)
             if not report.dry_run:
                 self.store.set_checkpoint(name, last_reconcile_at=utc_now(), reconcile_requested=0)
 
     def _reapply_missing(self, name: str, adapter: Adapter, config: AdapterSettings,
-                         report: CycleReport) -> None:
+                         report: CycleReport, *, merged: bool = False) -> None:
         as_global = self.settings.unmapped_policy(config) == "global"
         missing = self.store.missing_at_source(set(adapter.capabilities.scopes), as_global,
-                                               adapter.capabilities.batch_size)
+                                               adapter.capabilities.batch_size, merged=merged)
         with self._progress(name, "reconcile_apply", report) as progress:
             for rows in missing:
                 report.missing_at_source += len(rows)

@@ -256,3 +256,15 @@ def test_csv_file_append_holds_each_key_once_and_reports_exactly_what_it_held(tm
         assert [r.outcome for r in results] == [APPLIED if h else ALREADY for h in was_held]
     else:
         assert [r.outcome for r in results] == [ALREADY if h else APPLIED for h in was_held]
+
+
+def test_key_index_answers_no_exactly_and_yes_for_every_key_added():
+    import random
+    rng = random.Random(5)
+    values = [rng.getrandbits(64) - 2**63 for _ in range(60_000)]
+    index = csv_file.KeyIndex(values[:30_000])
+    index.add(values[30_000:50_000])
+    index.add(values[:100])                                   # already held: counted once
+    assert all(index.may_hold(v) for v in values[:50_000])
+    assert not any(index.may_hold(v) for v in values[50_000:])
+    assert len(index) == 50_000
