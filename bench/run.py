@@ -422,6 +422,32 @@ def bench_vendor_push(work: Path, n: int, latency: float) -> list[Row]:
                 ses_calls == n)]
 
 
+GROWTH_SIZES = (100_000, 1_000_000, 5_000_000)
+
+
+def bench_growth(work: Path, sizes: tuple[int, ...] = GROWTH_SIZES) -> list[Row]:
+    """Import, push to file and reconcile at each size, one round each with its baseline.
+
+    The figure is microseconds per row, ours and the baseline's, so linear growth shows as a
+    flat column; the ratio column is ours against the baseline at that size.
+    """
+    rows: list[Row] = []
+    for n in sizes:
+        for name, run in (("import", lambda w: bench_import(w, n, 1)[0]),
+                          ("push to file", lambda w: bench_push_file(w, n, 1)[0]),
+                          ("reconcile", lambda w: Row("reconcile", "", *bench_reconcile(w, n)[:2], "s", "", True))):
+            folder = work / f"{name.replace(' ', '-')}-{n}"
+            folder.mkdir()
+            done = run(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            per_row = done.ours / n * 1e6
+            base_per_row = done.baseline / n * 1e6
+            rows.append(Row(f"growth: {name}", f"{n:,} rows, per row (total {done.ours:.1f} s, baseline "
+                            f"{done.baseline:.1f} s)", per_row, base_per_row, "µs", "flat across sizes", True))
+            print("  " + " | ".join(rows[-1].cells()), file=sys.stderr, flush=True)
+    return rows
+
+
 def bench_push_rounds(work: Path, n: int, batch: int, server_latency: float, rounds: int) -> list[Row]:
     """bench_push `rounds` times: the round with the least engine time, unless a round missed ceil(N/B)."""
     results = []
@@ -544,13 +570,16 @@ def main(argv: list[str] | None = None) -> int:
         # At the documented 200 a page and 4 a second, 1,000,000 takes 21 minutes: only when asked.
         "vendor-reconcile": lambda w: bench_vendor_reconcile(w, 4000 if quick else size),
         "vendor-push": lambda w: bench_vendor_push(w, 500 if quick else 10_000, 0.1),
+        # 100k, 1M and 5M of import, push to file and reconcile: about 20 minutes, only when asked.
+        "growth": lambda w: bench_growth(w, (2_000, 10_000) if quick else GROWTH_SIZES),
         "push": lambda w: bench_push_rounds(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05, rounds),
         "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
         "idle": lambda w: bench_idle(w, 5 if quick else 60),
     }
     rows: list[Row] = []
     for name, run in plan.items():
-        if (args.only and name not in args.only) or (not args.only and name == "vendor-reconcile" and not quick):
+        if (args.only and name not in args.only) or (not args.only and name in ("vendor-reconcile", "growth")
+                                                      and not quick):
             continue
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
             print(f"running {name} ...", file=sys.stderr, flush=True)
