@@ -496,10 +496,17 @@ class MailchimpAdapter:
         The look-ups run on up to `concurrent_requests` connections at once, Mailchimp's limit being
         on simultaneous connections; the caller handles each error in the batch's order.
         """
+        ended: list[Exception] = []  # an error that ends the batch: no look-up starts after it
+
         def one(address: str) -> tuple[str, str | None | Exception]:
+            if ended:
+                return address, ended[0]
             try:
                 return address, self._member_status(address, endpoint)
             except Exception as exc:  # handed to the caller, which decides per item
+                if isinstance(exc, (RetryBudgetSpent, UnexpectedAnswer)) or (
+                        isinstance(exc, VendorPermanentError) and (exc.status in (401, 403) or exc.status is None)):
+                    ended.append(exc)  # as one at a time would: nothing more is asked of Mailchimp
                 return address, exc
 
         workers = min(self.settings.concurrent_requests, len(addresses))
