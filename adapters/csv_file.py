@@ -54,42 +54,66 @@ class CsvFileSettings(AdapterSettings):
 
 
 class KeyIndex:
-    """Hashes of the (address, scope) keys a file holds, in 4,096 small sorted arrays (by their top bits).
+    """Hashes of the (address, scope) keys a file holds, in small sorted arrays chosen by their top bits.
 
     `may_hold` is exact when it says no; a yes must be confirmed against the file. New hashes wait
-    in a short list per array and are sorted in 64 at a time, so adding costs a fraction of a
-    microsecond; an array holds 8 bytes a key and only small ones are ever rebuilt, so memory
-    grows by about 8 bytes a row with no spike (a merge of one large array would cost tens of MB).
+    in a short list per array and are sorted in 64 at a time. The number of arrays grows fourfold
+    whenever they average 256 hashes, so an array stays small and adding or looking up costs the
+    same at any size; memory grows by about 8 bytes a row, with no spike (a merge of one large
+    array would briefly cost tens of MB).
     """
 
-    _SHIFT = 52  # 64-bit hashes: the top 12 bits choose one of 4,096 arrays
     _WAITING = 64
+    _AVERAGE = 256
 
     def __init__(self, hashes: Iterable[int] = ()):
-        self._arrays = [array("q") for _ in range(1 << (64 - self._SHIFT))]
+        self._bits = 12
+        self._arrays = [array("q") for _ in range(1 << self._bits)]
         self._waiting: list[list[int]] = [[] for _ in self._arrays]
+        self._count = 0  # hashes added, repeats included (an upper bound, for growing)
         self.add(hashes)
 
     def may_hold(self, value: int) -> bool:
-        bucket = (value >> self._SHIFT) & 0xFFF
+        bucket = (value >> (64 - self._bits)) & ((1 << self._bits) - 1)
         found = self._arrays[bucket]
         at = bisect_left(found, value)
         return (at < len(found) and found[at] == value) or value in self._waiting[bucket]
 
     def add(self, values: Iterable[int]) -> None:
-        waiting, shift, limit = self._waiting, self._SHIFT, self._WAITING
+        waiting, shift, mask, limit = self._waiting, 64 - self._bits, (1 << self._bits) - 1, self._WAITING
         for value in values:
-            bucket = (value >> shift) & 0xFFF
+            bucket = (value >> shift) & mask
             pending = waiting[bucket]
             pending.append(value)
             if len(pending) >= limit:
                 self._sort_in(bucket)
+            self._count += 1
+            if self._count > self._AVERAGE << self._bits:
+                self._grow()
+                waiting, shift, mask = self._waiting, 64 - self._bits, (1 << self._bits) - 1
 
     def _sort_in(self, bucket: int) -> None:
         merged = set(self._arrays[bucket])
         merged.update(self._waiting[bucket])
         self._arrays[bucket] = array("q", sorted(merged))
         self._waiting[bucket] = []
+
+    def _grow(self) -> None:
+        """Four times as many arrays: each sorted array splits into four, in order."""
+        bits = self._bits + 2
+        shift, mask = 64 - bits, (1 << bits) - 1
+        arrays: list[array] = []
+        for bucket in range(len(self._arrays)):
+            if self._waiting[bucket]:
+                self._sort_in(bucket)
+            parts: list[list[int]] = [[], [], [], []]
+            for value in self._arrays[bucket]:
+                parts[((value >> shift) & mask) & 3].append(value)
+            arrays.extend(array("q", part) for part in parts)
+            self._arrays[bucket] = array("q")  # freed as we go
+        self._bits, self._arrays = bits, arrays
+        self._waiting = [[] for _ in arrays]
+        self._count = sum(len(found) for found in arrays)
 
     def __len__(self) -> int:
         for bucket, pending in enumerate(self._waiting):

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import pytest
+
 from adapters import csv_file
 from adapters.csv_file import CsvFileAdapter, CsvFileSettings
 from adapters.csv_folder import CsvFolderAdapter, CsvFolderSettings
@@ -258,8 +260,10 @@ def test_csv_file_append_holds_each_key_once_and_reports_exactly_what_it_held(tm
         assert [r.outcome for r in results] == [ALREADY if h else APPLIED for h in was_held]
 
 
-def test_key_index_answers_no_exactly_and_yes_for_every_key_added():
+@pytest.mark.parametrize("average", [256, 2])   # 2: the arrays grow fourfold twice on the way
+def test_key_index_answers_no_exactly_and_yes_for_every_key_added(monkeypatch, average):
     import random
+    monkeypatch.setattr(csv_file.KeyIndex, "_AVERAGE", average)
     rng = random.Random(5)
     values = [rng.getrandbits(64) - 2**63 for _ in range(60_000)]
     index = csv_file.KeyIndex(values[:30_000])
@@ -268,3 +272,4 @@ def test_key_index_answers_no_exactly_and_yes_for_every_key_added():
     assert all(index.may_hold(v) for v in values[:50_000])
     assert not any(index.may_hold(v) for v in values[50_000:])
     assert len(index) == 50_000
+    assert index._bits == (12 if average == 256 else 16)
