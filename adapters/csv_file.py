@@ -57,19 +57,21 @@ class KeyIndex:
     """Hashes of the (address, scope) keys a file holds, in small sorted arrays chosen by their top bits.
 
     `may_hold` is exact when it says no; a yes must be confirmed against the file. New hashes wait
-    in a short list per array and are sorted in 64 at a time. The number of arrays grows fourfold
+    in a short array of their own (8 bytes each, never a Python int per hash: with tens of
+    thousands of arrays, waiting lists of ints cost over 100 MB at 5,000,000) and are sorted in
+    16 at a time. The number of arrays grows fourfold
     whenever they average 256 hashes, so an array stays small and adding or looking up costs the
     same at any size; memory grows by about 8 bytes a row, with no spike (a merge of one large
     array would briefly cost tens of MB).
     """
 
-    _WAITING = 64
+    _WAITING = 16
     _AVERAGE = 256
 
     def __init__(self, hashes: Iterable[int] = ()):
         self._bits = 12
         self._arrays = [array("q") for _ in range(1 << self._bits)]
-        self._waiting: list[list[int]] = [[] for _ in self._arrays]
+        self._waiting: list[array] = [array("q") for _ in self._arrays]
         self._count = 0  # hashes added, repeats included (an upper bound, for growing)
         self.add(hashes)
 
@@ -96,7 +98,7 @@ class KeyIndex:
         merged = set(self._arrays[bucket])
         merged.update(self._waiting[bucket])
         self._arrays[bucket] = array("q", sorted(merged))
-        self._waiting[bucket] = []
+        self._waiting[bucket] = array("q")
 
     def _grow(self) -> None:
         """Four times as many arrays: each sorted array splits into four, in order."""
@@ -112,7 +114,7 @@ class KeyIndex:
             arrays.extend(array("q", part) for part in parts)
             self._arrays[bucket] = array("q")  # freed as we go
         self._bits, self._arrays = bits, arrays
-        self._waiting = [[] for _ in arrays]
+        self._waiting = [array("q") for _ in arrays]
         self._count = sum(len(found) for found in arrays)
 
     def __len__(self) -> int:
