@@ -1,19 +1,33 @@
 """`csv_file`: a sink that keeps one CSV of every suppression it was given.
 
-The file is sorted by address and scope, and every change rewrites it
-atomically (write a temporary file beside it, fsync, rename), merging the
-sorted batch into the sorted file as a stream, so a reader never sees half a
-file and memory holds only the batch.
+A batch is appended to the end of the file (its rows sorted among themselves),
+so a push costs time in proportion to what it writes, not to the size of the
+file. Crash safety: before the append, a marker file beside it records where
+the file ended (fsynced); the append is fsynced and only then is the marker
+removed. A marker found later means an append was cut short: the file is cut
+back to the recorded end before anything else happens, and the store, which
+records a batch only after `apply` returns, sends that batch again. A removal
+(the audited lift) rewrites the file atomically (a temporary file beside it,
+fsync, rename). Appends and rewrites lock the file, so a lift in another
+process and the daemon's push never lose each other's rows.
+
+Which (address, scope) keys the file holds is kept in memory as 64-bit hashes
+(about 8 bytes a row): a key whose hash is absent is new; the few whose hash is
+present are confirmed against the file itself before being called "already
+held", so a hash collision can never keep a row out of the file.
 """
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -35,12 +49,88 @@ class CsvFileSettings(AdapterSettings):
     path: SettingsPath = Field(description="The CSV file to keep (relative to the settings file).",
                                examples=["suppression-list.csv"])
     scope: str | None = None  # one topic key: keep only it (and all-email); None: every scope
-    batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
     page_size: int = Field(default=5000, ge=1, le=100_000)
 
 
+class KeyIndex:
+    """Hashes of the (address, scope) keys a file holds, in small sorted arrays chosen by their top bits.
+
+    `may_hold` is exact when it says no; a yes must be confirmed against the file. New hashes wait
+    in a short array of their own (8 bytes each, never a Python int per hash: with tens of
+    thousands of arrays, waiting lists of ints cost over 100 MB at 5,000,000) and are sorted in
+    16 at a time. The number of arrays grows fourfold
+    whenever they average 256 hashes, so an array stays small and adding or looking up costs the
+    same at any size; memory grows by about 8 bytes a row, with no spike (a merge of one large
+    array would briefly cost tens of MB).
+    """
+
+    _WAITING = 16
+    _AVERAGE = 256
+
+    def __init__(self, hashes: Iterable[int] = ()):
+        self._bits = 12
+        self._arrays = [array("q") for _ in range(1 << self._bits)]
+        self._waiting: list[array] = [array("q") for _ in self._arrays]
+        self._count = 0  # hashes added, repeats included (an upper bound, for growing)
+        self.add(hashes)
+
+    def may_hold(self, value: int) -> bool:
+        bucket = (value >> (64 - self._bits)) & ((1 << self._bits) - 1)
+        found = self._arrays[bucket]
+        at = bisect_left(found, value)
+        return (at < len(found) and found[at] == value) or value in self._waiting[bucket]
+
+    def add(self, values: Iterable[int]) -> None:
+        waiting, shift, mask, limit = self._waiting, 64 - self._bits, (1 << self._bits) - 1, self._WAITING
+        for value in values:
+            bucket = (value >> shift) & mask
+            pending = waiting[bucket]
+            pending.append(value)
+            if len(pending) >= limit:
+                self._sort_in(bucket)
+            self._count += 1
+            if self._count > self._AVERAGE << self._bits:
+                self._grow()
+                waiting, shift, mask = self._waiting, 64 - self._bits, (1 << self._bits) - 1
+
+    def _sort_in(self, bucket: int) -> None:
+        merged = set(self._arrays[bucket])
+        merged.update(self._waiting[bucket])
+        self._arrays[bucket] = array("q", sorted(merged))
+        self._waiting[bucket] = array("q")
+
+    def _grow(self) -> None:
+        """Four times as many arrays: each sorted array splits into four, in order."""
+        bits = self._bits + 2
+        shift, mask = 64 - bits, (1 << bits) - 1
+        arrays: list[array] = []
+        for bucket in range(len(self._arrays)):
+            if self._waiting[bucket]:
+                self._sort_in(bucket)
+            parts: list[list[int]] = [[], [], [], []]
+            for value in self._arrays[bucket]:
+                parts[((value >> shift) & mask) & 3].append(value)
+            arrays.extend(array("q", part) for part in parts)
+            self._arrays[bucket] = array("q")  # freed as we go
+        self._bits, self._arrays = bits, arrays
+        self._waiting = [array("q") for _ in arrays]
+        self._count = sum(len(found) for found in arrays)
+
+    def __len__(self) -> int:
+        for bucket, pending in enumerate(self._waiting):
+            if pending:
+                self._sort_in(bucket)
+        return sum(len(found) for found in self._arrays)
+
+
+def key_hash(address: str, scope: str) -> int:
+    """The hash of one (address, scope) key (this process's string hashing; the index lives in memory)."""
+    return hash((address, scope))
+
+
 class CsvFileAdapter:
-    """Writes suppressions into one sorted CSV file, atomically."""
+    """Appends suppressions to one CSV file, crash-safely; removes them with an atomic rewrite."""
 
     settings_model = CsvFileSettings
 
@@ -53,6 +143,9 @@ class CsvFileAdapter:
         self.capabilities = Capabilities(read_changes=False, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(scopes))
         self._swept = False
+        self._index: KeyIndex | None = None
+        self._stamp: tuple[int, int, int, int] | None = None  # the file as our last write left it
+        self._read_once = False  # an apply without an index has read the file once since it was (re)loaded
 
     def read_changes(self, cursor: str | None) -> Iterator[Page]:
         raise TypeError(f"adapter {self.name!r} (csv_file) is a sink; it has no changes to read")
@@ -70,8 +163,34 @@ class CsvFileAdapter:
             yield page
 
     def apply(self, batch: list[OptOut]) -> list[ApplyResult]:
-        """Merge the batch into the file; an address already there is a success."""
-        return self._rewrite(batch, remove=False)
+        """Append the batch's new keys to the file; a key already there is a success ("already")."""
+        path = self.settings.path
+        if not path.exists():
+            self._rewrite([], remove=True)  # the header, atomically
+        with self._locked_file() as fd:
+            self._cut_torn_append(fd)
+            index = self._index_for(fd)
+            wanted = {(o.address, o.scope): o for o in batch}
+            hashes = {key: key_hash(*key) for key in wanted}
+            if index is None:
+                present = self._confirm_held(set(wanted))   # one exact read of the file, no index yet
+            else:
+                maybe = {key for key, value in hashes.items() if index.may_hold(value)}
+                present = self._confirm_held(maybe) if maybe else set()
+            new = sorted(key for key in wanted if key not in present)
+            if new:
+                buffer = io.StringIO()
+                writerow = csv.writer(buffer, lineterminator="\n").writerow
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    writerow([])  # a hand-edited last row without its line end keeps its own line
+                for key in new:
+                    writerow(_row(wanted[key]))
+                self._append_durably(fd, end, buffer.getvalue().encode("utf-8"))
+                if index is not None:
+                    index.add(hashes[key] for key in new)
+            self._remember(fd)
+        return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]
 
     def remove(self, batch: list[OptOut]) -> list[ApplyResult]:
         """Drop the batch's (address, scope) rows from the file (the audited lift only)."""
@@ -87,7 +206,7 @@ class CsvFileAdapter:
             self._sweep_temporaries()
             self._swept = True
         if not self.settings.path.exists():
-            self._rewrite([], remove=False)
+            self._rewrite([], remove=True)
 
     def check(self) -> list[str]:
         """Say where the file is and whether its folder can be written."""
@@ -130,12 +249,111 @@ class CsvFileAdapter:
                 os.close(fd)
         return removed
 
+    @property
+    def _marker(self) -> Path:
+        """Where an append in progress records the file's previous end."""
+        path = self.settings.path
+        return path.with_name(f".{path.name}.append")
+
+    def _locked_file(self):
+        """The file, open for writing and exclusively locked; reopened if a rewrite replaced it meanwhile."""
+        adapter = self
+
+        class _Locked:
+            def __enter__(self) -> int:
+                path = adapter.settings.path
+                while True:
+                    fd = os.open(path, os.O_RDWR)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                            self.fd = fd
+                            return fd
+                    except FileNotFoundError:
+                        pass
+                    os.close(fd)  # renamed over while we waited: lock the new file
+
+            def __exit__(self, *exc_info) -> None:
+                os.close(self.fd)
+
+        return _Locked()
+
+    def _cut_torn_append(self, fd: int) -> None:
+        """Cut the file back to where an append that did not finish began (its marker says where)."""
+        end = self._torn_end()
+        if end is None:
+            return
+        if 0 <= end < os.fstat(fd).st_size:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        self._marker.unlink(missing_ok=True)
+        self._index, self._read_once = None, False
+
+    def _torn_end(self) -> int | None:
+        try:
+            text = self._marker.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        if not text.isdigit():
+            # A marker written only in part: its own write was cut short, so the file was not touched.
+            return -1
+        return int(text)
+
+    def _append_durably(self, fd: int, end: int, data: bytes) -> None:
+        marker = self._marker
+        with open(marker, "w", encoding="ascii") as handle:
+            handle.write(f"{end}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_folder(marker.parent)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], end + written)
+        os.fsync(fd)
+        marker.unlink()
+
+    def _index_for(self, fd: int) -> KeyIndex | None:
+        """The key index; None for the first apply after the file was (re)loaded, built at the second.
+
+        One batch (a reconcile's re-apply, say) is checked by one exact read of the file, which
+        costs less than building the index; a push of many batches builds it once.
+        """
+        if self._index is not None and self._stamp == _stamp(fd):
+            return self._index
+        self._index = None
+        if not self._read_once:
+            self._read_once = True
+            return None
+        self._index = KeyIndex(key_hash(row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
+                               for _, row in self._rows())
+        return self._index
+
+    def _remember(self, fd: int) -> None:
+        self._stamp = _stamp(fd)
+
+    def _confirm_held(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of keys whose hash the index holds, those the file really holds (one read of the file)."""
+        held = set()
+        for _, row in self._rows():
+            key = (row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
+            if key in keys:
+                held.add(key)
+                if len(held) == len(keys):
+                    break
+        return held
+
     def _rows(self) -> Iterator[tuple[int, list[str]]]:
         path = self.settings.path
         if not path.exists():
             return
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
+        end = self._torn_end()
+        with path.open("rb") as raw:
+            # An append cut short is not part of the file: read only up to where it began.
+            lines = _bounded_lines(raw, end) if end is not None and end >= 0 else io.TextIOWrapper(
+                raw, encoding="utf-8", newline="")
+            reader = csv.reader(lines)
             next(reader, None)
             for number, row in enumerate(reader, start=2):
                 if row:
@@ -154,6 +372,15 @@ class CsvFileAdapter:
         return OptOut(address, scope, reason, origin, row[4] if count > 4 and row[4] else None)
 
     def _rewrite(self, batch: list[OptOut], remove: bool) -> list[ApplyResult]:
+        if self.settings.path.exists():
+            with self._locked_file() as fd:
+                self._cut_torn_append(fd)
+                results = self._rewrite_unlocked(batch, remove)
+                self._index, self._read_once = None, False  # the keys changed; the next appends reload
+                return results
+        return self._rewrite_unlocked(batch, remove)
+
+    def _rewrite_unlocked(self, batch: list[OptOut], remove: bool) -> list[ApplyResult]:
         wanted = {(o.address, o.scope): o for o in batch}
         present: set[tuple[str, str]] = set()
         # The sorted batch is merged into the sorted file in one pass: an incoming row is written
@@ -200,6 +427,32 @@ class CsvFileAdapter:
         if remove:
             return [ApplyResult(o, APPLIED if (o.address, o.scope) in present else ALREADY) for o in batch]
         return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]
+
+
+def _stamp(fd: int) -> tuple[int, int, int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _bounded_lines(raw, limit: int) -> Iterator[str]:
+    """The text lines of a binary file up to byte `limit` (only after a cut-short append)."""
+    taken = 0
+    for line in raw:
+        if taken + len(line) > limit:
+            line = line[:limit - taken]
+        taken += len(line)
+        if line:
+            yield line.decode("utf-8")
+        if taken >= limit:
+            return
 
 
 def _row(optout: OptOut) -> list[str]:

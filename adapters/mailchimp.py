@@ -31,9 +31,11 @@ OpenAPI spec they are generated from, [DOC] = Mailchimp's pages, found with the 
 - Undoing an unsubscribe means re-subscribing, which needs the person's consent: `remove` refuses
   every item.
 - Errors are application/problem+json {type, title, status, detail, instance} [LIB]; the limit is 10
-  simultaneous connections per key, 429 beyond it, and no rate-limit headers are sent (Mailchimp's
-  fundamentals page as quoted by a third-party summary). This client makes one call at a time; a 429
-  is retried with back-off by the shared policy.
+  simultaneous connections per key, 429 beyond it, no request rate, and no rate-limit headers are
+  sent (Mailchimp's fundamentals page as quoted by a third-party summary; Mailchimp's own API notice
+  "API calls are limited only by concurrency"). Member look-ups run on up to `concurrent_requests`
+  (10) connections at once; other calls go one at a time; the rolling request window defaults to
+  10,000 per 10 s, a safety net only; a 429 is retried with back-off by the shared policy.
 - Billing: Mailchimp counts unsubscribed (and non-subscribed) contacts in an audience toward the
   plan's contact limit; archived ones do not (a post by Mailchimp Support). `create_members`
   therefore adds one billed contact per created address.
@@ -56,18 +58,19 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from state.errors import ConfigError
+from state.errors import ConfigError, TransientError
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, PERMANENT, TRANSIENT, ApplyResult, OptOut, Page, to_utc_iso
 
-from .http import Clock, VendorAnswer, VendorError, VendorPermanentError, check_base_url
-from .kit import (HttpAdapter, WindowSettings, address_or_reject, basic_auth, filled_pages, json_body, parse_time,
-                  topic_capabilities, vendor_error)
+from .http import Clock, RetryBudgetSpent, VendorAnswer, VendorError, VendorPermanentError, check_base_url
+from .kit import (HttpAdapter, WindowSettings, adapter_failure, address_or_reject, basic_auth, filled_pages, json_body,
+                  parse_time, topic_capabilities, vendor_error)
 from .mailchimp_resubscribes import resubscribe_pages
 from .kit import UnexpectedAnswer  # noqa: F401  (re-exported: callers catch it from the vendor module)
 
@@ -97,6 +100,10 @@ class MailchimpSettings(WindowSettings):
     create_members: bool = False
     batch_size: int = Field(default=500, ge=1, le=500)
     page_size: int = Field(default=1000, ge=1, le=1000)
+    # Mailchimp limits each key to 10 simultaneous connections and sets no request rate: member
+    # look-ups run on up to this many connections, and the rolling window is only a safety net.
+    concurrent_requests: int = Field(default=10, ge=1, le=10)
+    rate_limit_requests: int = Field(default=10_000, ge=1)
     read_abuse_reports: bool = True
 
     @field_validator("base_url")
@@ -312,7 +319,7 @@ class MailchimpAdapter(HttpAdapter):
             else:
                 outcomes.refuse(index, f"audience {self.settings.list_id} stands for scope {self.settings.scope!r}, "
                                        f"not {optout.scope!r}")
-        seen: dict[str, str | None] = {}
+        seen = self._member_statuses(list(dict.fromkeys(batch[i].address for i in wanted)))
         self.each(outcomes, wanted, lambda optout: self._decide(optout, seen))
         to_send = outcomes.pending(wanted)
         if to_send:
@@ -330,11 +337,11 @@ class MailchimpAdapter(HttpAdapter):
             "Mailchimp can only undo an unsubscribe by re-subscribing the member, which needs the person's own "
             "consent (their sign-up form); this daemon never subscribes anyone")) for o in batch]
 
-    def _decide(self, optout: OptOut, seen: dict[str, str | None]) -> ApplyResult | None:
+    def _decide(self, optout: OptOut, seen: dict[str, str | None | Exception]) -> ApplyResult | None:
         """An item's outcome from its member record; None when it goes into the batch write."""
-        if optout.address not in seen:
-            seen[optout.address] = self._member_status(optout.address)
         status = seen[optout.address]
+        if isinstance(status, Exception):
+            raise status  # its look-up's error, handled by `each` in the batch's order
         if status in DONE:
             return ApplyResult(optout, ALREADY, f"Mailchimp member is {status} already")
         if status == "archived":
@@ -348,6 +355,31 @@ class MailchimpAdapter(HttpAdapter):
                 f"not a member of audience {self.settings.list_id}; create_members is off, so no contact was "
                 "created (Mailchimp would bill it)"))
         return ApplyResult(optout, PERMANENT, f"Mailchimp member has status {status!r}; not changed")
+
+    def _member_statuses(self, addresses: list[str]) -> dict[str, str | None | Exception]:
+        """Each address's member status (None: not a member), or the error its look-up raised.
+
+        The look-ups run on up to `concurrent_requests` connections at once, Mailchimp's limit being
+        on simultaneous connections; `_decide` raises each error in the batch's order.
+        """
+        ended: list[Exception] = []  # an error that ends the batch: no look-up starts after it
+
+        def one(address: str) -> tuple[str, str | None | Exception]:
+            if ended:
+                return address, ended[0]
+            try:
+                return address, self._member_status(address)
+            except (VendorPermanentError, TransientError) as exc:
+                if isinstance(exc, RetryBudgetSpent) or (isinstance(exc, VendorPermanentError)
+                                                         and adapter_failure(exc)):
+                    ended.append(exc)  # as one at a time would: nothing more is asked of Mailchimp
+                return address, exc
+
+        workers = min(self.settings.concurrent_requests, len(addresses))
+        if workers <= 1:
+            return dict(map(one, addresses))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-lookup") as pool:
+            return dict(pool.map(one, addresses))
 
     def _member_status(self, address: str) -> str | None:
         """The member's status; None when the address is not a member (404)."""

@@ -24,8 +24,10 @@ What this relies on from the SES v2 API reference ([DOC]):
 Mapping: BOUNCE -> hard_bounce, COMPLAINT -> spam_complaint, scope `*`, origin system.
 SES has no "unsubscribed" reason and no topics: writing an unsubscribe there would record it
 as a bounce or complaint, so opt-outs of other reasons are refused per item unless
-`write_other_reasons_as` names the SES reason to use. Each write looks the address up first,
-so an existing entry is ALREADY and a complaint is never overwritten by a bounce.
+`write_other_reasons_as` names the SES reason to use. A write looks the address up first, so
+an existing entry is ALREADY and a complaint is never overwritten by a bounce, except a spam
+complaint's: that is one idempotent PUT with no look-up (a complaint overwrites nothing it should
+not, and the store holds the complaint already, so "already held" would change nothing).
 
 Re-subscribes (issue 17): none. Confirmed (docs.aws.amazon.com, SES API v2
 DeleteSuppressedDestination, found with the search tool): an entry leaves the account suppression
@@ -320,7 +322,12 @@ class SesAdapter(HttpAdapter):
             return ApplyResult(optout, PERMANENT, (
                 f"SES records only bounces and complaints; a {optout.reason} opt-out is not written unless "
                 "write_other_reasons_as is set"))
-        held = self._lookup(optout.address)
+        # A spam complaint's write needs no look-up: the PUT is idempotent, a complaint overwrites nothing
+        # it should not, and whether SES held one before changes nothing later (the store holds the
+        # complaint already, and complaints are never lifted). Anything else is looked up first: a bounce
+        # must never replace a complaint, and an opt-out written as a complaint (write_other_reasons_as)
+        # must not hide one SES held before, which is news.
+        held = None if optout.reason == "spam_complaint" else self._lookup(optout.address)
         if held is not None and (held == wanted or held == "COMPLAINT"):
             return ApplyResult(optout, ALREADY, f"SES holds it as {held}")
         self.http.request("PUT", ADDRESSES, endpoint=f"PUT {ADDRESSES}",

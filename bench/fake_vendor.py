@@ -68,5 +68,59 @@ class BenchVendor:
 
 
 def register() -> None:
-    """Make `type = "bench_vendor"` known to the settings loader."""
+    """Make `type = "bench_vendor"` and `type = "bench_paged"` known to the settings loader."""
     registry.register("bench_vendor", BenchVendor)
+    registry.register("bench_paged", PagedVendor)
+
+
+class PagedVendorSettings(AdapterSettings):
+    """Settings of the paged benchmark vendor: how many it holds, its page size and its rate limit."""
+
+    type: Literal["bench_paged"] = "bench_paged"
+    holds: int = Field(default=0, ge=0)
+    first: int = Field(default=0, ge=0)
+    page_size: int = Field(default=200, ge=1)
+    requests_per_second: float = Field(default=4.0, gt=0)
+    latency: float = 0.05
+
+
+class PagedVendor:
+    """Serves `holds` addresses (person<first>... in order) a page per request, no faster than its rate limit.
+
+    Like a vendor that enforces its limit: request k is answered no earlier than k / rate after
+    the first, plus the latency of one request. `pages` counts the requests answered.
+    """
+
+    settings_model = PagedVendorSettings
+
+    def __init__(self, settings: PagedVendorSettings, topics: dict[str, str]):
+        self.settings = settings
+        self.name = settings.name
+        self.capabilities = Capabilities(read_changes=True, read_all=True, write=True, batch_size=1000)
+        self.pages = 0
+
+    def read_changes(self, cursor):
+        return iter([Page(cursor=cursor)])
+
+    def read_all(self):
+        s = self.settings
+        started = time.perf_counter()
+        for start in range(s.first, s.first + s.holds, s.page_size):
+            due = started + self.pages / s.requests_per_second + s.latency
+            time.sleep(max(0.0, due - time.perf_counter()))
+            self.pages += 1
+            stop = min(s.first + s.holds, start + s.page_size)
+            yield Page([OptOut(f"person{i:08d}@example.com", reason="unsubscribed", origin="recipient")
+                        for i in range(start, stop)])
+
+    def apply(self, batch):
+        return [ApplyResult(o, APPLIED) for o in batch]
+
+    def remove(self, batch):
+        return [ApplyResult(o, ALREADY) for o in batch]
+
+    def check(self):
+        return []
+
+    def close(self):
+        pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -25,8 +26,10 @@ from adapters.base import Adapter, AdapterMemory, AdapterSettings
 from state.errors import ConfigError, PermanentError, RefusedError, TransientError
 from state import resubscribes
 from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Page, Rejected, utc_now
+from state.merge_diff import SinkMerge
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
+from .prefetch import prefetched
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
     from .settings import Settings
@@ -122,6 +125,45 @@ class CycleReport:
         self.held += counts.held
         self.ignored += counts.ignored_lifted + counts.ignored_echoes
         self.released += counts.released
+
+
+class _Sender:
+    """One push's sink calls, on a thread of their own, so that the store's work overlaps them.
+
+    Only one call is at the sink at a time (a vendor's connection limit counts this daemon once).
+    While a batch is there, the store records the batch before it and the engine reads and builds
+    the next; the next is sent only once this one's results are in, so a batch with parked items
+    or an error still stops the push before anything more is sent. A batch's in-flight marks are
+    committed before its call (Store.mark_inflight), so whatever a crash or an error leaves
+    unrecorded is re-sent next cycle and counted as this daemon's apply.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self.call: Future | None = None
+        self.context: tuple | None = None     # what the engine needs to settle the call
+        self.unrecorded: tuple | None = None  # (outcomes, watermark, resent) of a settled batch
+
+    def __enter__(self) -> "_Sender":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.call is not None:
+            wait((self.call,))  # never left running; unsettled, its marks stay (re-sent next cycle)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def send(self, adapter: Adapter, batch: list[OptOut], context: tuple) -> None:
+        """Start `adapter.apply(batch)` on the sender's thread (the previous call must be settled)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"push-{self._name}")
+        self.call, self.context = self._pool.submit(adapter.apply, batch), context
+
+    def take(self) -> tuple[Future | None, tuple | None]:
+        """The call in flight and its context, now the caller's to settle."""
+        call, context, self.call, self.context = self.call, self.context, None, None
+        return call, context
 
 
 class Engine:
@@ -251,7 +293,7 @@ class Engine:
         start = scan_from = self.store.checkpoint(name).applied_seq
         batch: list[tuple[PendingEvent, OptOut]] = []
         skipped: list[PushOutcome] = []
-        with self._progress(name, "push", report) as progress:
+        with self._progress(name, "push", report) as progress, _Sender(name) as sender:
             while not self.stop.is_set():
                 pending, scanned_to = self.store.pending_events(name, scan_from, max(SCAN_WINDOW, batch_size))
                 if scanned_to == scan_from:
@@ -264,7 +306,7 @@ class Engine:
                         continue
                     batch.append((event, target))
                     if len(batch) == batch_size:
-                        if not self._apply(name, adapter, batch, skipped, event.seq, report):
+                        if not self._apply(name, adapter, batch, skipped, event.seq, report, sender):
                             return
                         # The total is counted at the first report only (a long push): what is
                         # done plus what is still pending after this batch.
@@ -273,7 +315,10 @@ class Engine:
                         batch, skipped = [], []
                 scan_from = scanned_to
             if not self.stop.is_set() and (batch or skipped or scan_from > start):
-                self._apply(name, adapter, batch, skipped, scan_from, report)
+                if not self._apply(name, adapter, batch, skipped, scan_from, report, sender):
+                    return
+            self._settle(name, sender, report)
+            self._record_unrecorded(name, sender)
 
     def _remove_lifted_by_recipients(self, name: str, adapter: Adapter, report: CycleReport) -> None:
         """Remove here what a recipient's re-subscribe elsewhere lifted (policy everywhere), as `lift --propagate`.
@@ -316,41 +361,74 @@ class Engine:
         return None
 
     def _apply(self, name: str, adapter: Adapter, batch: list[tuple[PendingEvent, OptOut]],
-               skipped: list[PushOutcome], handled_to: int, report: CycleReport) -> bool:
-        """Apply one batch and record it; False when the push should stop for this cycle."""
+               skipped: list[PushOutcome], handled_to: int, report: CycleReport, sender: _Sender) -> bool:
+        """Send one batch (after settling the one before it); False when the push should stop for this cycle.
+
+        The batch is at the sink when this returns; `_settle` takes in its results before the
+        next batch is sent, or at the end of the push. Meanwhile the batch before it is recorded.
+        """
         report.skipped += len(skipped)
         if report.dry_run:
             report.pushed += len(batch)
             report.keep(report.would_push, (sent for _, sent in batch))
             return True
-        results: list[ApplyResult] = []
+        if not self._settle(name, sender, report):
+            return False
+        if not batch:
+            self._record_unrecorded(name, sender)
+            self.store.record_push(name, skipped, handled_to)
+            return True
+        seqs = [event.seq for event, _ in batch]
+        resent = self.store.mark_inflight(name, seqs)  # committed before the call: see Store.mark_inflight
+        sender.send(adapter, [sent for _, sent in batch], (batch, skipped, handled_to, seqs, resent))
+        self._record_unrecorded(name, sender)  # the batch before, while this one is at the sink
+        return True
+
+    def _settle(self, name: str, sender: _Sender, report: CycleReport) -> bool:
+        """Take in the results of the batch at the sink, if any; False when the push should stop.
+
+        A batch that went through whole is recorded while the next one is at the sink; one with
+        parked items or an error is recorded at once, and nothing more is sent.
+        """
+        call, context = sender.take()
+        if call is None:
+            return True
+        batch, skipped, handled_to, seqs, resent = context
         error: BaseException | None = None
-        resent: set[int] = set()
-        if batch:
-            seqs = [event.seq for event, _ in batch]
-            resent = self.store.mark_inflight(name, seqs)  # committed before the call: see Store.mark_inflight
-            try:
-                results = self._scrubbed(name, adapter.apply([sent for _, sent in batch]))
-            except TransientError as exc:
-                error = exc
-                results = [ApplyResult(sent, TRANSIENT, str(exc)) for _, sent in batch]
-            except Exception:
-                self.store.clear_inflight(name, seqs)  # a mark outlives its call only if the process dies
-                raise
-            if len(results) != len(batch):
-                self.store.clear_inflight(name, seqs)
-                raise PermanentError(f"adapter {name!r} returned {len(results)} results for {len(batch)} items")
+        try:
+            results = self._scrubbed(name, call.result())
+        except TransientError as exc:
+            error = exc
+            results = [ApplyResult(sent, TRANSIENT, str(exc)) for _, sent in batch]
+        except Exception:
+            self._record_unrecorded(name, sender)
+            self.store.clear_inflight(name, seqs)  # a mark outlives its call only if the process dies
+            raise
+        if len(results) != len(batch):
+            self._record_unrecorded(name, sender)
+            self.store.clear_inflight(name, seqs)
+            raise PermanentError(f"adapter {name!r} returned {len(results)} results for {len(batch)} items")
         outcomes = [PushOutcome(event.seq, event.optout, result) for (event, _), result in zip(batch, results)]
         parked = [o.seq for o in outcomes if o.result.outcome == TRANSIENT]
         # The watermark never passes an event that is not applied yet.
         watermark = min(parked) - 1 if parked else handled_to
-        self.store.record_push(name, outcomes + skipped, watermark, resent)
+        self._record_unrecorded(name, sender)
+        if parked or error is not None:
+            self.store.record_push(name, outcomes + skipped, watermark, resent)
+        else:
+            sender.unrecorded = (outcomes + skipped, watermark, resent)
         report.pushed += sum(1 for o in outcomes if o.result.ok)
         report.failed += sum(1 for o in outcomes if not o.result.ok and o.result.outcome != TRANSIENT)
         report.parked += len(parked)
         if error is not None:
             raise error
         return not parked
+
+    def _record_unrecorded(self, name: str, sender: _Sender) -> None:
+        if sender.unrecorded is not None:
+            outcomes, watermark, resent = sender.unrecorded
+            sender.unrecorded = None
+            self.store.record_push(name, outcomes, watermark, resent)
 
     # -- reconcile ----------------------------------------------------------------------
 
@@ -368,16 +446,25 @@ class Engine:
         if not adapter.capabilities.read_all:
             raise ConfigError(f"adapter {name!r} cannot read its full set, so it cannot be reconciled")
         ingest = config.reads and adapter.capabilities.read_changes
+        writes = config.writes and adapter.capabilities.write
         with self.store.rolled_back() if report.dry_run else nullcontext():
-            self.store.begin_source_set()
+            # A sink that is only written needs only what it lacks: a merge against the store's
+            # primary key (state/merge_diff.py) finds that without loading the read into a table.
+            merge = None if ingest or not writes else SinkMerge(
+                self.store, set(adapter.capabilities.scopes), self.settings.unmapped_policy(config) == "global")
+            if merge is None:
+                self.store.begin_source_set()
             with self._progress(name, "reconcile_read", report) as progress:
-                for page in adapter.read_all():
+                for page in prefetched(adapter.read_all(), self.stop):
                     if page.resubscribes and ingest:
                         # Before the diff: a recipient's re-subscribe there must release, not be re-applied.
                         report.released += self.store.ingest_page(
                             name, Page(resubscribes=page.resubscribes), save_cursor=False,
                             resubscribe_policy=self.settings.resubscribe_policy(config)).released
-                    self.store.add_to_source_set(page.optouts)
+                    if merge is None:
+                        self.store.add_to_source_set(page.optouts)
+                    else:
+                        merge.feed(page.optouts)
                     report.pulled += len(page.optouts)
                     report.rejected += len(page.rejected)  # listed when the rows were first pulled
                     progress.step(len(page.optouts))  # no total: a full read does not say its size
@@ -386,16 +473,18 @@ class Engine:
             if ingest and not self.store.checkpoint(name).paused:
                 report.absorb(self.store.stage_from_source_set(name))
                 self._promote_within_guard(name, config, report)
-            if config.writes and adapter.capabilities.write:
-                self._reapply_missing(name, adapter, config, report)
+            if merge is not None:
+                merge.finish()
+            if writes:
+                self._reapply_missing(name, adapter, config, report, merged=merge is not None)
             if not report.dry_run:
                 self.store.set_checkpoint(name, last_reconcile_at=utc_now(), reconcile_requested=0)
 
     def _reapply_missing(self, name: str, adapter: Adapter, config: AdapterSettings,
-                         report: CycleReport) -> None:
+                         report: CycleReport, *, merged: bool = False) -> None:
         as_global = self.settings.unmapped_policy(config) == "global"
         missing = self.store.missing_at_source(set(adapter.capabilities.scopes), as_global,
-                                               adapter.capabilities.batch_size, name)
+                                               adapter.capabilities.batch_size, name, merged=merged)
         with self._progress(name, "reconcile_apply", report) as progress:
             for rows in missing:
                 report.missing_at_source += len(rows)

@@ -1,4 +1,4 @@
-"""The embedded default adapters: csv_folder (a followed folder) and csv_file (an atomic sink)."""
+"""The embedded default adapters: csv_folder (a followed folder) and csv_file (an append-only sink)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import os
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
+import pytest
+
+from adapters import csv_file
 from adapters.csv_file import CsvFileAdapter, CsvFileSettings
 from adapters.csv_folder import CsvFolderAdapter, CsvFolderSettings
 from state.models import ALREADY, APPLIED, OptOut
@@ -133,16 +137,19 @@ def test_csv_file_sink_merges_sorted_and_reports_already_held(tmp_path):
     assert [o.address for p in sink.read_all() for o in p.optouts] == ["a@x.io", "c@x.io"]
 
 
-def test_csv_file_sink_is_replaced_atomically(tmp_path):
-    """A reader polling the file while it is rewritten never sees a partial file."""
-    sink = CsvFileAdapter(CsvFileSettings(name="s", path=tmp_path / "out.csv"), TOPICS)
+def test_csv_file_sink_appends_whole_rows_while_a_reader_polls(tmp_path):
+    """A reader polling the file while batches are appended sees every earlier row, and only whole rows
+    on complete lines; at the end every row is there once and no temporary file or marker is left."""
+    path = tmp_path / "out.csv"
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
     sink.apply([OptOut(f"seed{i}@x.io") for i in range(2000)])
-    stop, seen = threading.Event(), []
+    stop, seen, bad = threading.Event(), [], []
 
     def reader():
         while not stop.is_set():
-            lines = (tmp_path / "out.csv").read_text().splitlines()
-            seen.append(len(lines))
+            complete = path.read_text().split("\n")[:-1]   # the text after the last line end may be partial
+            seen.append(len(complete))
+            bad.extend(line for line in complete[1:] if len(line.split(",")) != 5 or "@x.io" not in line)
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -150,8 +157,44 @@ def test_csv_file_sink_is_replaced_atomically(tmp_path):
         sink.apply([OptOut(f"new{n}-{i}@x.io") for i in range(100)])
     stop.set()
     thread.join()
-    assert seen and all(count >= 2001 and (count - 2001) % 100 == 0 for count in seen)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert seen and all(count >= 2001 for count in seen) and seen == sorted(seen) and not bad
+    rows = list(csv.reader(path.open()))[1:]
+    assert len(rows) == 4000 and len({row[0] for row in rows}) == 4000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_csv_file_append_cut_short_is_cut_back_and_not_read(tmp_path):
+    """A kill during an append leaves the marker and part of the batch: neither a full read nor the next
+    apply sees that part, and the batch sent again lands whole."""
+    path = tmp_path / "out.csv"
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
+    sink.apply([OptOut("ann@x.io"), OptOut("bob@x.io")])
+    end = path.stat().st_size
+    (tmp_path / ".out.csv.append").write_text(f"{end}\n")
+    with path.open("a") as handle:
+        handle.write("cat@x.io,*,unsubscribed,recipient,\ndan@x.i")   # torn: "dan@x.i" is a real-looking prefix
+    restarted = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
+    assert [o.address for page in restarted.read_all() for o in page.optouts] == ["ann@x.io", "bob@x.io"]
+    results = restarted.apply([OptOut("dan@x.io"), OptOut("cat@x.io"), OptOut("bob@x.io")])
+    assert [r.outcome for r in results] == [APPLIED, APPLIED, ALREADY]
+    assert [row[0] for row in list(csv.reader(path.open()))[1:]] == ["ann@x.io", "bob@x.io", "cat@x.io", "dan@x.io"]
+    assert not (tmp_path / ".out.csv.append").exists()
+
+
+def test_csv_file_keeps_a_hand_edited_last_row_and_sees_other_writers(tmp_path):
+    path = tmp_path / "out.csv"
+    sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
+    sink.apply([OptOut("ann@x.io")])
+    with path.open("a") as handle:
+        handle.write("eve@x.io")                    # added by hand, without a line end
+    other = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)   # e.g. a lift in another process
+    assert [r.outcome for r in sink.apply([OptOut("eve@x.io"), OptOut("fay@x.io")])] == [ALREADY, APPLIED]
+    assert [r.outcome for r in other.apply([OptOut("gus@x.io")])] == [APPLIED]
+    assert [r.outcome for r in sink.apply([OptOut("gus@x.io")])] == [ALREADY]   # the other's append is seen
+    assert [r.outcome for r in other.remove([OptOut("ann@x.io")])] == [APPLIED]
+    assert [r.outcome for r in sink.apply([OptOut("ann@x.io")])] == [APPLIED]   # and its removal
+    assert [row[0] for row in list(csv.reader(path.open()))[1:]] == ["eve@x.io", "fay@x.io", "gus@x.io",
+                                                                    "ann@x.io"]
 
 
 def test_csv_file_sink_with_a_scope_represents_only_that_topic(tmp_path):
@@ -191,20 +234,42 @@ keys = st.tuples(st.sampled_from(["a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.i
 
 
 @hyp_settings(max_examples=150, deadline=None)
-@given(held=st.sets(keys), batch=st.lists(keys, max_size=8), remove=st.booleans())
-def test_csv_file_merge_keeps_the_file_sorted_and_reports_exactly_what_it_held(tmp_path_factory, held, batch,
-                                                                               remove):
-    """Apply gives the sorted union, remove the difference; each item says whether the file held it."""
+@given(held=st.lists(st.sets(keys), max_size=3), batch=st.lists(keys, max_size=8), remove=st.booleans(),
+       collide=st.booleans())
+def test_csv_file_append_holds_each_key_once_and_reports_exactly_what_it_held(tmp_path_factory, held, batch,
+                                                                             remove, collide):
+    """Apply gives the union, remove the difference, each key on one row; each item says whether the file held it.
+
+    With `collide`, every key hashes alike, so every lookup in the key index is a false yes that
+    the file itself must settle.
+    """
     path = tmp_path_factory.mktemp("merge") / "out.csv"
-    sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
-    if held:
-        sink.apply([OptOut(a, s) for a, s in held])
-    results = (sink.remove if remove else sink.apply)([OptOut(a, s) for a, s in batch])
+    with mock.patch("adapters.csv_file.key_hash", (lambda a, s: 7) if collide else csv_file.key_hash):
+        sink = CsvFileAdapter(CsvFileSettings(name="s", path=path), TOPICS)
+        for earlier in held:
+            sink.apply([OptOut(a, s) for a, s in earlier])
+        results = (sink.remove if remove else sink.apply)([OptOut(a, s) for a, s in batch])
+    before = set().union(*held)
     on_file = [(row[0], row[1]) for row in list(csv.reader(path.open()))[1:]] if path.exists() else []
-    expected = set(held) - set(batch) if remove else set(held) | set(batch)
-    assert on_file == sorted(expected)
-    was_held = [(r.optout.address, r.optout.scope) in held for r in results]
+    expected = before - set(batch) if remove else before | set(batch)
+    assert sorted(on_file) == sorted(expected) and len(on_file) == len(set(on_file))
+    was_held = [(r.optout.address, r.optout.scope) in before for r in results]
     if remove:
         assert [r.outcome for r in results] == [APPLIED if h else ALREADY for h in was_held]
     else:
         assert [r.outcome for r in results] == [ALREADY if h else APPLIED for h in was_held]
+
+
+@pytest.mark.parametrize("average", [256, 2])   # 2: the arrays grow fourfold twice on the way
+def test_key_index_answers_no_exactly_and_yes_for_every_key_added(monkeypatch, average):
+    import random
+    monkeypatch.setattr(csv_file.KeyIndex, "_AVERAGE", average)
+    rng = random.Random(5)
+    values = [rng.getrandbits(64) - 2**63 for _ in range(60_000)]
+    index = csv_file.KeyIndex(values[:30_000])
+    index.add(values[30_000:50_000])
+    index.add(values[:100])                                   # already held: counted once
+    assert all(index.may_hold(v) for v in values[:50_000])
+    assert not any(index.may_hold(v) for v in values[50_000:])
+    assert len(index) == 50_000
+    assert index._bits == (12 if average == 256 else 16)
