@@ -125,6 +125,8 @@ class MailchimpSettings(HttpAdapterSettings):
     # None: the first read takes the whole history (it goes through max_new_per_cycle like any read).
     initial_lookback: Duration | None = None
     read_abuse_reports: bool = True
+    # The secret in the webhook URL (/hooks/<name>/<secret>): its webhooks are received when set.
+    webhook_secret: SecretStr | None = Field(default=None, min_length=16)
 
     @field_validator("base_url")
     @classmethod

@@ -113,6 +113,8 @@ class SendGridSettings(HttpAdapterSettings):
     initial_lookback: Duration | None = None
     unclassified_bounces: Literal["hard_bounce", "ignore"] = "hard_bounce"
     confirm_global: bool = False
+    # The signed Event Webhook's verification key (base64 DER, as SendGrid shows it); unset: no receiver.
+    webhook_public_key: str | None = Field(default=None, min_length=1)
 
     @field_validator("topics")
     @classmethod

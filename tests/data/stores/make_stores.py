@@ -198,6 +198,16 @@ OLD_MIGRATIONS: list[str] = [
     ALTER TABLE failures ADD COLUMN value TEXT;
     ALTER TABLE failures ADD COLUMN dismissed_reason TEXT;
     """,
+    # 5: what the webhook receiver accepted: vendor event ids and signature nonces.
+    """
+    CREATE TABLE webhook_receipts (
+        adapter     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (adapter, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_receipts_by_time ON webhook_receipts (received_at);
+    """,
 ]
 
 T = "2024-03-01T10:00:00.000000+00:00"  # a fixed time: the files come out the same on every run
