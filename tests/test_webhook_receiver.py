@@ -411,3 +411,42 @@ def test_more_requests_at_once_than_max_concurrency_get_503(tmp_path):
         assert w.client.post("/hooks/sg", content=b"[]").status_code == 401  # places free again
     finally:
         w.close()
+
+
+# -- the hostile corpus --------------------------------------------------------------------------------
+
+
+def test_a_corpus_of_hostile_requests_changes_nothing_and_raises_no_traceback(tmp_path, capfd, caplog):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .webhook_corpus import corpus, valid_requests
+
+    w = World(tmp_path, header_timeout=0.5, body_timeout=0.5, max_concurrency=32)
+    try:
+        accepted = valid_requests()
+        for name, request in accepted:
+            assert w.post(name, request).status_code == 200
+        before = w.snapshot()
+        cases = list(corpus(accepted))
+        assert len(cases) >= 200
+        host, port = w.receiver.url.removeprefix("http://").rsplit(":", 1)
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda case: (case[0], case[1](host, int(port))), cases))
+        assert w.snapshot() == before
+        # Only an authentic sender's event of no known kind ({} from Postmark) is answered 200, with nothing kept.
+        assert not [(label, s) for label, s in statuses
+                    if (200 <= s < 300 and not label.startswith("authorised")) or s >= 500 and s != 503]
+        by_label = {}
+        for label, status in statuses:
+            by_label.setdefault(label.split()[0], set()).add(status)
+        assert by_label["forged"] == by_label["stale"] == by_label["unsigned"] == by_label["replayed"] == {401}
+        assert by_label["oversized"] == {413} and by_label["slow"] == {400}
+        refused = sum(w.metric(n, "unauthorized") for n in ("sg", "mg", "pm", "mc", "ses"))
+        assert refused >= sum(1 for _, s in statuses if s == 401)
+    finally:
+        w.close()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= 30]
+    assert sign.MAILGUN_KEY not in out + err + caplog.text and sign.POSTMARK_PASSWORD not in caplog.text
+    assert sign.MAILCHIMP_SECRET not in out + err + caplog.text
