@@ -63,6 +63,29 @@ def sns_url_ok(url: str | None, *, pem: bool) -> bool:
             and CERT_HOST.match(parts.hostname or "") is not None and (not pem or parts.path.endswith(".pem")))
 
 
+# Test-only, like state/failpoint.py: a JSON file {url: file} whose files stand in for SNS's URLs, so
+# the end-to-end tests verify against a locally made certificate without any network. Never a setting.
+from connector.settings_sources import SNS_TEST_URLS_ENV as TEST_URLS_ENV  # noqa: E402
+
+
+def fetcher_from_environment() -> Fetch | None:
+    """The test-only stand-in fetcher when OPTOUT_SYNC_TEST_SNS_URLS is set, else None."""
+    import os
+
+    mapping = os.environ.get(TEST_URLS_ENV)
+    if not mapping:
+        return None
+    with open(mapping, encoding="utf-8") as handle:
+        files = json.load(handle)
+
+    def fetch(url: str) -> bytes:
+        if url not in files:
+            raise OSError(f"{url} is not among the test URLs")
+        with open(files[url], "rb") as handle:
+            return handle.read()
+    return fetch
+
+
 def fetch_https(url: str) -> bytes:
     """GET an SNS URL (a signing certificate or a SubscribeURL) with short timeouts; its body."""
     import httpx
@@ -82,7 +105,7 @@ class SesHook:
         self._ses = adapter
         self._topics = frozenset(adapter.settings.webhook_topic_arns)
         self._max_age = max_age
-        self._fetch = fetch or fetch_https
+        self._fetch = fetch or fetcher_from_environment() or fetch_https
         self._certs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
