@@ -87,6 +87,7 @@ class WebhookReceiver:
         self._stores: list[Store] = []
         self._stores_lock = threading.Lock()
         self._pruned_at = float("-inf")
+        self._write_lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -202,8 +203,11 @@ class WebhookReceiver:
             raise Refused(503, "the store is not available")
         config = self.settings.adapter(hook.adapter)
         try:
-            outcome = stage(self._store(), hook.adapter, events, verified.nonce, max_new=config.max_new_per_cycle,
-                            window=config.interval, guard=self.guard)
+            # One receiver thread writes at a time: threads that raced for SQLite's write lock would sleep
+            # in its busy handler (up to 100 ms a try), and so would the pushers waiting behind them.
+            with self._write_lock:
+                outcome = stage(self._store(), hook.adapter, events, verified.nonce,
+                                max_new=config.max_new_per_cycle, window=config.interval, guard=self.guard)
         except StoreError as exc:
             self._drop_store()
             log_event("webhook_store_error", logging.ERROR, adapter=hook.adapter, error=str(exc))
@@ -342,6 +346,14 @@ def _guarded_protocol(header_timeout: float):
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            # The answer's head and body are two writes: without TCP_NODELAY the body waits for the
+            # client's delayed ACK, 40 ms on Linux, on every request.
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
             self._arm()
 
         def _waiting_for_headers(self) -> bool:
