@@ -155,6 +155,8 @@ class Daemon:
         if self.stop.is_set():
             return []
         dead = [t.name for t in [*self.threads, self.monitor] if t is not None and not t.is_alive()]
+        if self.receiver is not None and not self.receiver.alive():
+            dead.append("webhooks")
         return [f"threads ended unexpectedly: {', '.join(dead)}"] if dead else []
 
     def store_intact(self) -> bool:

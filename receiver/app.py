@@ -299,6 +299,10 @@ class WebhookReceiver:
         self.url = f"http://{shown}:{bound_port}"
         return self
 
+    def alive(self) -> bool:
+        """Whether the server thread still serves (the daemon's readiness)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Stop serving (open requests get a moment to finish) and close the store connections."""
         if self._server is not None:
