@@ -55,7 +55,7 @@ def http(method: str, path: str, headers: dict[str, str], body: bytes, *, stall:
     """A raw request; `stall` = "headers" (in the middle of them) or "body" (half of it sent) pauses there."""
     lines = [f"{method} {path} HTTP/1.1", "Host: hooks.test", "Connection: close",
              *(f"{k}: {v}" for k, v in headers.items())]
-    if not any(k.lower() == "content-length" for k in headers):
+    if not any(k.lower() in ("content-length", "transfer-encoding") for k in headers):
         lines.append(f"Content-Length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     at = None if stall is None else 20 if stall == "headers" else len(head) + len(body) // 2
