@@ -255,7 +255,7 @@ def test_check_calls_a_store_from_a_newer_version_an_error_and_still_checks_ever
     conn.close()
     result = run_cli("--config", str(settings), "check")
     assert result.returncode == 1
-    assert "schema version 99, newer than this program's 4; upgrade optout-sync" in result.stdout
+    assert f"schema version 99, newer than this program's {SCHEMA_VERSION}; upgrade optout-sync" in result.stdout
     assert "  inbox: ok" in result.stdout and "  sink: ok" in result.stdout
 
 

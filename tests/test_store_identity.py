@@ -18,6 +18,7 @@ from connector.server import StatusServer
 from connector.settings import validate_settings
 from connector.store_identity import StoreIdentity
 from state.errors import ConfigError, InputError
+from state.schema import SCHEMA_VERSION
 from state.store import JOURNAL_SIZE_LIMIT, Store
 
 from .conftest import write_settings
@@ -98,14 +99,14 @@ def test_an_unwritable_store_folder_is_one_line_exit_2(tmp_path, monkeypatch):
 def test_only_an_optout_sync_store_passes_for_restore(tmp_path):
     good = tmp_path / "good.db"
     Store(good).close()
-    assert verify_store_file(good).schema_version == 4
+    assert verify_store_file(good).schema_version == SCHEMA_VERSION
     assert [p.name for p in tmp_path.iterdir()] == ["good.db"]  # read-only: no -wal or -shm beside it
     newer = tmp_path / "newer.db"
     Store(newer).close()
     conn = sqlite3.connect(newer)
     conn.execute("PRAGMA user_version = 9")
     conn.close()
-    with pytest.raises(InputError, match="schema version 9 is newer than this program's 4"):
+    with pytest.raises(InputError, match=f"schema version 9 is newer than this program's {SCHEMA_VERSION}"):
         verify_store_file(newer)
     bare = tmp_path / "bare.db"
     conn = sqlite3.connect(bare)
