@@ -242,6 +242,10 @@ def _forgeries():
     yield "pm", ("", {"Content-Type": "application/json"}, json.dumps(sign.postmark_unsubscribe("f@example.com")).encode())
     yield "mc", sign.mailchimp_request(sign.mailchimp_unsubscribe("f@example.com", LIST), secret="wrong-secret-0000")
     yield "mc", ("", {"Content-Type": "application/x-www-form-urlencoded"}, b"type=unsubscribe&data[email]=f@example.com")
+    # Bodies that cannot be read at all still get 401, not 400: the check comes before the body is read.
+    yield "sg", ("", sign.sendgrid_request([], key=other_ec)[1], b"\x00not json")
+    yield "pm", ("", {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}, b"\x00not json")
+    yield "mc", ("/wrong-secret-0000", {}, b"\x00not a form")
     yield "ses", sign.ses_request(sign.sns_message(sign.ses_bounce("f@example.com"), key=other_rsa))
     yield "ses", sign.ses_request(sign.sns_message(
         sign.ses_bounce("f@example.com"), at=sign.dt.datetime.now(sign.dt.timezone.utc) - sign.dt.timedelta(hours=3)))
