@@ -98,6 +98,8 @@ class MailchimpSettings(WindowSettings):
     batch_size: int = Field(default=500, ge=1, le=500)
     page_size: int = Field(default=1000, ge=1, le=1000)
     read_abuse_reports: bool = True
+    # The secret in the webhook URL (/hooks/<name>/<secret>): its webhooks are received when set.
+    webhook_secret: SecretStr | None = Field(default=None, min_length=16)
 
     @field_validator("base_url")
     @classmethod

@@ -15,7 +15,7 @@ def test_quick_benchmarks_run_and_print_every_figure():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("machine: ")
-    for benchmark in ("import", "reconcile", "export", "push", "propagation", "idle"):
+    for benchmark in ("import", "reconcile", "export", "push", "propagation", "idle", "webhooks"):
         assert any(line.startswith(f"| {benchmark} |") for line in lines), benchmark
     push = next(line for line in lines if line.startswith("| push | requests"))
     assert "| yes |" in push   # exactly ceil(N/B) requests

@@ -20,6 +20,7 @@ from connector.server import StatusServer
 from connector.settings import validate_settings
 from connector.store_identity import StoreIdentity
 from state.errors import ConfigError, InputError
+from state.schema import SCHEMA_VERSION
 from state.store import JOURNAL_SIZE_LIMIT, Store
 
 from .conftest import write_settings
