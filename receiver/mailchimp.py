@@ -70,8 +70,9 @@ class MailchimpHook:
                 unsubscribe_reason=fields.get("data[reason]") or None), page, None)
         elif kind == "cleaned" and fields.get("data[reason]") == "abuse":
             self._mailchimp._convert_report(AbuseReport(email_address=email,
-                                                        campaign_id=fields.get("data[campaign_id]") or None),
-                                            moment, page, None)
+                                                        campaign_id=fields.get("data[campaign_id]") or None,
+                                                        date=moment.isoformat() if moment else None),
+                                            page, None, None)
         elif kind == "cleaned":
             self._mailchimp._convert_member(Member(
                 email_address=email, status="cleaned", last_changed=moment.isoformat() if moment else None),

@@ -189,6 +189,11 @@ def test_mailchimp_unsubscribes_and_cleaned_members_are_staged_and_its_url_check
         ("hard@example.com", "*"): ("hard_bounce", "system", "mc"),
         ("abuse@example.com", "*"): ("spam_complaint", "system", "mc"),
     }
+    # The abuse report keeps its time and details as the polled abuse-report list would give them.
+    occurred, details = world.store.conn.execute(
+        "SELECT occurred_at, details FROM suppressions WHERE address = 'abuse@example.com'").fetchone()
+    assert occurred == "2026-11-28T10:00:00.000000+00:00"
+    assert json.loads(details) == {"mailchimp_list": LIST, "mailchimp_abuse_report": None, "campaign_id": None}
 
 
 def test_ses_permanent_bounces_and_complaints_through_sns_are_staged(world):
