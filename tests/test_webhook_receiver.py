@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -21,8 +22,9 @@ from connector.commands import build_adapters
 from connector.settings import validate_settings
 from receiver.app import WebhookReceiver
 from receiver.hooks import build_hooks
+from state import resubscribes
 from state.lifts import lift
-from state.models import OptOut, Page
+from state.models import OptOut, Page, Resubscribe, to_utc_iso
 from state.store import Store
 
 from . import webhook_signing as sign
@@ -307,6 +309,28 @@ def test_pushed_events_follow_lifts_echoes_stronger_reasons_and_the_mass_change_
         assert w.rows()[("up@example.com", "*")] == ("spam_complaint", "system", "mg")
     finally:
         w.close()
+
+
+def test_a_pushed_opt_out_newer_than_a_recipients_resubscribe_ends_its_release(world):
+    # Issue 17's rule holds for pushed events too: a release ends only on an opt-out dated after it.
+    store, now = world.store, int(time.time())
+    store.ingest_page("mg", Page([OptOut("ann@example.com", "*", "unsubscribed", "recipient",
+                                         to_utc_iso(datetime.fromtimestamp(now - 3 * 86_400, timezone.utc)))]),
+                      save_cursor=False)
+    store.promote("mg")
+    resubscribed = to_utc_iso(datetime.fromtimestamp(now - 86_400, timezone.utc))
+    store.ingest_page("mc", Page(resubscribes=[Resubscribe("ann@example.com", "*", "recipient", resubscribed,
+                                                           {"test": "recipient's own"})]), save_cursor=False)
+    assert resubscribes.releases_of(store, "ann@example.com", "*") == ["mc"]
+    older = sign.sendgrid_event("ann@example.com", timestamp=now - 2 * 86_400)
+    assert world.post("sg", sign.sendgrid_request([older])).status_code == 200
+    assert resubscribes.releases_of(store, "ann@example.com", "*") == ["mc"]
+    assert not store.checkpoint("mc").reconcile_requested
+    assert world.post("sg", sign.sendgrid_request([sign.sendgrid_event("ann@example.com")])).status_code == 200
+    assert resubscribes.releases_of(store, "ann@example.com", "*") == []
+    ended = [e for e in store.events_for("ann@example.com") if e["kind"] == "release_ended"]
+    assert [(e["source"], e["target"]) for e in ended] == [("sg", "mc")]
+    assert store.checkpoint("mc").reconcile_requested  # so that the opt-out is re-applied there
 
 
 def test_more_new_opt_outs_than_max_new_per_cycle_within_a_window_pause_the_adapter(tmp_path):
