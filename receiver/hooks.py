@@ -2,7 +2,8 @@
 
 An adapter receives at /hooks/<its name> when its type has a receiver, it reads (role `read` or
 `both`: a write-only adapter's opt-outs are not read by polling either) and its verification
-key is set. HubSpot has none: no app webhook reliably signals an opt-out (docs/adapters.md).
+key is set. HubSpot has none: no app webhook reliably signals an opt-out; nor Klaviyo, whose system
+webhooks carry metric events, not the suppressions its adapter reads (docs/adapters.md).
 """
 
 from __future__ import annotations
