@@ -71,3 +71,24 @@ def test_config_shows_the_webhook_secret_as_stars_and_its_file_as_the_origin(tmp
     line = next(line for line in result.output.splitlines() if "webhook_secret" in line)
     assert "***" in line and "mailgun-signing-key" in line
     assert "webhooks.listen" in result.output
+
+
+def test_klaviyo_and_hubspot_have_no_webhook_key_and_are_polled_only(tmp_path):
+    # Neither has a receiver (docs/adapters.md, Webhooks): a webhook key there is an unknown key, not ignored.
+    for kind, extra in (("klaviyo", {"api_key": "pk_test"}), ("hubspot", {"token": "pat-test"})):
+        folder = tmp_path / kind
+        folder.mkdir()
+        path = write_settings(folder, [{"name": "k", "type": kind, "webhook_secret": "0123456789abcdef", **extra},
+                                       {"name": "sink", "type": "csv_file", "path": "out.csv"}],
+                              webhooks={"listen": "127.0.0.1:8090"})
+        path.chmod(0o600)
+        result = cli("--config", str(path), "check")
+        assert result.exit_code == 2, result.output
+        assert "key 'adapters[0] (k).webhook_secret': unknown key" in result.output
+    path = write_settings(tmp_path, [{"name": "k", "type": "klaviyo", "api_key": "pk_test",
+                                      "base_url": "http://127.0.0.1:9"},
+                                     {"name": "sink", "type": "csv_file", "path": "out.csv"}],
+                          webhooks={"listen": "127.0.0.1:8090"})
+    result = cli("--config", str(path), "check", "--adapter", "sink")
+    assert "polled only (no receiver): k, sink" in result.output
+    assert "no adapter has a webhook key: every path answers 404" in result.output
