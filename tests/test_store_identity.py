@@ -8,8 +8,6 @@ import sqlite3
 from dataclasses import replace
 
 import pytest
-
-from state.schema import SCHEMA_VERSION
 from click.testing import CliRunner
 
 from connector import store_guard
