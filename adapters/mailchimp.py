@@ -105,6 +105,8 @@ class MailchimpSettings(WindowSettings):
     concurrent_requests: int = Field(default=10, ge=1, le=10)
     rate_limit_requests: int = Field(default=10_000, ge=1)
     read_abuse_reports: bool = True
+    # The secret in the webhook URL (/hooks/<name>/<secret>): its webhooks are received when set.
+    webhook_secret: SecretStr | None = Field(default=None, min_length=16)
 
     @field_validator("base_url")
     @classmethod

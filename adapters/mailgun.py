@@ -91,6 +91,8 @@ class MailgunSettings(HttpAdapterSettings):
     unsubscribe_origin: Literal["recipient", "user"] = "recipient"
     # Items this much older than the previous sweep's start still count as new for listing problems.
     listing_overlap: Duration = 600.0
+    # The Webhook Signing Key: its webhooks are received at /hooks/<name> when set.
+    webhook_secret: SecretStr | None = None
 
     @field_validator("domain")
     @classmethod

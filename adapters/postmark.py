@@ -100,6 +100,9 @@ class PostmarkSettings(HttpAdapterSettings):
     overlap_days: int = Field(default=1, ge=1, le=30)
     # First read: how many days back (None: the whole list).
     initial_lookback_days: int | None = Field(default=None, ge=1)
+    # The webhook's basic-auth credentials: its webhooks are received at /hooks/<name> when set.
+    webhook_secret: SecretStr | None = None
+    webhook_username: str = Field(default="optout-sync", min_length=1, max_length=256)
 
     @field_validator("all_email_stream")
     @classmethod

@@ -99,6 +99,8 @@ class SendGridSettings(WindowSettings):
     read_lists: list[ListName] = Field(default_factory=lambda: list(ALL_LISTS))
     unclassified_bounces: Literal["hard_bounce", "ignore"] = "hard_bounce"
     confirm_global: bool = False
+    # The signed Event Webhook's verification key (base64 DER, as SendGrid shows it); unset: no receiver.
+    webhook_public_key: str | None = Field(default=None, min_length=1)
 
     _group_ids = integer_topic_ids("SendGrid unsubscribe group ids")
 

@@ -95,6 +95,8 @@ class SesSettings(HttpAdapterSettings):
     write_other_reasons_as: Literal["BOUNCE", "COMPLAINT"] | None = None
     rate_limit_requests: int = Field(default=1, ge=1)
     rate_limit_period: Duration = 1.0
+    # SNS topics whose SES events are received at /hooks/<name>; empty: no receiver.
+    webhook_topic_arns: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         "push": lambda w: bench_push_rounds(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05, rounds),
         "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
         "idle": lambda w: bench_idle(w, 5 if quick else 60),
+        "webhooks": lambda w: webhook_rows(w, quick),
     }
     rows: list[Row] = []
     for name, run in plan.items():
@@ -587,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in done:
                 print("  " + " | ".join(row.cells()), file=sys.stderr, flush=True)
             rows += done
+    _beside_polling(rows)
     print(f"machine: {machine()}")
     print(table(rows))
     if args.record:
@@ -594,6 +596,32 @@ def main(argv: list[str] | None = None) -> int:
             f"# Benchmark results\n\n`python -m bench{' --quick' if quick else ''}` on "
             f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}\n\n{table(rows)}\n")
     return 0 if all(row.met for row in rows) or quick else 1
+
+
+def webhook_rows(work: Path, quick: bool) -> list[Row]:
+    """Webhook -> every sink at 200 events/s (one per request), and sustained ingest in SendGrid-sized batches."""
+    from bench.webhooks import bench_webhook_ingest, bench_webhook_latency
+
+    rate, seconds = 200.0, 5.0 if quick else 60.0
+    (work / "latency").mkdir()
+    p50, p99, total, achieved = bench_webhook_latency(work / "latency", cli(), rate, seconds)
+    (work / "ingest").mkdir()
+    events, requests, rss = bench_webhook_ingest(work / "ingest", cli(), 5.0 if quick else 60.0, 100, 4)
+    return [Row("webhooks", f"p50, {total:,} events at {achieved:.0f}/s, webhook -> csv_file + HTTP sink", p50,
+                None, "s", "-", True),
+            Row("webhooks", "p99", p99, None, "s", "<= 2 s", p99 <= 2.0),
+            Row("webhooks", "sustained ingest, batches of 100, 4 senders", events, None, "events/s",
+                ">= 2,000/s", events >= 2000),
+            Row("webhooks", "  the same, requests", requests, None, "req/s", "-", True),
+            Row("webhooks", "peak RSS during ingest", rss, None, "MB", "<= 120 MB", rss <= 120)]
+
+
+def _beside_polling(rows: list[Row]) -> None:
+    """The webhook latencies' baseline is polling's propagation of the same run (file source, 1 s interval)."""
+    polled = {r.figure.split(",")[0]: r.ours for r in rows if r.benchmark == "propagation"}
+    for row in rows:
+        if row.benchmark == "webhooks" and row.figure.split(",")[0] in polled:
+            row.baseline = polled[row.figure.split(",")[0]]
 
 
 def reconcile_rows(work: Path, size: int, quick: bool) -> list[Row]:

@@ -387,6 +387,15 @@ def check(obj: Context, names: tuple[str, ...]) -> None:
         for line in lines:
             click.echo(f"    {line}")
         failed = failed or not ok
+    if settings.webhooks.listen or any(getattr(a, k, None) for a in settings.adapters
+                                       for k in ("webhook_secret", "webhook_public_key", "webhook_topic_arns")):
+        from receiver.hooks import describe  # Starlette, uvicorn and cryptography only when webhooks are set
+
+        hooks_ok, hook_lines = describe(settings)
+        click.echo(f"  webhooks: {'ok' if hooks_ok else 'FAILED'}")
+        for line in hook_lines:
+            click.echo(f"    {line}")
+        failed = failed or not hooks_ok
     if failed:
         sys.exit(EXIT_FAILURE)
 

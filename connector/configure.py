@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .settings_sources import Load, Origin
 
 SECRET_SHOWN = "***"
-SECTIONS = ("store", "sync", "logging", "server")
+SECTIONS = ("store", "sync", "logging", "server", "webhooks")
 # Without --adapter: the pair that needs no account anywhere (a watched folder in, one CSV out).
 DEFAULT_ADAPTERS = [("csv_folder", "inbox"), ("csv_file", "suppression-list")]
 SECRETS_FOLDER = "secrets"

@@ -71,6 +71,7 @@ class Daemon:
         self._observer = lambda kind, adapter: (self.metrics.count_http_retry(adapter) if kind == "retry"
                                                 else self.metrics.count_rate_limited(adapter))
         self.server: StatusServer | None = None
+        self.receiver = None  # receiver.app.WebhookReceiver, with [webhooks] listen
         self.monitor: threading.Thread | None = None
         self.monitor_wake = threading.Event()
         self.monitor_every = max(MONITOR_EVERY_MIN, min(MONITOR_EVERY, settings.server.max_lag / 4))
@@ -114,6 +115,13 @@ class Daemon:
                                            store_problem=lambda: self.store_problem,
                                            history=self.history).start()
                 log_event("server_listening", url=self.server.url)
+            if self.settings.webhooks.listen:  # imported only here: Starlette and uvicorn cost start-up
+                from receiver.app import start_receiver
+
+                self.receiver = start_receiver(self.settings, registry=self.metrics.registry, wake=self._notify,
+                                               store_problem=lambda: self.store_problem)
+                log_event("webhooks_listening", url=self.receiver.url,
+                          adapters=",".join(self.receiver.hooks) or None)
             if threading.current_thread() is threading.main_thread():  # tests run it in a thread
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, self.request_stop)
@@ -136,6 +144,8 @@ class Daemon:
             http.OBSERVERS.remove(self._observer)
             if self.server is not None:
                 self.server.stop()
+            if self.receiver is not None:
+                self.receiver.stop()
             lock.release()
 
     def problems(self) -> list[str]:
@@ -145,6 +155,8 @@ class Daemon:
         if self.stop.is_set():
             return []
         dead = [t.name for t in [*self.threads, self.monitor] if t is not None and not t.is_alive()]
+        if self.receiver is not None and not self.receiver.alive():
+            dead.append("webhooks")
         return [f"threads ended unexpectedly: {', '.join(dead)}"] if dead else []
 
     def store_intact(self) -> bool:

@@ -95,6 +95,39 @@ class ServerSettings(BaseModel):
         return self.stale_after if self.stale_after is not None else max(3 * interval, STALE_FLOOR)
 
 
+class WebhookSettings(BaseModel):
+    """The optional webhook receiver (package `receiver`): one path per adapter, /hooks/<adapter name>.
+
+    `listen` is "host:port"; unset, no receiver is started. The limits answer 413 (body larger
+    than `max_body`), 400 (headers or body slower than their timeout) and 503 (more than
+    `max_concurrency` requests at once). `max_age` is how old a signed timestamp may be
+    (SendGrid, Mailgun); `sns_max_age` the same for SNS messages, whose retries keep their time.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str | None = None
+    max_body: int = Field(default=1_048_576, ge=1024, le=1_048_576)
+    header_timeout: Duration = 10.0
+    body_timeout: Duration = 10.0
+    max_concurrency: int = Field(default=64, ge=1, le=10_000)
+    max_age: Duration = 300.0
+    sns_max_age: Duration = 3900.0
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @field_validator("header_timeout", "body_timeout", "max_age", "sns_max_age")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive duration such as '10s' or '5m'")
+        return value
+
+
 def listen_address(value: str) -> tuple[str, int]:
     """(host, port) from "host:port" or "[v6 address]:port"; ValueError naming what is wrong."""
     host, colon, port_text = value.strip().rpartition(":")
@@ -123,6 +156,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     topics: dict[str, str] = Field(default_factory=dict)
     adapters: list[AdapterSettings] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)

@@ -30,6 +30,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConf
 from state.errors import ConfigError
 from state.failpoint import ENV as FAILPOINT_ENV
 
+# Test-only, never a setting: the stand-in for SNS's URLs (receiver/ses.py).
+SNS_TEST_URLS_ENV = "OPTOUT_SYNC_TEST_SNS_URLS"
+
 CONFIG_ENV = "OPTOUT_SYNC_CONFIG"
 
 
@@ -198,7 +201,7 @@ class _LoadSource(PydanticBaseSettingsSource):
         found = []
         for variable, value in sorted(self.load.environ.items()):
             # The test-only crash point (state/failpoint.py) shares the prefix but is never a setting.
-            if not variable.startswith(self.prefix) or variable in (CONFIG_ENV, FAILPOINT_ENV):
+            if not variable.startswith(self.prefix) or variable in (CONFIG_ENV, FAILPOINT_ENV, SNS_TEST_URLS_ENV):
                 continue
             parts = [p.lower() for p in variable[len(self.prefix):].split(self.delimiter) if p]
             if parts:

@@ -173,12 +173,25 @@ def m5_releases(db: Database) -> None:
                           pk=("adapter", "lift_seq"), not_null={"adapter", "lift_seq", "due_at"})
 
 
+def m6_webhook_receipts(db: Database) -> None:
+    """6: what the webhook receiver has accepted.
+
+    One row per (adapter, key): a vendor's event id (a retried event changes nothing) or a
+    signature's nonce (a replayed request is refused), written in the same transaction as the
+    opt-outs the request carried, and pruned once older than any retry or replay window.
+    """
+    _create_without_rowid(db, "webhook_receipts", {"adapter": str, "key": str, "received_at": str},
+                          pk=("adapter", "key"), not_null={"adapter", "key", "received_at"})
+    db["webhook_receipts"].create_index(["received_at"], index_name="webhook_receipts_by_time")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m1_initial,
     m2_snapshots,
     m3_drop_suppressions_by_occurred,
     m4_hardening,
     m5_releases,
+    m6_webhook_receipts,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,7 +16,7 @@ def test_quick_benchmarks_run_and_print_every_figure():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("machine: ")
     for benchmark in ("import", "reconcile", "export", "push to file", "push", "vendor reconcile", "mailchimp push",
-                      "ses push", "propagation", "idle"):
+                      "ses push", "propagation", "idle", "webhooks"):
         assert any(line.startswith(f"| {benchmark} |") for line in lines), benchmark
     push = next(line for line in lines if line.startswith("| push | requests"))
     assert "| yes |" in push   # exactly ceil(N/B) requests

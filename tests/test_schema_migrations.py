@@ -90,7 +90,7 @@ def test_a_new_store_has_exactly_the_schema_the_old_sql_migrations_made(tmp_path
     tables = new["tables"]
     assert {n for n, t in tables.items() if t["list"][2]} == {
         "suppressions", "lifts", "snapshot_contacts", "store_meta", "inflight", "adapter_memory", "releases",
-        "removals_due"}
+        "removals_due", "webhook_receipts"}
     assert "AUTOINCREMENT" in next(sql for _t, n, _tb, sql in new["master"] if n == "events")
     partial = {i for t in tables.values() for i, (_u, _o, is_partial, _c) in t["indexes"].items() if is_partial}
     assert partial == {"events_suppressed", "events_by_ref", "failures_by_event"}
@@ -137,6 +137,9 @@ def test_an_earlier_store_migrates_with_every_row_kept(tmp_path, version):
                             " OR dismissed_reason IS NOT NULL").fetchone()[0] == 0
         new_tables = set(after) - set(before)
         assert {t for t in new_tables if after[t]} == ({"store_meta"} if version < 4 else set())
+        # Migrations 5 (re-subscribe releases) and 6 (webhook receipts) ran on every fixture.
+        assert {"releases", "removals_due", "webhook_receipts"} <= new_tables
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 6
         assert re.fullmatch(r"[0-9a-f]{32}", store.store_id())
         with Store(tmp_path / "fresh.db") as fresh:
             assert schema_of(conn) == schema_of(fresh.conn)

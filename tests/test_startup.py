@@ -17,8 +17,9 @@ from state.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 # Modules only some commands or some adapter types need; none may load at start-up.
 HEAVY = ["adapters.ses", "adapters.hubspot", "adapters.sendgrid", "adapters.mailchimp", "adapters.mailgun",
-         "adapters.postmark", "adapters.klaviyo", "adapters.kit", "adapters.http", "botocore", "httpx", "prometheus_client", "connector.daemon",
-         "connector.server", "connector.metrics"]
+         "adapters.postmark", "adapters.klaviyo", "adapters.kit", "adapters.http", "botocore", "httpx",
+         "prometheus_client", "connector.daemon", "connector.server", "connector.metrics", "receiver.app",
+         "receiver.hooks", "starlette", "uvicorn", "cryptography"]
 
 
 def loaded_after(code: str) -> list[str]:

@@ -8,8 +8,6 @@ import sqlite3
 from dataclasses import replace
 
 import pytest
-
-from state.schema import SCHEMA_VERSION
 from click.testing import CliRunner
 
 from connector import store_guard
@@ -20,6 +18,7 @@ from connector.server import StatusServer
 from connector.settings import validate_settings
 from connector.store_identity import StoreIdentity
 from state.errors import ConfigError, InputError
+from state.schema import SCHEMA_VERSION
 from state.store import JOURNAL_SIZE_LIMIT, Store
 
 from .conftest import write_settings
