@@ -62,7 +62,21 @@ class LoggingSettings(BaseModel):
     file: SettingsPath | None = None
 
 
-class ServerSettings(BaseModel):
+class _Listening(BaseModel):
+    """A server's settings: `listen` is "host:port", checked when read; unset, no server is started."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+
+class ServerSettings(_Listening):
     """The optional local HTTP server: Prometheus metrics, health checks, status page; and the lag alarm.
 
     `listen` is "host:port" (IPv6 as "[::1]:9464"); unset, no server is started.
@@ -71,17 +85,8 @@ class ServerSettings(BaseModel):
     `max_lag` applies with or without the server: an older unapplied opt-out raises the lag alarm.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    listen: str | None = None
     stale_after: Duration | None = None
     max_lag: Duration = 3600.0
-
-    @field_validator("listen")
-    @classmethod
-    def _host_and_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            listen_address(value)
-        return value
 
     @field_validator("stale_after", "max_lag")
     @classmethod
@@ -95,7 +100,7 @@ class ServerSettings(BaseModel):
         return self.stale_after if self.stale_after is not None else max(3 * interval, STALE_FLOOR)
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(_Listening):
     """The optional webhook receiver (package `receiver`): one path per adapter, /hooks/<adapter name>.
 
     `listen` is "host:port"; unset, no receiver is started. The limits answer 413 (body larger
@@ -104,21 +109,12 @@ class WebhookSettings(BaseModel):
     (SendGrid, Mailgun); `sns_max_age` the same for SNS messages, whose retries keep their time.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    listen: str | None = None
     max_body: int = Field(default=1_048_576, ge=1024, le=1_048_576)
     header_timeout: Duration = 10.0
     body_timeout: Duration = 10.0
     max_concurrency: int = Field(default=64, ge=1, le=10_000)
     max_age: Duration = 300.0
     sns_max_age: Duration = 3900.0
-
-    @field_validator("listen")
-    @classmethod
-    def _host_and_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            listen_address(value)
-        return value
 
     @field_validator("header_timeout", "body_timeout", "max_age", "sns_max_age")
     @classmethod
