@@ -115,7 +115,8 @@ def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path):
     inbox = tmp_path / "inbox"
     expected: set[str] = set()
     for n in range(3):
-        rows = [f"user{n}-{i}@example.com,," for i in range(4000)]
+        # Enough work that several of the twelve kills land while it is under way, however fast a push is.
+        rows = [f"user{n}-{i}@example.com,," for i in range(15000)]
         expected |= {r.split(",")[0] for r in rows}
         drop(inbox, f"list{n}.csv", rows)
     kills, partial = 0, 0
