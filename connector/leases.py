@@ -21,9 +21,11 @@ store, so one daemon holds every adapter: the first `try_acquire` takes the file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,17 @@ class LeaseHolder:
     since: str | None
 
 
+def _serialized(method):
+    # One lease connection serves the daemon's threads: one call on it at a time.
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._mutex:
+            return method(self, *args, **kwargs)
+    return call
+
+
 class PgLeases:
-    """Adapter leases as session advisory locks on a dedicated PostgreSQL connection."""
+    """Adapter leases as session advisory locks on a dedicated PostgreSQL connection (thread-safe)."""
 
     def __init__(self, url: str, *, daemon_id: str | None = None, dead_after: float = 60.0,
                  connect_timeout: float = 10.0):
@@ -72,6 +83,7 @@ class PgLeases:
         self.connect_timeout = connect_timeout
         self._conn = None
         self._held: set[str] = set()
+        self._mutex = threading.RLock()
 
     # -- the connection ------------------------------------------------------
 
@@ -111,6 +123,7 @@ class PgLeases:
 
     # -- the interface -------------------------------------------------------
 
+    @_serialized
     def try_acquire(self, adapter: str) -> bool:
         """Take the adapter's lease if nobody holds it; True if this daemon holds it now."""
         import psycopg
@@ -138,6 +151,7 @@ class PgLeases:
                                      f"{adapter}: {_first_line(exc)}") from None
         return False  # not reached
 
+    @_serialized
     def release(self, adapter: str) -> None:
         """Give up the adapter's lease (another daemon may take it at once); nothing if not held."""
         import psycopg
@@ -153,6 +167,7 @@ class PgLeases:
         except psycopg.OperationalError:
             self._lost()
 
+    @_serialized
     def held(self) -> set[str]:
         """The adapters this daemon holds now, as the server sees it; empty once the connection is lost."""
         import psycopg
@@ -170,6 +185,7 @@ class PgLeases:
         self._held = {a for a in self._held if lease_key(a) in keys}
         return set(self._held)
 
+    @_serialized
     def holders(self) -> dict[str, LeaseHolder]:
         """Every adapter some live daemon holds, with that daemon; rows of dead holders are left out."""
         import psycopg
@@ -196,6 +212,7 @@ class PgLeases:
                 conn.close()
         return {adapter: LeaseHolder(daemon_id, host, pid, since) for adapter, daemon_id, host, pid, since in rows}
 
+    @_serialized
     def close(self) -> None:
         """Close the lease connection: every lease held ends with it."""
         self._lost()

@@ -175,3 +175,44 @@ def test_a_dead_holders_row_is_not_reported_while_a_new_holder_has_the_lock_but_
     with psycopg.connect(pg_store, autocommit=True) as new_holder:
         assert new_holder.execute("SELECT pg_try_advisory_lock(%s)", (lease_key(POSITIVE),)).fetchone()[0]
         assert managers("observer").holders() == {}
+
+
+def test_one_manager_shared_by_threads_never_stacks_a_lock(managers, monkeypatch):
+    """An acquire during another thread's held() must not be forgotten (a second take would stack the lock)."""
+    import threading
+
+    from connector import leases
+
+    shared, other = managers("shared"), managers("other")
+    assert shared.try_acquire(POSITIVE)
+    real_key = leases.lease_key
+    in_window, acquired, watcher = threading.Event(), threading.Event(), {}
+
+    def key(adapter):
+        # In the watching thread's held(): between its read of pg_locks and its update, let the
+        # other thread acquire (it cannot while calls are serialized: it waits, and this gives up).
+        if threading.get_ident() == watcher.get("id") and not in_window.is_set():
+            in_window.set()
+            acquired.wait(1.0)
+        return real_key(adapter)
+
+    monkeypatch.setattr(leases, "lease_key", key)
+
+    def watch():
+        watcher["id"] = threading.get_ident()
+        shared.held()
+
+    def acquire():
+        assert shared.try_acquire(NEGATIVE)
+        acquired.set()
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    assert in_window.wait(5)
+    acquiring = threading.Thread(target=acquire)
+    acquiring.start()
+    acquiring.join(5)
+    watching.join(5)
+    assert shared.try_acquire(NEGATIVE)   # held already: must not take the lock a second time
+    shared.release(NEGATIVE)
+    assert other.try_acquire(NEGATIVE)    # one release freed it
