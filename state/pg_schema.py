@@ -299,6 +299,22 @@ def migrate(conn: psycopg.Connection) -> int:
     return SCHEMA_VERSION
 
 
+def reset_identities(conn: psycopg.Connection) -> None:
+    """Move each identity column's sequence to the column's highest value (after a COPY of given ids).
+
+    COPY writes the values it is given and leaves the identity's sequence where it was; without
+    this, the next append after `store copy` would take a seq the copied log already holds.
+    """
+    columns = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND is_identity = 'YES'").fetchall()
+    for table, column in columns:
+        # setval(seq, max, true): the next value is max + 1; on an empty table (1, false): it is 1.
+        conn.execute(
+            f'SELECT setval(pg_get_serial_sequence(%s, %s), COALESCE(max("{column}"), 1), max("{column}") IS NOT NULL)'
+            f' FROM "{table}"', (table, column))
+
+
 def _checked(version: int) -> int:
     if version > SCHEMA_VERSION:
         raise StoreError(

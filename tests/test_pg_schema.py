@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +196,95 @@ def test_every_sqlite_table_exists_on_postgresql_with_the_same_columns_keys_and_
         # AUTOINCREMENT's promise: no INSERT picks a seq of its own.
         assert conn.execute("SELECT is_identity, identity_generation FROM information_schema.columns"
                             " WHERE table_name = 'events' AND column_name = 'seq'").fetchone() == ("YES", "ALWAYS")
+
+
+# -- rows: a SQLite store's rows copied in read back the same, in the same order ---------------
+
+STORES = Path(__file__).resolve().parent / "data" / "stores"
+# Copied parents first (snapshot_contacts references snapshots).
+COPY_ORDER = ["snapshots"]
+
+
+@pytest.fixture
+def pg_icu_url(pg_cluster):
+    """A database whose default collation is ICU's en-US, where 'a' < 'B' < '_' would not be code point order."""
+    import psycopg
+
+    name = "t_icu_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _fill_every_table(path: Path) -> None:
+    """The v4 fixture store's story, plus rows in the tables it lacks and addresses that sort apart."""
+    conn = sqlite3.connect(path)
+    with conn:
+        when = "2026-03-01T10:00:00.000000+00:00"
+        for address in ("Zed@example.com", "_under@example.com", "zoë@example.com", "ann+x@example.com"):
+            seq = conn.execute("INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
+                               " details) VALUES (?, 'suppressed', ?, '*', 'unsubscribed', 'recipient', 'crm',"
+                               " '{\"a\":[1,2]}')", (when, address)).lastrowid
+            conn.execute("INSERT INTO suppressions (address, scope, reason, origin, source, recorded_at, details, seq)"
+                         " VALUES (?, '*', 'unsubscribed', 'recipient', 'crm', ?, '{\"a\":[1,2]}', ?)",
+                         (address, when, seq))
+        conn.execute("INSERT INTO releases VALUES ('ann@example.com', '*', 'sendgrid', ?, ?, 1)", (when, when))
+        conn.execute("INSERT INTO removals_due VALUES ('sendgrid', 1, ?)", (when,))
+        conn.execute("INSERT INTO webhook_receipts VALUES ('sendgrid', 'e:abc', ?), ('sendgrid', 'n:Xyz', ?)",
+                     (when, when))
+    conn.close()
+
+
+def _primary_key(conn: sqlite3.Connection, table: str) -> list[str]:
+    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    return [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5]]
+
+
+def test_a_sqlite_stores_rows_copied_in_read_back_identical_and_in_the_same_order(pg_icu_url, tmp_path):
+    from state import pg_events
+
+    path = tmp_path / "store.db"
+    shutil.copy(STORES / "store_v4.db", path)
+    Store(path).close()  # migrated to the current version
+    _fill_every_table(path)
+    lite = sqlite3.connect(path)
+    tables = [r[0] for r in lite.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                         " AND name NOT LIKE 'sqlite_%'")]
+    tables.sort(key=lambda t: (t not in COPY_ORDER, t))
+    with connect(pg_icu_url) as conn:
+        pg_schema.migrate(conn)
+        conn.execute("DELETE FROM store_meta")  # the copy brings the store's own identity
+        for table in tables:
+            columns = [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
+            selected = list(columns)
+            if table in pg_schema.IMPLICIT_ROWID_COLUMNS:  # the insertion order the store reads them in
+                columns.append(pg_schema.IMPLICIT_ROWID_COLUMNS[table])
+                selected.append("rowid")
+            with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in lite.execute(f"SELECT {', '.join(selected)} FROM {table}"):
+                    copy.write_row(row)
+        pg_schema.reset_identities(conn)
+
+        for table in tables:
+            columns = ", ".join(r[1] for r in lite.execute(f"PRAGMA table_info({table})"))
+            order = ", ".join(_primary_key(lite, table))
+            expected = lite.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
+            assert expected, f"{table} has no rows to compare"
+            assert conn.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall() == expected, table
+
+        # The identities go on after the copied ids, not from 1.
+        last_seq = lite.execute("SELECT max(seq) FROM events").fetchone()[0]
+        with conn.transaction():
+            assert pg_events.append(conn, [{"recorded_at": "x", "kind": "observed", "address": "a", "scope": "*"}]) \
+                == [last_seq + 1]
+        last_failure = lite.execute("SELECT max(id) FROM failures").fetchone()[0]
+        assert conn.execute("INSERT INTO failures (adapter, kind, message, first_at, last_at)"
+                            " VALUES ('x', 'permanent', 'm', 't', 't') RETURNING id").fetchone()[0] == last_failure + 1
+        last_staged = lite.execute("SELECT max(rowid) FROM staged").fetchone()[0]
+        assert conn.execute("SELECT max(row_order) FROM staged").fetchone()[0] == last_staged
+        assert conn.execute("INSERT INTO staged (adapter, address, scope, reason, origin, staged_at)"
+                            " VALUES ('x', 'a', '*', 'unsubscribed', 'user', 't') RETURNING row_order").fetchone()[0] \
+            == last_staged + 1
+    lite.close()
