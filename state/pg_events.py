@@ -16,8 +16,10 @@ transaction leaves a gap in the numbers, which a pusher passes without loss.
 Conditions, each written where it matters:
 - an append must run inside a transaction (in autocommit mode outside `conn.transaction()` the
   lock would end with its own statement): `append` refuses otherwise;
-- the connection's isolation must be READ COMMITTED (PostgreSQL's default): under REPEATABLE READ
-  the statement that waits for the lock would keep a snapshot taken before the holder committed;
+- the transaction must be READ COMMITTED (PostgreSQL's default; `take_append_lock` refuses
+  another): the seq order holds at any level, but under REPEATABLE READ the statement that waits
+  for the lock keeps a snapshot from before the previous holder committed, and what the
+  transaction reads next (the log's end here, the Store's read-then-write SQL) would miss it;
 - the pusher reads the primary, not a standby.
 
 The lock is re-entrant within a transaction, so a caller (the Store port) may take it earlier, at
@@ -61,7 +63,12 @@ def take_append_lock(conn: psycopg.Connection) -> None:
 
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
         raise StoreError("an event append must run inside a transaction (the append lock lasts until its commit)")
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+    # The isolation comes back with the lock, in the same round trip.
+    isolation = conn.execute("SELECT current_setting('transaction_isolation') FROM pg_advisory_xact_lock(%s)",
+                             (APPEND_LOCK_KEY,)).fetchone()[0]
+    if isolation != "read committed":
+        raise StoreError(f"an event append needs READ COMMITTED isolation, not {isolation.upper()}: what it reads "
+                         "after the append lock must include the previous holder's commit")
 
 
 def append(conn: psycopg.Connection, events: Iterable[Mapping[str, object]]) -> list[int]:

@@ -172,3 +172,14 @@ def test_append_selected_and_copy_return_the_seqs_they_took(pg_store):
             (3, "applied", 1), (4, "applied", 2)]
         with conn.transaction():
             assert pg_events.copy_append(conn, []) == pg_events.Appended(0, 0, 0)
+
+
+def test_an_append_in_a_repeatable_read_transaction_is_refused_and_writes_nothing(pg_store):
+    import psycopg
+
+    with connect(pg_store) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with pytest.raises(StoreError, match="needs READ COMMITTED isolation, not REPEATABLE READ"):
+            with conn.transaction():
+                pg_events.append(conn, [event("a@example.com")])
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
