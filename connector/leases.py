@@ -89,16 +89,22 @@ class PgLeases:
 
     def _connect(self):
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
 
-        # The server probes an idle client every third of dead_after and drops it after three
-        # unanswered probes: a vanished host's locks end within about dead_after.
-        probe = max(1, int(self.dead_after / 3))
-        options = (f"-c tcp_keepalives_idle={probe} -c tcp_keepalives_interval={probe} "
-                   f"-c tcp_keepalives_count=3 -c application_name=optout-sync-leases")
+        # Over TCP, a holder whose host or network vanished is found out on both sides within
+        # about dead_after: the server probes an idle client every quarter of it and drops it after
+        # three unanswered probes (its locks end then); the holder's own connection gives up
+        # sooner, after half of it (tcp_user_timeout, keepalives), so it stops driving before
+        # another daemon can take over. A unix socket needs none of this (and ignores it).
+        probe = max(1, int(self.dead_after / 4))
+        half_ms = max(1000, int(self.dead_after * 500))
+        settings = (f"-c tcp_keepalives_idle={probe} -c tcp_keepalives_interval={probe} -c tcp_keepalives_count=3"
+                    f" -c tcp_user_timeout={half_ms} -c application_name=optout-sync-leases")
         try:
+            given = conninfo_to_dict(self.url).get("options") or ""
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
-                                   options=options, keepalives=1, keepalives_idle=probe,
-                                   keepalives_interval=probe, keepalives_count=3)
+                                   options=f"{given} {settings}".strip(), keepalives=1, keepalives_idle=probe,
+                                   keepalives_interval=probe, keepalives_count=1, tcp_user_timeout=half_ms)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the store's PostgreSQL for adapter leases: "
                              f"{_first_line(exc)}") from None

@@ -216,3 +216,20 @@ def test_one_manager_shared_by_threads_never_stacks_a_lock(managers, monkeypatch
     assert shared.try_acquire(NEGATIVE)   # held already: must not take the lock a second time
     shared.release(NEGATIVE)
     assert other.try_acquire(NEGATIVE)    # one release freed it
+
+
+def test_the_lease_connection_keeps_the_urls_own_options(pg_store):
+    url = pg_store + "&options=" + "-c%20statement_timeout%3D12345"
+    leases = PgLeases(url, daemon_id="opts")
+    try:
+        assert leases.try_acquire(POSITIVE)
+        conn = leases._conn
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "12345ms"
+        assert conn.execute("SHOW application_name").fetchone()[0] == "optout-sync-leases"
+        # TCP settings (a unix socket ignores them, so they are read from what libpq was given):
+        # the server drops a silent holder after about dead_after (60 s); the holder gives up at half.
+        given = conn.info.get_parameters()
+        assert given["tcp_user_timeout"] == "30000" and given["keepalives_idle"] == "15"
+        assert "-c tcp_keepalives_idle=15 -c tcp_keepalives_interval=15 -c tcp_keepalives_count=3" in given["options"]
+    finally:
+        leases.close()
