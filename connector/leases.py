@@ -32,6 +32,7 @@ from pathlib import Path
 
 from state.errors import StoreError
 from state.models import utc_now
+from state.pg_errors import BAD_URL, describe
 
 from .lock import StoreLock
 
@@ -102,12 +103,15 @@ class PgLeases:
                     f" -c tcp_user_timeout={half_ms} -c application_name=optout-sync-leases")
         try:
             given = conninfo_to_dict(self.url).get("options") or ""
+        except psycopg.Error:
+            raise StoreError(BAD_URL) from None  # libpq's parse errors quote the URL, password and all
+        try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
                                    options=f"{given} {settings}".strip(), keepalives=1, keepalives_idle=probe,
                                    keepalives_interval=probe, keepalives_count=1, tcp_user_timeout=half_ms)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the store's PostgreSQL for adapter leases: "
-                             f"{_first_line(exc)}") from None
+                             f"{describe(exc, self.url)}") from None
         self._held.clear()  # a new session holds nothing
         self._conn = conn
         return conn
@@ -154,7 +158,7 @@ class PgLeases:
                 self._lost()
                 if attempt == 2:
                     raise StoreError(f"lost the store's PostgreSQL connection while taking the lease of "
-                                     f"{adapter}: {_first_line(exc)}") from None
+                                     f"{adapter}: {describe(exc, self.url)}") from None
         return False  # not reached
 
     @_serialized
@@ -200,8 +204,10 @@ class PgLeases:
         try:
             conn = conn or psycopg.connect(self.url, autocommit=True,
                                            connect_timeout=max(1, int(self.connect_timeout)))
+        except psycopg.ProgrammingError:
+            raise StoreError(BAD_URL) from None
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the store's PostgreSQL: {_first_line(exc)}") from None
+            raise StoreError(f"cannot connect to the store's PostgreSQL: {describe(exc, self.url)}") from None
         try:
             rows = conn.execute(
                 "SELECT l.adapter, l.daemon_id, l.host, l.pid, l.since FROM leases l WHERE EXISTS"
@@ -212,7 +218,7 @@ class PgLeases:
                 " AND k.objid::bigint = l.lock_key & 4294967295)"
                 " ORDER BY l.adapter").fetchall()
         except psycopg.Error as exc:
-            raise StoreError(f"cannot read the adapters' leases: {_first_line(exc)}") from None
+            raise StoreError(f"cannot read the adapters' leases: {describe(exc, self.url)}") from None
         finally:
             if conn is not self._conn:
                 conn.close()
@@ -271,8 +277,3 @@ class FileLeases:
         if self._locked:
             self._lock.release()
             self._locked = False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
