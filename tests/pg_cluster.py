@@ -9,6 +9,9 @@ the server run as the unprivileged system user `optout-pg` (made with useradd wh
 
 Debian puts initdb and pg_ctl in /usr/lib/postgresql/<version>/bin, not on PATH: both places are
 searched, PATH first. Nothing here imports psycopg, so that importing this module costs nothing.
+
+A test process killed before its clean-up leaves its cluster running: the next start stops and
+removes every cluster whose owner (the pid in its folder's owner.pid) is gone.
 """
 
 from __future__ import annotations
@@ -142,6 +145,43 @@ def _base_folder() -> Path:
     raise ClusterError("no temporary folder that an unprivileged user can reach (TMPDIR and /tmp)")
 
 
+PREFIX = "optpg-"
+OWNER_FILE = "owner.pid"  # the pid of the test process that started the cluster
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_abandoned(base: Path, bin_dir: Path) -> list[Path]:
+    """Stop and remove the clusters in `base` whose test process is gone (killed before its clean-up).
+
+    A cluster whose owner still runs (another test session) is left alone; so is a folder without
+    an owner file. Returns the folders removed.
+    """
+    removed = []
+    for folder in base.glob(f"{PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        try:
+            user = pwd.getpwuid(folder.stat().st_uid).pw_name if os.geteuid() == 0 else None
+        except KeyError:
+            user = None
+        Cluster(folder, bin_dir, user if user != "root" else None).stop()
+        removed.append(folder)
+    return removed
+
+
 def start(bin_dir: Path | None = None) -> Cluster:
     """initdb a new cluster in a temporary folder and start it; ClusterError saying why if it cannot."""
     began = time.monotonic()
@@ -154,13 +194,17 @@ def start(bin_dir: Path | None = None) -> Cluster:
     except KeyError:
         raise ClusterError(f"the tests run as root and PostgreSQL refuses root, but the user {RUN_AS!r} "
                            f"cannot be made (useradd) and {FALLBACK_RUN_AS!r} does not exist") from None
+    base = _base_folder()
+    sweep_abandoned(base, bin_dir)
     # Short name: a unix socket's path must stay under 107 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="optpg-", dir=_base_folder()))
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
+    (folder / OWNER_FILE).write_text(f"{os.getpid()}\n")
     cluster = Cluster(folder, bin_dir, user)
     try:
         if user:
             info = pwd.getpwnam(user)
             os.chown(folder, info.pw_uid, info.pw_gid)
+            os.chown(folder / OWNER_FILE, info.pw_uid, info.pw_gid)
         folder.chmod(0o700)
         _run(cluster._command(bin_dir / "initdb", "-D", cluster.data_dir, "-U", SUPERUSER, "--auth=trust",
                               "-E", "UTF8", "--locale=C", "--no-sync"), timeout=120)

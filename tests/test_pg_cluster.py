@@ -83,3 +83,26 @@ def test_a_cluster_that_cannot_start_fails_the_tests_that_need_it_with_one_clear
     assert ("the PostgreSQL test cluster cannot start: PostgreSQL's initdb was found neither on PATH nor in "
             f"{tmp_path}/none/*/bin; install Debian's 'postgresql' package") in out, out
     assert "Traceback" not in out, out
+
+
+def test_a_cluster_whose_test_process_died_is_stopped_and_removed_by_the_next_start(pg_cluster):
+    import psycopg
+
+    abandoned = clusters.start()
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (abandoned.folder / clusters.OWNER_FILE).write_text(f"{dead.pid}\n")  # as if killed before its clean-up
+        with psycopg.connect(abandoned.url(), autocommit=True) as conn:
+            server_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0] and \
+                int((abandoned.data_dir / "postmaster.pid").read_text().split()[0])
+        second = clusters.start()
+        second.stop()
+        assert not abandoned.folder.exists()
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
+        # The session's own cluster, whose owner is alive, was left running.
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        abandoned.stop()
