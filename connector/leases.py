@@ -140,22 +140,30 @@ class PgLeases:
 
         if adapter in self.held():
             return True  # never lock twice: advisory locks stack, and one unlock would not release
+        key = lease_key(adapter)
         for attempt in (1, 2):  # a dropped connection is re-made once
             conn = self._conn if self._conn is not None and not self._conn.closed else self._connect()
             try:
-                key = lease_key(adapter)
                 if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                     return False
-                conn.execute(
-                    "INSERT INTO leases (adapter, lock_key, daemon_id, host, pid, backend_pid, since)"
-                    " VALUES (%s, %s, %s, %s, %s, pg_backend_pid(), %s) ON CONFLICT (adapter) DO UPDATE SET"
-                    " lock_key = excluded.lock_key, daemon_id = excluded.daemon_id, host = excluded.host,"
-                    " pid = excluded.pid, backend_pid = excluded.backend_pid, since = excluded.since",
-                    (adapter, key, self.daemon_id, self.host, os.getpid(), utc_now()))
+                try:
+                    conn.execute(
+                        "INSERT INTO leases (adapter, lock_key, daemon_id, host, pid, backend_pid, since)"
+                        " VALUES (%s, %s, %s, %s, %s, pg_backend_pid(), %s) ON CONFLICT (adapter) DO UPDATE SET"
+                        " lock_key = excluded.lock_key, daemon_id = excluded.daemon_id, host = excluded.host,"
+                        " pid = excluded.pid, backend_pid = excluded.backend_pid, since = excluded.since",
+                        (adapter, key, self.daemon_id, self.host, os.getpid(), utc_now()))
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:
+                    # Never keep a lease that status cannot show, nor one this object does not know of.
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    raise StoreError(f"cannot record the lease of {adapter}: {describe(exc, self.url)}; "
+                                     "is the store's schema migrated?") from None
                 self._held.add(adapter)
                 return True
             except psycopg.OperationalError as exc:
-                self._lost()
+                self._lost()  # the session, and any lock it had just taken, are gone
                 if attempt == 2:
                     raise StoreError(f"lost the store's PostgreSQL connection while taking the lease of "
                                      f"{adapter}: {describe(exc, self.url)}") from None
@@ -171,11 +179,15 @@ class PgLeases:
             return
         self._held.discard(adapter)
         try:
+            # The lock first: a row left behind is stale and never reported; a lock left behind would
+            # keep the adapter from every other daemon. A new holder's row has another backend_pid.
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (lease_key(adapter),))
             self._conn.execute("DELETE FROM leases WHERE adapter = %s AND backend_pid = pg_backend_pid()",
                                (adapter,))
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", (lease_key(adapter),))
         except psycopg.OperationalError:
             self._lost()
+        except psycopg.Error:
+            pass  # the row only: stale, and holders() does not show it
 
     @_serialized
     def held(self) -> set[str]:

@@ -177,7 +177,10 @@ def sweep_abandoned(base: Path, bin_dir: Path) -> list[Path]:
             user = pwd.getpwuid(folder.stat().st_uid).pw_name if os.geteuid() == 0 else None
         except KeyError:
             user = None
-        Cluster(folder, bin_dir, user if user != "root" else None).stop()
+        try:
+            Cluster(folder, bin_dir, user if user != "root" else None).stop()
+        except ClusterError:
+            continue  # left as it is: a stuck leftover must not keep this session's cluster from starting
         removed.append(folder)
     return removed
 
