@@ -13,6 +13,7 @@ from connector.settings import Settings, validate_settings
 from state.store import Store
 
 from . import memory_adapter
+from .pg_fixtures import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ["adapters.ses", "adapters.hubspot", "adapters.sendgrid", "adapters.mailchimp", "adapters.mailgun",
          "adapters.postmark", "adapters.klaviyo", "adapters.kit", "adapters.http", "botocore", "httpx",
          "prometheus_client", "connector.daemon", "connector.server", "connector.metrics", "receiver.app",
-         "receiver.hooks", "starlette", "uvicorn", "cryptography"]
+         "receiver.hooks", "starlette", "uvicorn", "cryptography", "psycopg"]
 
 
 def loaded_after(code: str) -> list[str]:
