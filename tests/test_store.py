@@ -199,3 +199,50 @@ def test_a_page_keeps_every_field_exactly_whichever_way_it_is_loaded(tmp_path, n
     assert json.loads(first["details"]) == {"note": note, "n": 1}
     assert (second["reason"], second["origin"], second["occurred_at"], second["details"]) == (
         "imported", "user", None, None)
+
+
+@pytest.mark.parametrize("text, stored", [
+    ("2026-03-01T12:30:00+02:00", "2026-03-01T10:30:00.000000+00:00"),      # an offset
+    ("2026-03-01T05:30:00-05:00", "2026-03-01T10:30:00.000000+00:00"),
+    ("2026-03-01T10:30:00Z", "2026-03-01T10:30:00.000000+00:00"),
+    ("2026-03-01t10:30:00z", "2026-03-01T10:30:00.000000+00:00"),          # RFC 3339 allows lower case
+    ("2026-03-01T10:30:00", "2026-03-01T10:30:00.000000+00:00"),           # naive: taken as UTC
+    ("2026-03-01T10:30:00.5+00:00", "2026-03-01T10:30:00.500000+00:00"),
+    ("yesterday", None), ("", None), (None, None),
+])
+def test_times_in_every_zone_form_are_stored_in_the_one_utc_form(text, stored):
+    from state.store import canonical_time
+
+    assert canonical_time(text) == stored
+
+
+def test_the_utc_form_does_not_depend_on_the_machines_time_zone(monkeypatch):
+    """Naive times are UTC, and aware ones are turned into UTC, even where local time is not UTC."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from state.models import to_utc_iso
+
+    monkeypatch.setenv("TZ", "EST+5")   # a POSIX zone: five hours behind UTC, no zone files needed
+    time.tzset()
+    try:
+        assert to_utc_iso(datetime(2026, 3, 1, 10, 30)) == "2026-03-01T10:30:00.000000+00:00"
+        assert to_utc_iso(datetime(2026, 3, 1, 12, 30, tzinfo=timezone(timedelta(hours=2)))) == (
+            "2026-03-01T10:30:00.000000+00:00")
+        assert to_utc_iso(datetime(2026, 3, 1, 10, 30, tzinfo=timezone.utc)) == "2026-03-01T10:30:00.000000+00:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_nul_in_an_address_is_kept_whole_and_the_rest_of_the_page_too(tmp_path):
+    """A page with a NUL goes in row by row (SQLite's ->> would cut the text at the NUL); others as one array."""
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("a", Page([OptOut("a\x00b@y.io", "*", "unsubscribed", "recipient", None),
+                                     OptOut("c@y.io")]))
+        store.ingest_page("a", Page([OptOut("d@y.io", "*", "hard_bounce", "system", "2026-01-02T03:04:05Z")]))
+        store.promote("a")
+        rows = store.conn.execute("SELECT address, reason, origin, occurred_at FROM suppressions ORDER BY address")
+        assert rows.fetchall() == [
+            ("a\x00b@y.io", "unsubscribed", "recipient", None), ("c@y.io", "unsubscribed", "recipient", None),
+            ("d@y.io", "hard_bounce", "system", "2026-01-02T03:04:05.000000+00:00")]
