@@ -84,7 +84,8 @@ REVIEWED: list[tuple[str, str, str]] = [
      "the first batch starts after an empty address; no snapshot contact has one (they come from suppressions)"),
     ("state.snapshots.x_record_deletions", r'"snapshot": name}, \)',
      "without sort_keys the same text: contact_id and snapshot are in sorted order already"),
-    ("connector.engine.xǁEngineǁ_reconcile", r"save_cursor=(None|True)|Page\(resubscribes=page\.resubscribes\), resubscribe_policy",
+    ("connector.engine.xǁEngineǁ_reconcile",
+     r"save_cursor=(None|True)|Page\(resubscribes=page\.resubscribes\), resubscribe_policy",
      "the page handed to ingest_page is built with the re-subscribes only and no cursor, so no cursor "
      "is saved whatever save_cursor says (a full read's own cursor never reaches the store)"),
 ]
