@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from sqlite3 import Connection
 
-from .errors import RefusedError
+from .errors import RefusedError, StoreError
 from .models import Rejected, utc_now
 from .store import Store
 
@@ -104,6 +104,11 @@ def _batches(items: Iterable) -> Iterator[list]:
         yield batch
 
 
+# How long a put waits on a full queue before it checks that the stager thread still runs.
+_PUT_WAIT = 0.5
+_STAGER_STOPPED = "the import's staging thread stopped before the import ended; nothing was saved"
+
+
 class _Stager:
     """Inserts batches of addresses into temp.import_rows on a thread of its own.
 
@@ -128,14 +133,27 @@ class _Stager:
     def stage(self, addresses: list[str]) -> None:
         if self._error is not None:
             raise self._error
-        self._batches.put(addresses)
+        if not self._put(addresses):
+            raise self._error or StoreError(_STAGER_STOPPED)
 
     def __exit__(self, kind, error, traceback) -> None:
         self._cancelled = error is not None
-        self._batches.put(None)
+        ended = self._put(None)
         self._thread.join()
         if self._error is not None and error is None:
             raise self._error
+        if not ended and error is None:
+            raise StoreError(_STAGER_STOPPED)
+
+    def _put(self, item: list[str] | None) -> bool:
+        """Queue `item`; False if the stager thread has stopped (a plain put() on a full queue would wait forever)."""
+        while self._thread.is_alive():
+            try:
+                self._batches.put(item, timeout=_PUT_WAIT)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _run(self) -> None:
         while (addresses := self._batches.get()) is not None:

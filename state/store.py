@@ -58,12 +58,13 @@ def _stronger_sql(new: str, old: str) -> str:
 def canonical_time(text: str | None) -> str | None:
     """ISO-8601 text in the store's one UTC form, so that times compare correctly as text.
 
-    Unparseable text counts as unknown (None): the opt-out is kept, its date is not.
+    Unparseable text counts as unknown (None): the opt-out is kept, its date is not. A lower-case
+    "t" or "z" is read as "T" or "Z" (RFC 3339 section 5.6); Python 3.11 reads "Z" as UTC itself.
     """
     if not text:
         return None
     try:
-        return to_utc_iso(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        return to_utc_iso(datetime.fromisoformat(text.upper()))
     except ValueError:
         return None
 

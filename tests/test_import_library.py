@@ -6,12 +6,16 @@ Written for mutants a mutation run left alive there (docs/testing.md); each seen
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
+import time
 
 import pytest
 
 from state import imports
-from state.errors import RefusedError
+from state.errors import RefusedError, StoreError
 from state.imports import run_import, saved_count
 from state.models import OptOut, Page, Rejected
 from state.store import Store
@@ -87,3 +91,65 @@ def test_the_event_feed_reads_every_column_of_the_events_after_a_seq(store):
     assert [(e["seq"], e["kind"], e["address"], e["origin"]) for e in events] == [
         (2, "suppressed", "a@example.com", "user"), (3, "suppressed", "b@example.com", "user")]
     assert set(events[0]) >= {"seq", "recorded_at", "kind", "address", "scope", "reason", "source", "details"}
+
+
+def _stage_in_a_thread(stager, batches: int) -> tuple[threading.Thread, list]:
+    """Stage `batches` batches from a helper thread, so that a put() that blocks forever fails the test."""
+    raised: list = []
+
+    def stage():
+        try:
+            for _ in range(batches):
+                stager.stage(["a@example.com"])
+        except BaseException as exc:
+            raised.append(exc)
+
+    helper = threading.Thread(target=stage, daemon=True)
+    helper.start()
+    helper.join(timeout=10)
+    return helper, raised
+
+
+def test_staging_raises_instead_of_waiting_forever_when_the_stager_thread_has_stopped(store, monkeypatch):
+    monkeypatch.setattr(imports, "_PUT_WAIT", 0.05)
+    monkeypatch.setattr(imports._Stager, "_run", lambda self: None)   # a stager thread that ends at once
+    stager = imports._Stager(store.conn)
+    with pytest.raises(StoreError) as stopped:
+        with stager:
+            helper, raised = _stage_in_a_thread(stager, 5)   # more batches than the queue holds
+            blocked = helper.is_alive()
+            while helper.is_alive() or not stager._batches.empty():  # so that leaving cannot block either
+                with contextlib.suppress(queue.Empty):
+                    stager._batches.get(timeout=0.05)
+            assert not blocked, "stage() blocked on a stager thread that had stopped"
+            assert [str(e) for e in raised] == [
+                "the import's staging thread stopped before the import ended; nothing was saved"]
+            raise raised[0]
+    assert "nothing was saved" in str(stopped.value)
+
+
+def test_leaving_a_stager_whose_thread_stopped_early_is_an_error_not_a_short_count(store, monkeypatch):
+    monkeypatch.setattr(imports._Stager, "_run", lambda self: None)
+    stager = imports._Stager(store.conn)
+    with pytest.raises(StoreError, match="staging thread stopped before the import ended"):
+        with stager:
+            stager._thread.join()   # it has stopped before anything was staged
+
+
+
+def test_a_slow_stager_thread_is_waited_for_not_taken_for_stopped(store, monkeypatch):
+    monkeypatch.setattr(imports, "_PUT_WAIT", 0.01)
+    got: list = []
+
+    def slow(self):
+        # Ends after 2 s without a batch too, so that a stager that never sends the end cannot hang the test.
+        with contextlib.suppress(queue.Empty):
+            while (batch := self._batches.get(timeout=2)) is not None:
+                time.sleep(0.05)   # five times the put's wait: the queue stays full for a while
+                got.append(batch)
+
+    monkeypatch.setattr(imports._Stager, "_run", slow)
+    with imports._Stager(store.conn) as stager:
+        for n in range(5):
+            stager.stage([f"u{n}@example.com"])
+    assert got == [[f"u{n}@example.com"] for n in range(5)]

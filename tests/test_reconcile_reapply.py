@@ -326,3 +326,58 @@ def test_re_subscribes_a_full_read_brings_are_released_from_every_page_and_only_
     assert report.error is None and report.released == 2
     assert store.conn.execute("SELECT address, adapter FROM releases ORDER BY address").fetchall() == [
         ("x@example.com", "a"), ("y@example.com", "a")]
+
+
+def test_a_full_reads_re_subscribe_follows_the_adapters_policy_and_leaves_the_pull_cursor(memory_world):
+    from state.models import Page, Resubscribe
+
+    settings, store, engine, v = memory_world([{"name": "a"}, {"name": "b", "role": "write"}],
+                                              recipient_resubscribe="everywhere")
+    v["a"].opt_out(OptOut("x@example.com", "*", "unsubscribed", "recipient", "2026-01-01T00:00:00+00:00"))
+    engine.sync_once()
+    cursor = store.checkpoint("a").read_cursor
+    assert cursor == "1"
+    back = Resubscribe("x@example.com", "*", "recipient", "2026-02-01T00:00:00+00:00", {"id": "r1"})
+    v["a"].read_all = lambda: iter([Page([], cursor="99", resubscribes=[back])])
+    report = engine.reconcile("a")
+    # Policy everywhere: lifted, not merely released at a (the default policy 'local' would release it).
+    assert report.error is None and report.released == 1
+    assert store.suppression("x@example.com") is None
+    assert store.conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
+    assert [e["kind"] for e in store.events_for("x@example.com")][-2:] == ["resubscribed", "lifted"]
+    # A full read is no pull: the pull cursor stays where the last pull left it.
+    assert store.checkpoint("a").read_cursor == cursor
+
+
+def test_a_reconcile_holds_one_retry_budget_for_its_whole_run(memory_world):
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    settings, store, engine, v = drifted_world(memory_world)
+    held: list[str] = []
+    seen: list[tuple[str, bool]] = []
+
+    @contextmanager
+    def cycle():
+        held.append("b")
+        try:
+            yield
+        finally:
+            held.remove("b")
+
+    sink = v["b"]
+    sink.http = SimpleNamespace(cycle=cycle)   # what retry_budget_held looks for on an HTTP adapter
+    reads, applies = sink.read_all, sink.apply
+
+    def read_all():
+        seen.append(("read", bool(held)))
+        yield from reads()
+
+    def apply(batch):
+        seen.append(("apply", bool(held)))
+        return applies(batch)
+
+    sink.read_all, sink.apply = read_all, apply
+    assert engine.reconcile("b").pushed == 7
+    assert seen == [("read", True)] + [("apply", True)] * 3
+    assert held == []

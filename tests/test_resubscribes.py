@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from state import resubscribes
-from state.models import OptOut
+from state.models import OptOut, Page, Resubscribe
 
 T0 = "2026-03-01T10:00:00+00:00"   # the opt-out
 T1 = "2026-03-02T10:00:00+00:00"   # after it
@@ -251,3 +251,35 @@ def test_a_persons_lift_ends_the_releases_of_the_opt_out_it_removes(spread):
     assert resubscribes.release_counts(store) == {"esp": 1}
     lift(store, "ann@example.com", "*", "consent", "asked by phone", "ops")
     assert resubscribes.release_counts(store) == {}
+
+
+def test_a_lift_stores_its_evidence_and_details_exactly(spread):
+    """The lift's events are the legal record: their details are stored as exact, canonical JSON."""
+    settings, store, engine, v = spread(recipient_resubscribe="everywhere")
+    v["esp"].resubscribe("ann@example.com", occurred_at=T1, record_id="act-7")
+    engine.sync_once()
+    resub, lifted = event(store, "resubscribed"), event(store, "lifted")
+    assert resub["details"] == '{"record_id":"act-7","resubscribe_by":"recipient","vendor":"memory"}'
+    assert lifted["details"] == (
+        '{"by":"recipient re-subscribe at esp","resubscribe_seq":%d,"propagate_to":["list"]}' % resub["seq"])
+    assert (lifted["source"], lifted["reason"], lifted["origin"]) == ("crm", "unsubscribed", "recipient")
+
+
+def test_a_lift_of_an_opt_out_still_staged_is_removed_nowhere_though_an_earlier_one_was_applied(spread):
+    settings, store, engine, v = spread(recipient_resubscribe="everywhere")
+    v["esp"].resubscribe("ann@example.com", occurred_at=T1)
+    engine.sync_once()   # the first lift: removed at list, where this daemon had applied it
+    assert store.suppression("ann@example.com") is None and len(v["list"].removed) == 1
+    # A newer opt-out at crm, staged but not promoted yet; then the recipient re-subscribes again.
+    store.ingest_page("crm", Page([OptOut("ann@example.com", "*", "unsubscribed", "recipient",
+                                          "2026-03-03T10:00:00+00:00")]))
+    assert store.staged_count("crm") == 1
+    counts = store.ingest_page("esp", Page(resubscribes=[
+        Resubscribe("ann@example.com", "*", "recipient", "2026-03-04T10:00:00+00:00", {"id": "r2"})]),
+        resubscribe_policy="everywhere")
+    assert counts.released == 1
+    second = [e for e in store.events_for("ann@example.com") if e["kind"] == "lifted"][-1]
+    # Nothing applied this opt-out anywhere: the first opt-out's applies are not this one's to undo.
+    assert json.loads(second["details"])["propagate_to"] == []
+    assert store.conn.execute("SELECT count(*) FROM removals_due").fetchone()[0] == 0
+    assert store.staged_count("crm") == 0 and store.suppression("ann@example.com") is None

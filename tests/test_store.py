@@ -199,3 +199,101 @@ def test_a_page_keeps_every_field_exactly_whichever_way_it_is_loaded(tmp_path, n
     assert json.loads(first["details"]) == {"note": note, "n": 1}
     assert (second["reason"], second["origin"], second["occurred_at"], second["details"]) == (
         "imported", "user", None, None)
+
+
+@pytest.mark.parametrize("text, stored", [
+    ("2026-03-01T12:30:00+02:00", "2026-03-01T10:30:00.000000+00:00"),      # an offset
+    ("2026-03-01T05:30:00-05:00", "2026-03-01T10:30:00.000000+00:00"),
+    ("2026-03-01T10:30:00Z", "2026-03-01T10:30:00.000000+00:00"),
+    ("2026-03-01t10:30:00z", "2026-03-01T10:30:00.000000+00:00"),          # RFC 3339 allows lower case
+    ("2026-03-01T10:30:00", "2026-03-01T10:30:00.000000+00:00"),           # naive: taken as UTC
+    ("2026-03-01T10:30:00.5+00:00", "2026-03-01T10:30:00.500000+00:00"),
+    ("yesterday", None), ("", None), (None, None),
+])
+def test_times_in_every_zone_form_are_stored_in_the_one_utc_form(text, stored):
+    from state.store import canonical_time
+
+    assert canonical_time(text) == stored
+
+
+def test_the_utc_form_does_not_depend_on_the_machines_time_zone(monkeypatch):
+    """Naive times are UTC, and aware ones are turned into UTC, even where local time is not UTC."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from state.models import to_utc_iso
+
+    monkeypatch.setenv("TZ", "EST+5")   # a POSIX zone: five hours behind UTC, no zone files needed
+    time.tzset()
+    try:
+        assert to_utc_iso(datetime(2026, 3, 1, 10, 30)) == "2026-03-01T10:30:00.000000+00:00"
+        assert to_utc_iso(datetime(2026, 3, 1, 12, 30, tzinfo=timezone(timedelta(hours=2)))) == (
+            "2026-03-01T10:30:00.000000+00:00")
+        assert to_utc_iso(datetime(2026, 3, 1, 10, 30, tzinfo=timezone.utc)) == "2026-03-01T10:30:00.000000+00:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_nul_in_an_address_is_kept_whole_and_the_rest_of_the_page_too(tmp_path):
+    """A page with a NUL goes in row by row (SQLite's ->> would cut the text at the NUL); others as one array."""
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("a", Page([OptOut("a\x00b@y.io", "*", "unsubscribed", "recipient", None),
+                                     OptOut("c@y.io")]))
+        store.ingest_page("a", Page([OptOut("d@y.io", "*", "hard_bounce", "system", "2026-01-02T03:04:05Z")]))
+        store.promote("a")
+        rows = store.conn.execute("SELECT address, reason, origin, occurred_at FROM suppressions ORDER BY address")
+        assert rows.fetchall() == [
+            ("a\x00b@y.io", "unsubscribed", "recipient", None), ("c@y.io", "unsubscribed", "recipient", None),
+            ("d@y.io", "hard_bounce", "system", "2026-01-02T03:04:05.000000+00:00")]
+
+
+def test_promote_strengthens_a_suppression_another_source_made_meanwhile_and_logs_it(tmp_path):
+    """b staged a spam complaint; a suppressed the address as unsubscribed first; b's promote raises it."""
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("b", Page([OptOut("ann@y.io", "*", "spam_complaint", "recipient", "2026-01-02T00:00:00Z",
+                                            {"id": "c1"}),
+                                     OptOut("bob@y.io", "*", "unsubscribed", "recipient", None)]))
+        store.ingest_page("c", Page([OptOut("cat@y.io", "*", "unsubscribed", "recipient", None)]))
+        store.ingest_page("a", Page([OptOut("ann@y.io", "*", "unsubscribed", "recipient", "2026-01-01T00:00:00Z"),
+                                     OptOut("cat@y.io", "*", "imported", "user", None)]))
+        assert store.promote("a") == 2
+        assert store.promote("b") == 1    # bob is new; ann was suppressed by a meanwhile
+        ann = store.suppression("ann@y.io")
+        assert (ann["reason"], ann["origin"], ann["source"], json.loads(ann["details"])) == (
+            "spam_complaint", "recipient", "a", {"id": "c1"})
+        changed = [e for e in store.events_for("ann@y.io") if e["kind"] == "changed"]
+        bob_added = next(e for e in store.events_for("bob@y.io") if e["kind"] == "suppressed")
+        assert [(e["reason"], e["source"], e["message"], e["occurred_at"], e["recorded_at"]) for e in changed] == [
+            ("spam_complaint", "b", "was unsubscribed by recipient", "2026-01-02T00:00:00.000000+00:00",
+             bob_added["recorded_at"])]
+        # Another adapter's staged row is not b's to promote: cat stays as a imported it.
+        assert store.suppression("cat@y.io")["reason"] == "imported"
+        assert [e["kind"] for e in store.events_for("cat@y.io")] == ["suppressed"]
+        assert store.staged_count("b") == 0 and store.staged_count("c") == 1
+
+
+def test_a_full_read_ends_a_release_it_overrides_and_stages_what_the_store_lacks(tmp_path):
+    from state import resubscribes
+    from state.models import Resubscribe
+
+    with Store(tmp_path / "store.db") as store:
+        store.ingest_page("crm", Page([OptOut("ann@y.io", "*", "unsubscribed", "recipient", "2026-01-01T00:00:00Z")]))
+        store.promote("crm")
+        store.ingest_page("esp", Page(resubscribes=[
+            Resubscribe("ann@y.io", "*", "recipient", "2026-01-02T00:00:00Z", {"id": "r1"})]))
+        assert resubscribes.releases_of(store, "ann@y.io", "*") == ["esp"]
+        store.begin_source_set()
+        store.add_to_source_set([OptOut("ann@y.io", "*", "unsubscribed", "recipient", "2026-01-03T00:00:00Z"),
+                                 OptOut("bob@y.io", "*", "unsubscribed", "recipient", None)])
+        counts = store.stage_from_source_set("hub")   # an adapter never seen before
+        assert (counts.staged, counts.changed) == (1, 0)
+        assert resubscribes.releases_of(store, "ann@y.io", "*") == []
+        [ended] = [e for e in store.events_for("ann@y.io") if e["kind"] == "release_ended"]
+        staged_at = store.conn.execute("SELECT staged_at FROM staged WHERE address = 'bob@y.io'").fetchone()[0]
+        assert (ended["source"], ended["target"], ended["occurred_at"], ended["recorded_at"], ended["message"]) == (
+            "hub", "esp", "2026-01-03T00:00:00.000000+00:00", staged_at,
+            "a newer opt-out seen at hub ends the release at esp; it is re-applied there")
+        assert store.checkpoint("esp").reconcile_requested
+        assert store.conn.execute("SELECT adapter FROM checkpoints ORDER BY adapter").fetchall() == [
+            ("crm",), ("esp",), ("hub",)]
