@@ -265,7 +265,7 @@ def test_key_index_answers_no_exactly_and_yes_for_every_key_added(monkeypatch, a
     import random
     monkeypatch.setattr(csv_file.KeyIndex, "_AVERAGE", average)
     rng = random.Random(5)
-    values = [rng.getrandbits(64) - 2**63 for _ in range(60_000)]
+    values = [rng.getrandbits(64) for _ in range(60_000)]
     index = csv_file.KeyIndex(values[:30_000])
     index.add(values[30_000:50_000])
     index.add(values[:100])                                   # already held: counted once
