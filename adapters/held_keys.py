@@ -33,7 +33,7 @@ RUN = 1 << 16            # hashes sorted at once while building (a list of 65,53
 GROUP_BITS = 12          # a merge works on 1/4096 of the hash space at a time
 LOOKUP_BITS = 16         # a lookup reads the sorted hashes that share its top 16 bits
 WINDOW = 1 << 17         # at most this many hashes (1 MB) are read at once for a batch's lookups
-GAP = 1 << 13            # lookups whose slices are less than 64 KB apart share one read
+GAP = 1 << 8             # lookups whose slices are less than 2 KB apart share one read
 
 
 class IndexDamaged(Exception):
@@ -184,6 +184,19 @@ def _read(fd: int, first: int, count: int) -> bytes:
     return data
 
 
+def _slot_in(few: array, many: array) -> array:
+    """The sorted union of two sorted arrays without repeats, `few` slotted in between slices of `many`."""
+    out, at, end = array("Q"), 0, len(many)
+    for value in few:
+        to = bisect_left(many, value, at)
+        out.extend(many[at:to])
+        at = to
+        if at == end or many[at] != value:
+            out.append(value)
+    out.extend(many[at:])
+    return out
+
+
 def _write(fd: int, data: bytes, offset: int) -> None:
     written = 0
     while written < len(data):
@@ -201,8 +214,13 @@ class SortedKeys:
         return self._starts[-1]
 
     @classmethod
-    def merged(cls, folder: Path, runs: list[_Run]) -> SortedKeys:
-        """One sorted file of the distinct hashes of `runs`, built 1/4096 of the hash space at a time."""
+    def merged(cls, folder: Path, runs: list[_Run], two_distinct: bool = False) -> SortedKeys:
+        """One sorted file of the distinct hashes of `runs`, built 1/4096 of the hash space at a time.
+
+        `two_distinct`: there are two runs, each without repeats (the sorted file and the recent
+        hashes); the few recent ones are then slotted in between slices of the other, which costs
+        a copy of the file rather than a Python number per hash.
+        """
         fd = _private_file(folder)
         try:
             starts, position, per_group = array("Q"), 0, 1 << (LOOKUP_BITS - GROUP_BITS)
@@ -210,10 +228,13 @@ class SortedKeys:
                 if group % BLOCK == 0:
                     for run in runs:
                         run.load(group, BLOCK)
-                slice_ = array("Q")
-                for run in runs:
-                    slice_.frombytes(run.group(group))
-                values = array("Q", sorted(set(slice_)))  # a run may repeat a hash (a file's duplicate rows)
+                if two_distinct:
+                    values = _slot_in(array("Q", runs[0].group(group)), array("Q", runs[1].group(group)))
+                else:
+                    slice_ = array("Q")
+                    for run in runs:
+                        slice_.frombytes(run.group(group))
+                    values = array("Q", sorted(set(slice_)))  # a run may repeat a hash (a file's duplicate rows)
                 starts.extend(position + at for at in _starts(values, LOOKUP_BITS, group * per_group, per_group))
                 if values:
                     _write(fd, values.tobytes(), position * 8)
@@ -334,7 +355,7 @@ class HeldKeys:
             if self._sorted is not None:
                 self._sorted.check()
                 runs.append(self._sorted.as_run())
-            merged = SortedKeys.merged(self._folder, runs)
+            merged = SortedKeys.merged(self._folder, runs, two_distinct=len(runs) == 2)
         finally:
             os.close(fd)
         if self._sorted is not None:

@@ -51,14 +51,14 @@ def test_held_keys_says_no_exactly_and_yes_for_every_hash_across_builds_and_merg
     values = [rng.getrandbits(64) for _ in range(4000)]
     index = HeldKeys(tmp_path, values[:1000] + values[:10])        # 16 runs, repeats included
     assert index._sorted is not None and len(index) == 1000
+    index.add(values[:5])                                         # repeats of hashes already on disk
     for start in range(1000, 3000, 40):                           # dozens of merges of the recent hashes
         index.add(values[start:start + 40])
-    index.add(values[:5])
     held = values[:3000]
     assert index.held(held) == set(held)
     assert index.held(values[3000:]) == set()
     assert index.held([v ^ 1 for v in held]) == set()
-    assert len(index) == len(set(held))
+    assert len(index) == len(set(held))                           # each hash once in the file
     index.close()
     assert os.listdir(tmp_path) == []                             # the private files have no name
 
