@@ -40,7 +40,7 @@ from state.addresses import InvalidAddress, normalise_address
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ORIGINS, REASONS, ApplyResult, OptOut, Page, Rejected
 
 from .base import AdapterSettings, Capabilities, SettingsPath
-from .held_keys import MASK, HeldKeys, IndexDamaged, KeyIndex  # noqa: F401  (KeyIndex: tests)
+from .held_keys import MASK, HeldKeys, IndexDamaged
 
 HEADER = ["email", "scope", "reason", "origin", "occurred_at"]
 
