@@ -11,10 +11,15 @@ records a batch only after `apply` returns, sends that batch again. A removal
 fsync, rename). Appends and rewrites lock the file, so a lift in another
 process and the daemon's push never lose each other's rows.
 
-Which (address, scope) keys the file holds is kept in memory as 64-bit hashes
-(about 8 bytes a row): a key whose hash is absent is new; the few whose hash is
-present are confirmed against the file itself before being called "already
-held", so a hash collision can never keep a row out of the file.
+Which (address, scope) keys the file holds is kept as 64-bit hashes
+(`held_keys.HeldKeys`): sorted in a private, nameless temporary file beside the
+file (looked up with pread: page cache, not memory), the latest appends in
+memory up to a fixed bound, so memory does not grow with the file. A key whose
+hash is absent is new; the few whose hash is present are confirmed against the
+file itself before being called "already held", so a hash collision can never
+keep a row out of the file. The index is a cache of the file: it is dropped
+whenever the file's device, inode, size or mtime differ from what this
+process's last write left, and rebuilt from the file.
 """
 
 from __future__ import annotations
@@ -25,9 +30,7 @@ import io
 import os
 import re
 import tempfile
-from array import array
-from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +40,7 @@ from state.addresses import InvalidAddress, normalise_address
 from state.models import ALREADY, APPLIED, GLOBAL_SCOPE, ORIGINS, REASONS, ApplyResult, OptOut, Page, Rejected
 
 from .base import AdapterSettings, Capabilities, SettingsPath
+from .held_keys import MASK, HeldKeys, IndexDamaged
 
 HEADER = ["email", "scope", "reason", "origin", "occurred_at"]
 
@@ -53,80 +57,13 @@ class CsvFileSettings(AdapterSettings):
     page_size: int = Field(default=5000, ge=1, le=100_000)
 
 
-class KeyIndex:
-    """Hashes of the (address, scope) keys a file holds, in small sorted arrays chosen by their top bits.
-
-    `may_hold` is exact when it says no; a yes must be confirmed against the file. New hashes wait
-    in a short array of their own (8 bytes each, never a Python int per hash: with tens of
-    thousands of arrays, waiting lists of ints cost over 100 MB at 5,000,000) and are sorted in
-    16 at a time. The number of arrays grows fourfold
-    whenever they average 256 hashes, so an array stays small and adding or looking up costs the
-    same at any size; memory grows by about 8 bytes a row, with no spike (a merge of one large
-    array would briefly cost tens of MB).
-    """
-
-    _WAITING = 16
-    _AVERAGE = 256
-
-    def __init__(self, hashes: Iterable[int] = ()):
-        self._bits = 12
-        self._arrays = [array("q") for _ in range(1 << self._bits)]
-        self._waiting: list[array] = [array("q") for _ in self._arrays]
-        self._count = 0  # hashes added, repeats included (an upper bound, for growing)
-        self.add(hashes)
-
-    def may_hold(self, value: int) -> bool:
-        bucket = (value >> (64 - self._bits)) & ((1 << self._bits) - 1)
-        found = self._arrays[bucket]
-        at = bisect_left(found, value)
-        return (at < len(found) and found[at] == value) or value in self._waiting[bucket]
-
-    def add(self, values: Iterable[int]) -> None:
-        waiting, shift, mask, limit = self._waiting, 64 - self._bits, (1 << self._bits) - 1, self._WAITING
-        for value in values:
-            bucket = (value >> shift) & mask
-            pending = waiting[bucket]
-            pending.append(value)
-            if len(pending) >= limit:
-                self._sort_in(bucket)
-            self._count += 1
-            if self._count > self._AVERAGE << self._bits:
-                self._grow()
-                waiting, shift, mask = self._waiting, 64 - self._bits, (1 << self._bits) - 1
-
-    def _sort_in(self, bucket: int) -> None:
-        merged = set(self._arrays[bucket])
-        merged.update(self._waiting[bucket])
-        self._arrays[bucket] = array("q", sorted(merged))
-        self._waiting[bucket] = array("q")
-
-    def _grow(self) -> None:
-        """Four times as many arrays: each sorted array splits into four, in order."""
-        bits = self._bits + 2
-        shift, mask = 64 - bits, (1 << bits) - 1
-        arrays: list[array] = []
-        for bucket in range(len(self._arrays)):
-            if self._waiting[bucket]:
-                self._sort_in(bucket)
-            parts: list[list[int]] = [[], [], [], []]
-            for value in self._arrays[bucket]:
-                parts[((value >> shift) & mask) & 3].append(value)
-            arrays.extend(array("q", part) for part in parts)
-            self._arrays[bucket] = array("q")  # freed as we go
-        self._bits, self._arrays = bits, arrays
-        self._waiting = [array("q") for _ in arrays]
-        self._count = sum(len(found) for found in arrays)
-
-    def __len__(self) -> int:
-        for bucket, pending in enumerate(self._waiting):
-            if pending:
-                self._sort_in(bucket)
-        return sum(len(found) for found in self._arrays)
-
-
 def key_hash(address: str, scope: str) -> int:
-    """The hash of one (address, scope) key (this process's string hashing; the index lives in memory)."""
-    return hash((address, scope))
+    """The hash of one (address, scope) key, as an unsigned 64-bit number.
+
+    This process's string hashing (several times faster than a stable digest); the index is private
+    to the process that built it, so the hashes need not agree between processes.
+    """
+    return hash((address, scope)) & MASK
 
 
 class CsvFileAdapter:
@@ -143,7 +80,7 @@ class CsvFileAdapter:
         self.capabilities = Capabilities(read_changes=False, read_all=True, write=True, remove=True,
                                          batch_size=settings.batch_size, scopes=frozenset(scopes))
         self._swept = False
-        self._index: KeyIndex | None = None
+        self._index: HeldKeys | None = None
         self._stamp: tuple[int, int, int, int] | None = None  # the file as our last write left it
         self._read_once = False  # an apply without an index has read the file once since it was (re)loaded
 
@@ -172,10 +109,10 @@ class CsvFileAdapter:
             index = self._index_for(fd)
             wanted = {(o.address, o.scope): o for o in batch}
             hashes = {key: key_hash(*key) for key in wanted}
-            if index is None:
-                present = self._confirm_held(set(wanted))   # one exact read of the file, no index yet
+            maybe = self._maybe_held(index, hashes) if index is not None else None
+            if maybe is None:
+                present = self._confirm_held(set(wanted))   # one exact read of the file, no index (yet)
             else:
-                maybe = {key for key, value in hashes.items() if index.may_hold(value)}
                 present = self._confirm_held(maybe) if maybe else set()
             new = sorted(key for key in wanted if key not in present)
             if new:
@@ -187,8 +124,11 @@ class CsvFileAdapter:
                 for key in new:
                     writerow(_row(wanted[key]))
                 self._append_durably(fd, end, buffer.getvalue().encode("utf-8"))
-                if index is not None:
-                    index.add(hashes[key] for key in new)
+                if self._index is not None:
+                    try:
+                        self._index.add(hashes[key] for key in new)
+                    except (OSError, IndexDamaged):
+                        self._drop_index()  # rebuilt from the file when next needed
             self._remember(fd)
         return [ApplyResult(o, ALREADY if (o.address, o.scope) in present else APPLIED) for o in batch]
 
@@ -217,7 +157,8 @@ class CsvFileAdapter:
         return [f"file {self.settings.path} {state}"]
 
     def close(self) -> None:
-        """Nothing is held open between calls."""
+        """Close the key index's private file (it has no name, so nothing is left behind)."""
+        self._drop_index()
 
     # -- internals ---------------------------------------------------------------
 
@@ -287,7 +228,7 @@ class CsvFileAdapter:
             os.ftruncate(fd, end)
             os.fsync(fd)
         self._marker.unlink(missing_ok=True)
-        self._index, self._read_once = None, False
+        self._drop_index()
 
     def _torn_end(self) -> int | None:
         try:
@@ -314,21 +255,43 @@ class CsvFileAdapter:
         os.fsync(fd)
         marker.unlink()
 
-    def _index_for(self, fd: int) -> KeyIndex | None:
+    def _index_for(self, fd: int) -> HeldKeys | None:
         """The key index; None for the first apply after the file was (re)loaded, built at the second.
 
         One batch (a reconcile's re-apply, say) is checked by one exact read of the file, which
-        costs less than building the index; a push of many batches builds it once.
+        costs less than building the index; a push of many batches builds it once. An index whose
+        file no longer matches (changed by another writer since our last write) is dropped.
         """
         if self._index is not None and self._stamp == _stamp(fd):
             return self._index
-        self._index = None
+        self._drop_index(read_once=self._read_once)
         if not self._read_once:
             self._read_once = True
             return None
-        self._index = KeyIndex(key_hash(row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE)
-                               for _, row in self._rows())
+        try:
+            self._index = HeldKeys(self.settings.path.parent, (
+                key_hash(row[0], row[1] if len(row) > 1 and row[1] else GLOBAL_SCOPE) for _, row in self._rows()))
+        except (OSError, IndexDamaged):
+            return None  # no room for the index: this batch is checked by an exact read of the file
         return self._index
+
+    def _maybe_held(self, index: HeldKeys, hashes: dict[tuple[str, str], int]) -> set[tuple[str, str]] | None:
+        """The keys whose hash the index holds; None if its private file was found damaged (then dropped)."""
+        try:
+            found = index.held(hashes.values())
+        except (OSError, IndexDamaged):
+            self._drop_index(read_once=True)  # the next apply rebuilds it
+            return None
+        return {key for key, value in hashes.items() if value in found}
+
+    def _drop_index(self, read_once: bool = False) -> None:
+        """Forget the key index (closing its private file); the next apply reads the file once, then rebuilds.
+
+        `read_once`: the file was read once already since it was loaded, so the next apply rebuilds.
+        """
+        if self._index is not None:
+            self._index.close()
+        self._index, self._read_once = None, read_once
 
     def _remember(self, fd: int) -> None:
         self._stamp = _stamp(fd)
@@ -376,7 +339,7 @@ class CsvFileAdapter:
             with self._locked_file() as fd:
                 self._cut_torn_append(fd)
                 results = self._rewrite_unlocked(batch, remove)
-                self._index, self._read_once = None, False  # the keys changed; the next appends reload
+                self._drop_index()  # the keys changed; the next appends reload
                 return results
         return self._rewrite_unlocked(batch, remove)
 

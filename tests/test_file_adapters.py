@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 
-from adapters import csv_file
+from adapters import csv_file, held_keys
 from adapters.csv_file import CsvFileAdapter, CsvFileSettings
 from adapters.csv_folder import CsvFolderAdapter, CsvFolderSettings
 from state.models import ALREADY, APPLIED, OptOut
@@ -263,13 +263,14 @@ def test_csv_file_append_holds_each_key_once_and_reports_exactly_what_it_held(tm
 @pytest.mark.parametrize("average", [256, 2])   # 2: the arrays grow fourfold twice on the way
 def test_key_index_answers_no_exactly_and_yes_for_every_key_added(monkeypatch, average):
     import random
-    monkeypatch.setattr(csv_file.KeyIndex, "_AVERAGE", average)
+    monkeypatch.setattr(held_keys.KeyIndex, "_AVERAGE", average)
     rng = random.Random(5)
-    values = [rng.getrandbits(64) - 2**63 for _ in range(60_000)]
-    index = csv_file.KeyIndex(values[:30_000])
+    values = [rng.getrandbits(64) for _ in range(60_000)]
+    index = held_keys.KeyIndex(values[:30_000])
     index.add(values[30_000:50_000])
     index.add(values[:100])                                   # already held: counted once
     assert all(index.may_hold(v) for v in values[:50_000])
     assert not any(index.may_hold(v) for v in values[50_000:])
     assert len(index) == 50_000
     assert index._bits == (12 if average == 256 else 16)
+    assert index.sorted_values().tolist() == sorted(set(values[:50_000]))   # what a merge writes out
