@@ -34,6 +34,7 @@ from .models import (
 )
 from . import resubscribes
 from .schema import migrate
+from .sql_dialect import SQLITE, Dialect
 
 
 def _rank_sql(column: str, ranks: dict[str, int]) -> str:
@@ -83,7 +84,7 @@ def _shift_time(text: str | None, seconds: float) -> str | None:
     return to_utc_iso(datetime.fromisoformat(text) + timedelta(seconds=seconds))
 
 
-def _echo_sql(table: str, source_sql: str) -> str:
+def _echo_sql(table: str, source_sql: str, dialect: Dialect = SQLITE) -> str:
     """SQL that is true when a row of `table` is a sink reporting back what this daemon applied to it.
 
     Such an echo must neither create a suppression (an unmapped topic sent as all-email comes
@@ -95,27 +96,29 @@ def _echo_sql(table: str, source_sql: str) -> str:
     it already, since then we wrote nothing), and undated or dated no later than our apply. A
     more binding reason is news whatever its date: a complaint the sink held before our apply.
     """
+    d = dialect
     incoming_rank = _rank_sql(f"{table}.reason", REASON_RANK)
-    held_rank = _rank_sql("COALESCE(json_extract(a.details, '$.held_as'), 'unsubscribed')", REASON_RANK)
+    held_rank = _rank_sql(f"COALESCE({d.json_text('a.details', 'held_as')}, 'unsubscribed')", REASON_RANK)
     # The source is bound once, in a one-row table, so that callers pass it as one parameter.
     return (f"EXISTS (SELECT 1 FROM (SELECT {source_sql} AS name) src WHERE"
             f" EXISTS (SELECT 1 FROM events a WHERE a.address = {table}.address AND a.kind = 'applied'"
             f" AND a.target = src.name"
-            f" AND (COALESCE(json_extract(a.details, '$.sent_scope'), a.scope) = {table}.scope"
-            f" OR EXISTS (SELECT 1 FROM json_each(a.details, '$.fanned_out') f WHERE f.value = {table}.scope))"
-            f" AND {incoming_rank} <= max({_rank_sql('a.reason', REASON_RANK)},"
-            f" CASE WHEN COALESCE(json_extract(a.details, '$.outcome'), 'applied') = 'applied'"
-            f" THEN {held_rank} ELSE -1 END)"
+            f" AND (COALESCE({d.json_text('a.details', 'sent_scope')}, a.scope) = {table}.scope"
+            f" OR {d.json_array_has('a.details', 'fanned_out', f'{table}.scope')})"
+            f" AND {incoming_rank} <= " + d.greatest(_rank_sql('a.reason', REASON_RANK),
+                                                     f"CASE WHEN COALESCE({d.json_text('a.details', 'outcome')},"
+                                                     f" 'applied') = 'applied' THEN {held_rank} ELSE -1 END") +
             f" AND ({table}.occurred_at IS NULL"
-            f" OR {table}.occurred_at <= shift_time(a.recorded_at, {ECHO_SKEW_SECONDS})))"
+            f" OR {table}.occurred_at <= {d.shift_time('a.recorded_at', ECHO_SKEW_SECONDS)}))"
             # A write whose record a kill lost is known only by its in-flight mark; pulls run
             # before the re-send, so its read-back must be recognised by the mark (same scope only,
             # and never a more binding reason than an unsubscribe or the one we sent).
             f" OR EXISTS (SELECT 1 FROM inflight m JOIN events e ON e.seq = m.seq"
             f" WHERE m.adapter = src.name AND e.address = {table}.address AND e.scope = {table}.scope"
-            f" AND {incoming_rank} <= max({_rank_sql('e.reason', REASON_RANK)}, {REASON_RANK['unsubscribed']})"
+            f" AND {incoming_rank} <= "
+            + d.greatest(_rank_sql('e.reason', REASON_RANK), str(REASON_RANK['unsubscribed'])) +
             f" AND ({table}.occurred_at IS NULL"
-            f" OR {table}.occurred_at <= shift_time(m.marked_at, {ECHO_SKEW_SECONDS}))))")
+            f" OR {table}.occurred_at <= {d.shift_time('m.marked_at', ECHO_SKEW_SECONDS)})))")
 
 
 def _details_json(details: dict | None) -> str | None:
@@ -212,6 +215,38 @@ def _outcome_json(item: "PushOutcome") -> str:
     if result.fanned_out:
         details["fanned_out"] = sorted(set(result.fanned_out))
     return json.dumps(details)
+
+
+def _push_rows(adapter: str, outcomes: list["PushOutcome"], resent: set[int] | frozenset[int],
+               now: str) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """What record_push writes for a batch: event rows, (now, adapter, seq) of failures to resolve, failure rows.
+
+    Event rows are (recorded_at, kind, address, scope, reason, origin, target, ref_seq, message, details).
+    """
+    events, resolved, failures = [], [], []
+    for item in outcomes:
+        if item.seq in resent and item.result is not None and item.result.outcome == ALREADY:
+            item = replace(item, result=replace(
+                item.result, outcome=APPLIED,
+                message="applied by a send interrupted before its outcome was recorded"))
+        o = item.optout
+        if item.result is None:
+            events.append((now, "skipped", o.address, o.scope, o.reason, o.origin, adapter,
+                           item.seq, item.message, None))
+            failures.append((adapter, "unmapped", o.address, o.scope, item.seq, item.message, now, now))
+        elif item.result.ok:
+            # The outcome tells a sink that already held it from one we put it in: a lift
+            # may only be propagated to the second kind.
+            message = item.result.message or ("already held" if item.result.outcome == ALREADY else "")
+            events.append((now, "applied", o.address, o.scope, o.reason, o.origin, adapter,
+                           item.seq, message, _outcome_json(item)))
+            resolved.append((now, adapter, item.seq))
+        else:
+            events.append((now, "failed", o.address, o.scope, o.reason, o.origin, adapter,
+                           item.seq, f"{item.result.outcome}: {item.result.message}", _outcome_json(item)))
+            failures.append((adapter, item.result.outcome, o.address, o.scope, item.seq,
+                             item.result.message, now, now))
+    return events, resolved, failures
 
 
 class Store:
@@ -617,29 +652,7 @@ class Store:
         `resent` (marked by a send whose process died) is recorded as our apply: that send put it there.
         """
         now = utc_now()
-        events, resolved, failures = [], [], []
-        for item in outcomes:
-            if item.seq in resent and item.result is not None and item.result.outcome == ALREADY:
-                item = replace(item, result=replace(
-                    item.result, outcome=APPLIED,
-                    message="applied by a send interrupted before its outcome was recorded"))
-            o = item.optout
-            if item.result is None:
-                events.append((now, "skipped", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, item.message, None))
-                failures.append((adapter, "unmapped", o.address, o.scope, item.seq, item.message, now, now))
-            elif item.result.ok:
-                # The outcome tells a sink that already held it from one we put it in: a lift
-                # may only be propagated to the second kind.
-                message = item.result.message or ("already held" if item.result.outcome == ALREADY else "")
-                events.append((now, "applied", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, message, _outcome_json(item)))
-                resolved.append((now, adapter, item.seq))
-            else:
-                events.append((now, "failed", o.address, o.scope, o.reason, o.origin, adapter,
-                               item.seq, f"{item.result.outcome}: {item.result.message}", _outcome_json(item)))
-                failures.append((adapter, item.result.outcome, o.address, o.scope, item.seq,
-                                 item.result.message, now, now))
+        events, resolved, failures = _push_rows(adapter, outcomes, resent, now)
         with self.transaction():
             self._ensure_checkpoint(adapter)
             # executemany, not one JSON array through json_each as ingest does: with ten columns,

@@ -1,0 +1,47 @@
+"""The few SQL expressions that differ between the store's backends (SQLite, PostgreSQL).
+
+Store SQL shared by both (the echo rule, above all) is written once against a Dialect, so the two
+stores cannot drift apart in meaning. Details columns are JSON text on both backends (see
+state/pg_schema.py); times are the store's canonical ISO text (state.models.to_utc_iso).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """SQL spellings of one backend."""
+
+    name: str
+
+    def json_text(self, column: str, key: str) -> str:
+        """The text at top-level `key` of the JSON text in `column` (NULL if absent or column NULL)."""
+        if self.name == "sqlite":
+            return f"json_extract({column}, '$.{key}')"
+        # COLLATE "C": compared with the store's text columns by code point, as SQLite does.
+        return f"(({column})::jsonb ->> '{key}') COLLATE \"C\""
+
+    def json_array_has(self, column: str, key: str, value_sql: str) -> str:
+        """True when the JSON array at `key` of `column` holds the text `value_sql`."""
+        if self.name == "sqlite":
+            return f"EXISTS (SELECT 1 FROM json_each({column}, '$.{key}') f WHERE f.value = {value_sql})"
+        return (f"EXISTS (SELECT 1 FROM jsonb_array_elements_text(({column})::jsonb -> '{key}') f(value)"
+                f" WHERE f.value COLLATE \"C\" = {value_sql})")
+
+    def greatest(self, a: str, b: str) -> str:
+        """The larger of two non-NULL values (SQLite's two-argument max)."""
+        return f"max({a}, {b})" if self.name == "sqlite" else f"GREATEST({a}, {b})"
+
+    def shift_time(self, column: str, seconds: int) -> str:
+        """A stored ISO time moved by `seconds`, as the store's ISO text (NULL stays NULL)."""
+        if self.name == "sqlite":
+            return f"shift_time({column}, {seconds})"  # a Python function the SQLite Store registers
+        # The store's form: 2026-03-01T10:30:00.000000+00:00, so that it compares as text with stored times.
+        return (f"to_char((({column})::timestamptz + interval '{int(seconds)} seconds') AT TIME ZONE 'UTC',"
+                " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')")
+
+
+SQLITE = Dialect("sqlite")
+POSTGRESQL = Dialect("postgresql")
