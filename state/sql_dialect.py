@@ -34,6 +34,12 @@ class Dialect:
         """The larger of two non-NULL values (SQLite's two-argument max)."""
         return f"max({a}, {b})" if self.name == "sqlite" else f"GREATEST({a}, {b})"
 
+    def group_concat(self, expr: str, separator: str) -> str:
+        """The aggregate joining `expr`'s texts with `separator`, sorted (SQLite: as its input is ordered)."""
+        if self.name == "sqlite":
+            return f"group_concat({expr}, '{separator}')"
+        return f"string_agg({expr}, '{separator}' ORDER BY {expr})"
+
     def shift_time(self, column: str, seconds: int) -> str:
         """A stored ISO time moved by `seconds`, as the store's ISO text (NULL stays NULL)."""
         if self.name == "sqlite":

@@ -252,6 +252,9 @@ def _push_rows(adapter: str, outcomes: list["PushOutcome"], resent: set[int] | f
 class Store:
     """The local suppression store on one SQLite connection."""
 
+    # The SQL spellings of this backend (state/sql_dialect.py); PgStore shares methods written against it.
+    dialect: Dialect = SQLITE
+
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 30.0, *, create: bool = True):
         """Open the store at `path`; with `create=False` a missing file is a StoreError, never a new store."""
         if failpoint.ERROR:
@@ -371,6 +374,11 @@ class Store:
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
 
+    def _append_events(self, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Append event rows (values of `columns`, in order) in the current transaction."""
+        self.conn.executemany(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                              rows)
+
     def _ensure_temp_tables(self) -> None:
         if self._temp_ready:
             return
@@ -455,10 +463,10 @@ class Store:
                     [(adapter, r.where, r.value, r.reason, now, now) for r in page.rejected],
                 )
             if page.notices:
-                self.conn.executemany(
-                    "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source,"
-                    " occurred_at, message, details) VALUES (?, 'observed', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(now, n.address, n.scope, n.reason, n.origin, adapter, n.occurred_at,
+                self._append_events(
+                    ("recorded_at", "kind", "address", "scope", "reason", "origin", "source", "occurred_at",
+                     "message", "details"),
+                    [(now, "observed", n.address, n.scope, n.reason, n.origin, adapter, n.occurred_at,
                       (n.details or {}).get("message", "seen at source; no suppression removed"),
                       _details_json(n.details)) for n in page.notices],
                 )
@@ -879,10 +887,9 @@ class Store:
             self.conn.executemany(
                 "UPDATE failures SET resolved_at = ?, dismissed_reason = ? WHERE id = ?",
                 [(now, reason, i) for i in wanted])
-            self.conn.executemany(
-                "INSERT INTO events (recorded_at, kind, address, scope, target, message, details)"
-                " VALUES (?, 'failure_dismissed', ?, ?, ?, ?, ?)",
-                [(now, rows[i]["address"] or "", rows[i]["scope"] or "", rows[i]["adapter"], reason,
+            self._append_events(
+                ("recorded_at", "kind", "address", "scope", "target", "message", "details"),
+                [(now, "failure_dismissed", rows[i]["address"] or "", rows[i]["scope"] or "", rows[i]["adapter"], reason,
                   _details_json({"failure_id": i, "failure_kind": rows[i]["kind"], "by": by,
                                  "location": rows[i]["location"]}))
                  for i in wanted])
@@ -948,9 +955,9 @@ class Store:
         # An unknown occurred_at is '' (as a CSV shows it), so every cell of a row is text.
         # Where the recipient's own re-subscribe released it (state.resubscribes), ';'-separated; the
         # lookup per row costs a third more time, so a store without releases skips it.
-        released = (" COALESCE((SELECT group_concat(adapter, ';') FROM (SELECT r.adapter FROM releases r"
-                    " WHERE r.address = suppressions.address AND r.scope = suppressions.scope ORDER BY r.adapter)),"
-                    " '')" if self.conn.execute("SELECT 1 FROM releases LIMIT 1").fetchone() else " ''")
+        released = (f" COALESCE((SELECT {self.dialect.group_concat('x.adapter', ';')} FROM (SELECT r.adapter"
+                    " FROM releases r WHERE r.address = suppressions.address AND r.scope = suppressions.scope"
+                    " ORDER BY r.adapter) x), '')" if self.conn.execute("SELECT 1 FROM releases LIMIT 1").fetchone() else " ''")
         columns = "count(*)" if count else f"address, scope, reason, origin, source, COALESCE(occurred_at, ''),{released}"
         sql = f"SELECT {columns} FROM suppressions"
         if where:
