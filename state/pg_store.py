@@ -91,6 +91,9 @@ class PgStore:
         self._url = url
         try:
             raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+        except psycopg.ProgrammingError as exc:
+            # libpq could not parse the URL, and its message quotes it whole, password and all.
+            raise StoreError(pg_errors.BAD_URL) from exc
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the store (PostgreSQL): {pg_errors.describe(exc, url)}") from exc
         except Exception as exc:  # a URL psycopg cannot parse

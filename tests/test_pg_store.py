@@ -1,0 +1,73 @@
+"""PgStore's own behaviour beyond the shared contract (tests/test_store_contract.py): one writer at a
+time, errors without the URL's password, and what is refused until the port is whole."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from state.errors import StoreError
+from state.models import OptOut, Page, Resubscribe
+from state.pg_store import PgStore
+
+
+def test_write_transactions_run_one_at_a_time_as_on_sqlite(pg_url):
+    """A second writer waits at BEGIN for the first one's commit (the append lock), then sees its rows."""
+    first, second = PgStore(pg_url), PgStore(pg_url)
+    seen = []
+    try:
+        with first.transaction():
+            first.ingest_page("a", Page([OptOut("one@y.io")], cursor="c1"))
+
+            def write():
+                with second.transaction():
+                    seen.append(second.checkpoint("a").read_cursor)
+                    second.set_checkpoint("a", read_cursor="c2")
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive() and seen == []     # still waiting for the first writer
+        writer.join(10)
+        assert seen == ["c1"]                          # it read after the first one's commit
+        assert first.checkpoint("a").read_cursor == "c2"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_page_with_resubscribes_is_refused_whole_until_they_are_ported(pg_url):
+    with PgStore(pg_url) as store:
+        page = Page([OptOut("x@y.io")], cursor="c1",
+                    resubscribes=[Resubscribe("x@y.io", "*", "recipient", "2026-01-01T00:00:00+00:00", {"id": 1})])
+        with pytest.raises(StoreError, match="re-subscribes and releases are not kept on a PostgreSQL store yet"):
+            store.ingest_page("a", page)
+        assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
+
+
+def test_a_nul_in_a_page_is_a_store_error_and_nothing_of_the_page_is_kept(pg_url):
+    """PostgreSQL text cannot hold NUL (SQLite keeps it): the page fails whole, with one line."""
+    with PgStore(pg_url) as store:
+        with pytest.raises(StoreError) as caught:
+            store.ingest_page("a", Page([OptOut("c@y.io"), OptOut("a\x00b@y.io")], cursor="c1"))
+        assert "\n" not in str(caught.value) and "0x00" in str(caught.value)
+        assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
+
+
+def test_an_unreachable_or_unreadable_url_is_one_line_without_its_password(tmp_path):
+    url = f"postgresql://optout:s3cr%40t-pw@/nodb?host={tmp_path}/nowhere&connect_timeout=2"
+    with pytest.raises(StoreError) as caught:
+        PgStore(url)
+    message = str(caught.value)
+    assert message.startswith("cannot open the store (PostgreSQL): ") and "\n" not in message
+    assert "s3cr" not in message and "t-pw" not in message
+    with pytest.raises(StoreError) as caught:
+        PgStore("postgresql://optout:s3cret@[bad")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_the_store_names_its_database_but_never_the_url(pg_url):
+    with PgStore(pg_url) as store:
+        assert store.path.startswith("PostgreSQL database t_") and "postgresql://" not in store.path
+        assert len(store.store_id()) == 32
