@@ -47,17 +47,18 @@ def _applied_at(store, address, target):
 def test_a_page_stages_its_optouts_in_order_and_saves_its_cursor_with_them(any_store):
     store = any_store
     counts = store.ingest_page("a", Page(
-        [OptOut("x@y.io", "*", "hard_bounce", "system", "2026-03-01T12:30:00+02:00", {"note": "ünï ✓", "n": 1}),
+        [OptOut("b@y.io", "news", "imported", "user", None, None),
+         OptOut("x@y.io", "*", "hard_bounce", "system", "2026-03-01T12:30:00+02:00", {"note": "ünï ✓", "n": 1}),
          OptOut("x@y.io", "*", "unsubscribed", "recipient", None, {"weaker": True}),  # same page: stronger wins
-         OptOut("b@y.io", "news", "imported", "user", None, None)],
+         OptOut("b@y.io", "news", "manual", "system", "2026-01-01T00:00:00Z", None)],   # later and stronger: wins
         [Rejected("list.csv row 4", "not-an-address", "no @")], cursor="c1",
         notices=[OptOut("n@y.io", "*", "unsubscribed", "recipient", None, {"message": "re-subscribed at a"})]))
 
-    assert (counts.read, counts.staged, counts.rejected, counts.held, counts.changed) == (3, 2, 1, 0, 0)
+    assert (counts.read, counts.staged, counts.rejected, counts.held, counts.changed) == (4, 2, 1, 0, 0)
     assert store.staged_count("a") == 2 and store.staged_count("other") == 0
-    assert store.staged_optouts("a") == [
-        OptOut("x@y.io", "*", "hard_bounce", "system", "2026-03-01T10:30:00.000000+00:00", {"note": "ünï ✓", "n": 1}),
-        OptOut("b@y.io", "news", "imported", "user", None, None)]
+    assert store.staged_optouts("a") == [   # in the order each key first came
+        OptOut("b@y.io", "news", "manual", "system", "2026-01-01T00:00:00.000000+00:00", None),
+        OptOut("x@y.io", "*", "hard_bounce", "system", "2026-03-01T10:30:00.000000+00:00", {"note": "ünï ✓", "n": 1})]
     assert store.staged_optouts("a", limit=1) == store.staged_optouts("a")[:1]
     checkpoint = store.checkpoint("a")
     assert checkpoint.read_cursor == "c1" and checkpoint.cursor_at is not None
@@ -264,7 +265,7 @@ def test_a_parked_event_keeps_its_failure_and_comes_back_until_it_is_applied(any
     store = any_store
     _suppress(store, "a", *[OptOut(f"u{i}@y.io") for i in range(4)])
     pending, highest = store.pending_events("b", 0, 100)
-    parked = pending[1]
+    parked = pending[2]
     assert store.mark_inflight("b", [p.seq for p in pending]) == set()
     store.record_push("b", [
         PushOutcome(p.seq, p.optout, ApplyResult(p.optout, TRANSIENT if p is parked else APPLIED, "503"))
@@ -272,9 +273,9 @@ def test_a_parked_event_keeps_its_failure_and_comes_back_until_it_is_applied(any
     assert store.checkpoint("b").applied_seq == parked.seq - 1
     [failure] = store.failures("b")
     assert (failure["kind"], failure["address"], failure["ref_seq"], failure["attempts"]) == (
-        TRANSIENT, "u1@y.io", parked.seq, 1)
+        TRANSIENT, "u2@y.io", parked.seq, 1)
     assert store.failure_count("b") == 1
-    assert _kinds(store, "u1@y.io") == ["suppressed", "failed"]
+    assert _kinds(store, "u2@y.io") == ["suppressed", "failed"]
     # The marks went with the outcomes: marking again finds none from a dead send.
     assert store.mark_inflight("b", [parked.seq]) == set()
 
@@ -285,6 +286,7 @@ def test_a_parked_event_keeps_its_failure_and_comes_back_until_it_is_applied(any
                       parked.seq - 1)
     assert [f["attempts"] for f in store.failures("b")] == [2]
     # A smaller watermark never moves the stored one back.
+    assert parked.seq - 1 > 1
     store.record_push("b", [], 1)
     assert store.checkpoint("b").applied_seq == parked.seq - 1
 
