@@ -172,11 +172,12 @@ class PgStore:
             yield
         except BaseException:
             self._depth -= 1
+            # Temp tables this transaction made go with it; the next use makes them again.
+            self._temp_ready = False
             if depth == 0:
                 self._quiet_rollback()
             else:
-                self.raw.execute(f"ROLLBACK TO {name}")
-                self.raw.execute(f"RELEASE {name}")
+                self._quiet_rollback(f"ROLLBACK TO {name}", f"RELEASE {name}")
             raise
         self._depth -= 1
         # Test-only crash point (state/failpoint.py): off unless OPTOUT_SYNC_FAILPOINT is set.
@@ -185,15 +186,19 @@ class PgStore:
             self.raw.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
         except self._psycopg.Error as exc:
             if depth == 0:
+                self._temp_ready = False
                 self._quiet_rollback()
             raise StoreError(f"cannot write to the store {self.path}: {pg_errors.describe(exc, self._url)}") from exc
         if number:
             failpoint.after_commit(number)
 
-    def _quiet_rollback(self) -> None:
-        # After a lost connection there is nothing to roll back; the error that got here is the one to show.
+    def _quiet_rollback(self, *statements: str) -> None:
+        # After a lost connection there is nothing to roll back (an outer transaction that cannot
+        # roll back to its savepoint is rolled back whole by its own exit); the error that got here
+        # is the one to show.
         try:
-            self.raw.execute("ROLLBACK")
+            for statement in statements or ("ROLLBACK",):
+                self.raw.execute(statement)
         except self._psycopg.Error:
             pass
 

@@ -53,6 +53,9 @@ def test_a_nul_in_a_page_is_a_store_error_and_nothing_of_the_page_is_kept(pg_url
             store.ingest_page("a", Page([OptOut("c@y.io"), OptOut("a\x00b@y.io")], cursor="c1"))
         assert "\n" not in str(caught.value) and "0x00" in str(caught.value)
         assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
+        # The failed transaction was rolled back: the connection takes the next page.
+        assert store.ingest_page("a", Page([OptOut("c@y.io")], cursor="c2")).staged == 1
+        assert store.checkpoint("a").read_cursor == "c2"
 
 
 def test_an_unreachable_or_unreadable_url_is_one_line_without_its_password(tmp_path):
