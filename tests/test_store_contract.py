@@ -101,6 +101,23 @@ def test_a_page_written_in_a_transaction_that_fails_leaves_nothing_and_a_savepoi
     assert store.count_suppressions() == 0 and store.staged_count("a") == 2
 
 
+def test_the_first_page_of_a_store_object_rolled_back_leaves_it_able_to_take_the_next(any_store):
+    """The temp tables made in a transaction that rolls back go with it; the next page makes them again."""
+    store = any_store
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.ingest_page("a", Page([OptOut("one@y.io")], cursor="c1"))
+            raise RuntimeError("the page's cycle fails")
+    with store.transaction():
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.ingest_page("a", Page([OptOut("two@y.io")], cursor="c2"))
+                raise RuntimeError("a savepoint fails")
+    assert store.ingest_page("a", Page([OptOut("three@y.io")], cursor="c3")).staged == 1
+    assert [o.address for o in store.staged_optouts("a")] == ["three@y.io"]
+    assert store.checkpoint("a").read_cursor == "c3"
+
+
 # -- staged and promote -------------------------------------------------------------------------
 
 def test_promote_suppresses_with_one_event_each_in_staging_order_and_empties_staging(any_store):
