@@ -251,6 +251,13 @@ def test_echoes_of_a_fanned_out_or_held_as_write_and_of_an_in_flight_send_are_re
                                           OptOut("i@y.io", "news", reason="unsubscribed")]))
     assert (counts.ignored_echoes, counts.staged) == (1, 1)   # another scope is not the mark's
     assert store.suppression("i@y.io")["reason"] == "manual"
+    # A send seen to fail as a whole drops its marks: the same read-back is news then.
+    store.clear_inflight("c", [sent.seq])
+    assert store.mark_inflight("c", []) == set()
+    counts = store.ingest_page("c", Page([OptOut("i@y.io", reason="unsubscribed", origin="recipient")]))
+    assert (counts.ignored_echoes, counts.changed) == (0, 1)
+    assert store.suppression("i@y.io")["reason"] == "unsubscribed"
+    assert store.mark_inflight("c", [sent.seq]) == set()
 
 
 # -- push: pending events, in-flight marks, outcomes, watermark ---------------------------------
