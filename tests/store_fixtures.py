@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL half is marked, so that a run can leave it out (the mutation run: pyproject.toml).
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def any_store(request, tmp_path):
     """An open Store (SQLite, in tmp_path) or PgStore (a new database), closed after the test."""
     if request.param == "sqlite":

@@ -347,9 +347,29 @@ REVIEWED_SQL_PARTS = {
     "int(self.busy_timeout * 1000)": "an integer: the connection's busy timeout in ms, from validated settings",
     "upsert": "a literal ON CONFLICT clause with _stronger_sql('excluded', table) as above",
     "' AND '.join(where)": "literal conditions with '?' placeholders; values are parameters",
+    # PostgreSQL (issue 20)
+    "_COLUMN_LIST": "module constant in pg_events: the events columns an append writes",
+    "_INSERT": "module constant in pg_events: the append's INSERT over _COLUMN_LIST with %s placeholders",
+    "_BASELINE": "module constant in pg_schema: version 6's CREATE statements",
+    "_CREATE_VERSION_TABLE": "module constant in pg_schema: CREATE TABLE schema_version",
+    "column": "an identity column's name (with its table) from information_schema, double-quoted (reset_identities)",
+    "_placeholders(sql)": "Store's own SQL (code constants as reviewed here) with '?' turned into %s",
+    "columns": "temp-table column definitions, a literal in PgStore._ensure_temp_tables; or event column names",
+    "_SUPPRESSED_COLUMNS": "module constant in pg_store: the column names suppress_selected's SELECT gives",
+    "_PUSH_EVENT_COLUMNS": "module constant in pg_store: the event columns record_push writes",
+    "statement": "'ROLLBACK', or ROLLBACK TO / RELEASE of a savepoint named f'sp{depth}' (an integer counter)",
+    "_echo_sql('incoming', '%s::text', POSTGRESQL)": "SQL builder over literals; the adapter name is a parameter",
+    "('recorded_at', 'kind', 'address', 'scope', 'reason', 'origin', 'source', 'occurred_at', 'message', 'details')":
+        "literal event column names (_append_events builds the INSERT with one placeholder each)",
+    "('recorded_at', 'kind', 'address', 'scope', 'target', 'message', 'details')":
+        "literal event column names (_append_events builds the INSERT with one placeholder each)",
+    "', '.join(columns)": "event column names from the literal tuples above",
+    "', '.join('?' * len(columns))": "placeholders only; the values are parameters",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
-             "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0]}
+             "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0],
+             # PostgreSQL (state/pg_store.py, pg_events.py): its statements, appends and COPY
+             "_sql": [0], "_many": [0], "append_selected": [1], "copy": [0], "_append_events": [0]}
 
 
 def dynamic_parts(node: ast.AST) -> list[str]:
