@@ -298,6 +298,8 @@ class Store:
             yield
         except BaseException:
             self._depth -= 1
+            # Temp tables this transaction made go with it; the next use makes them again.
+            self._temp_ready = False
             if depth == 0:
                 self.conn.execute("ROLLBACK")
             else:
@@ -311,6 +313,7 @@ class Store:
             self.conn.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
         except sqlite3.Error as exc:
             if depth == 0:
+                self._temp_ready = False
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"cannot write to the store {self.path}: {exc}") from exc
         if number:

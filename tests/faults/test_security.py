@@ -347,6 +347,12 @@ REVIEWED_SQL_PARTS = {
     "int(self.busy_timeout * 1000)": "an integer: the connection's busy timeout in ms, from validated settings",
     "upsert": "a literal ON CONFLICT clause with _stronger_sql('excluded', table) as above",
     "' AND '.join(where)": "literal conditions with '?' placeholders; values are parameters",
+    # PostgreSQL (issue 20's groundwork)
+    "_COLUMN_LIST": "module constant in pg_events: the events columns an append writes",
+    "_INSERT": "module constant in pg_events: the append's INSERT over _COLUMN_LIST with %s placeholders",
+    "_BASELINE": "module constant in pg_schema: version 6's CREATE statements",
+    "_CREATE_VERSION_TABLE": "module constant in pg_schema: CREATE TABLE schema_version",
+    "column": "an identity column's name (with its table) from information_schema, double-quoted (reset_identities)",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
              "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0]}
