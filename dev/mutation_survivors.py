@@ -72,6 +72,18 @@ REVIEWED: list[tuple[str, str, str]] = [
      "a count with an ORDER BY is the same one row"),
     ("connector.engine.xǁEngineǁ_remove_lifted_by_recipients", r"finish_removal\(self\.store, name, seq, optout, None,",
      "None is as false as False: the removal is recorded as failed either way"),
+    ("connector.engine.xǁ_Senderǁ__init__", r'self\.context: tuple \| None = ""',
+     "the context is read only with the call that send() stores with it"),
+    ("connector.engine.xǁ_Senderǁ__exit__", r"shutdown\(wait=(None|False)\)",
+     "the pool's one call was waited for just above; its idle thread ends either way"),
+    ("connector.engine.xǁ_Senderǁsend", r"max_workers=(None|2)|ThreadPoolExecutor\(thread_name_prefix=",
+     "one call at a time either way: _apply sends only after _settle took the previous call"),
+    ("connector.engine.xǁEngineǁ_apply", r"^\s*return False$",
+     "the empty batch is the push's last: the _settle and record that follow it in push have nothing left"),
+    ("connector.engine.xǁEngineǁ_settle", r"_record_unrecorded\(None, sender\)",
+     "sender.unrecorded is always empty when _settle starts (every _apply records it before returning)"),
+    ("connector.engine.xǁEngineǁ_settle", r"report\.parked = len\(parked\)",
+     "a push stops at its first batch with parked items, so parked is added to once per report"),
 ]
 
 
