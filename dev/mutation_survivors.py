@@ -92,6 +92,14 @@ REVIEWED: list[tuple[str, str, str]] = [
      "keys that tie (topics held as all-email) differ only in seq; they are consumed or found missing together"),
     ("state.receipts.x_known", r"range\(0, len\(keys\), \)",
      "a step of 1 finds the same keys by more, overlapping queries"),
+    ("state.imports.xǁ_Stagerǁ_run", r"json\.dumps\(addresses, \)",
+     "SQLite's json_each decodes \\u escapes to the same text (ensure_ascii is the default then)"),
+    ("state.addresses.x_normalise_address", r"len\(address\) < _SHORT and",
+     "an address of exactly _SHORT characters takes the full check, which accepts exactly the same"),
+    ("state.addresses.x_normalise_address", r"address\.partition\(\"@\"\)\[0\]",
+     "an address _ADDRESS matched has exactly one @"),
+    ("state.addresses.x_explain_invalid", r"address\.rpartition\(\"@\"\)",
+     "the address has exactly one @ here (more is explained above)"),
 ]
 
 
