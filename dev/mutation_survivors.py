@@ -100,6 +100,8 @@ REVIEWED: list[tuple[str, str, str]] = [
      "an address _ADDRESS matched has exactly one @"),
     ("state.addresses.x_explain_invalid", r"address\.rpartition\(\"@\"\)",
      "the address has exactly one @ here (more is explained above)"),
+    ("connector.engine.xǁEngineǁ_reapply_missing", r"merged: bool = True\)",
+     "its one caller always passes merged="),
 ]
 
 
