@@ -37,9 +37,9 @@ def sent(vendor):
 
 
 def events(store, kind, target="b"):
-    return [(e["address"], e["ref_seq"], e["message"]) for e in store.conn.execute(
-        "SELECT address, ref_seq, message FROM events WHERE kind = ? AND target = ? ORDER BY seq", (kind, target))
-        .fetchall() for e in [dict(zip(("address", "ref_seq", "message"), e))]]
+    """(address, ref_seq, message) of the events of one kind recorded for the sink, in order."""
+    return store.conn.execute("SELECT address, ref_seq, message FROM events WHERE kind = ? AND target = ?"
+                              " ORDER BY seq", (kind, target)).fetchall()
 
 
 def inflight(store):
@@ -73,13 +73,13 @@ def test_a_push_of_only_unmapped_items_moves_the_watermark_past_them(memory_worl
 def test_a_push_stopped_while_a_batch_is_at_the_sink_records_it_and_sends_no_more(memory_world):
     settings, store, engine, v = world(memory_world)
     seqs = pulled(engine, v, [OptOut(R[0]), OptOut(R[1]), OptOut(R[2])])
-    apply = v["b"].apply
+    mark = store.mark_inflight
 
-    def stopping(batch):
-        engine.stop.set()  # e.g. the daemon is told to stop while the first batch is out
-        return apply(batch)
+    def stopping(adapter, batch_seqs):
+        engine.stop.set()  # e.g. the daemon is told to stop as the first batch goes out
+        return mark(adapter, batch_seqs)
 
-    v["b"].apply = stopping
+    store.mark_inflight = stopping
     report = engine.cycle("b", push_only=True)
     assert report.error is None and sent(v["b"]) == [[R[0], R[1]]]
     assert [a for a, _, _ in events(store, "applied")] == [R[0], R[1]]

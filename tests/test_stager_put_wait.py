@@ -19,7 +19,7 @@ def test_a_put_waiting_on_a_full_queue_fails_when_the_stager_thread_stops_meanwh
     def stops_once_the_queue_is_full(self):
         while not self._batches.full():   # a stager thread that dies without taking anything
             time.sleep(0.01)
-        time.sleep(0.1)                   # by now the third stage() is waiting on the full queue
+        time.sleep(0.3)                   # by now the third stage() is waiting on the full queue
 
     monkeypatch.setattr(imports._Stager, "_run", stops_once_the_queue_is_full)
     raised: list = []
