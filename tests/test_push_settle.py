@@ -170,3 +170,26 @@ def test_a_long_pushs_progress_counts_the_skipped_items_with_each_batch(memory_w
     lines = [json.loads(line) for line in log.getvalue().splitlines() if '"progress"' in line]
     assert [(e["adapter"], e["phase"], e["done"], e["total"]) for e in lines] == [
         ("b", "push", 3, 5), ("b", "push", 5, 5)]
+
+
+def test_progress_is_reported_only_when_asked_for_and_never_in_a_dry_run(memory_world, monkeypatch):
+    import io
+
+    from connector import progress as progress_module
+    from connector.logs import setup_logging
+    from connector.progress import STORE_KEY
+
+    settings, store, engine, v = world(memory_world)
+    pulled(engine, v, [OptOut(R[0]), OptOut(R[1]), OptOut(R[2]), OptOut(R[3])])
+    log = io.StringIO()
+    setup_logging("json", "info", stream=log)
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY", 0.0)
+    saved = store.save_adapter_memory
+    rows: list = []
+    store.save_adapter_memory = lambda name, changes: (rows.append(changes), saved(name, changes))[1]
+    engine.report_progress = True
+    assert engine.cycle("b", push_only=True, dry_run=True).pushed == 4  # counted, not sent
+    engine.report_progress = False
+    assert engine.cycle("b", push_only=True).pushed == 4
+    assert '"progress"' not in log.getvalue()
+    assert [r for r in rows if STORE_KEY in r] == []
