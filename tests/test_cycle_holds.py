@@ -102,3 +102,37 @@ def test_a_pull_stopped_after_a_page_promotes_what_it_read(memory_world):
     assert (report.error, report.pulled, report.added) == (None, 2, 2)
     assert store.suppression("r1@example.com") is not None and store.suppression("r2@example.com") is None
     assert store.checkpoint("a").read_cursor == "2" and store.staged_count("a") == 0
+
+
+def test_a_runs_row_holds_the_reports_counts_and_only_a_success_moves_last_success_at(memory_world):
+    from dataclasses import replace
+
+    from state.models import Rejected
+
+    settings, store, engine, v = memory_world([{"name": "a", "max_new_per_cycle": 2}])
+    for i in range(3):
+        v["a"].opt_out(OptOut(f"r{i}@example.com"))
+    reads = v["a"].read_changes
+    v["a"].read_changes = lambda cursor: (replace(page, rejected=[Rejected("row 4", "nope", "no @ in address")])
+                                          for page in reads(cursor))
+    report = engine.cycle("a")
+    run = store.last_run("a")
+    assert (report.pulled, report.staged, report.rejected, report.paused) == (3, 3, 1, True)
+    assert ({k: run[k] for k in ("pulled", "staged", "pushed", "failed", "rejected", "paused", "error_class",
+                                  "error")} ==
+            {"pulled": 3, "staged": 3, "pushed": 0, "failed": 0, "rejected": 1, "paused": 1, "error_class": None,
+             "error": None})
+    succeeded = store.checkpoint("a").last_success_at
+    assert succeeded is not None
+
+    store.record_run("a", "cycle", succeeded, 5, error=TransientError("503 service unavailable"))
+    run = store.last_run("a")
+    assert (run["error_class"], run["error"]) == ("TransientError", "503 service unavailable")
+    assert store.checkpoint("a").last_success_at == succeeded
+    store.record_run("a", "push", succeeded, 5)
+    run = store.last_run("a")
+    assert ({k: run[k] for k in ("phase", "pulled", "staged", "pushed", "failed", "rejected", "paused",
+                                  "error_class", "error")} ==
+            {"phase": "push", "pulled": 0, "staged": 0, "pushed": 0, "failed": 0, "rejected": 0, "paused": 0,
+             "error_class": None, "error": None})
+    assert store.checkpoint("a").last_success_at > succeeded

@@ -193,3 +193,15 @@ def test_progress_is_reported_only_when_asked_for_and_never_in_a_dry_run(memory_
     assert engine.cycle("b", push_only=True).pushed == 4
     assert '"progress"' not in log.getvalue()
     assert [r for r in rows if STORE_KEY in r] == []
+
+
+def test_after_a_last_full_batch_the_watermark_passes_the_events_the_sink_needs_not(memory_world):
+    settings, store, engine, v = memory_world([{"name": "a"}, {"name": "b", "batch_size": 2}])
+    v["a"].opt_out(OptOut(R[0]))
+    v["a"].opt_out(OptOut(R[1]))
+    assert engine.cycle("a").added == 2
+    v["b"].opt_out(OptOut(R[2]))  # b's own: never pushed back to b
+    assert engine.cycle("b", push_only=False).error is None
+    own = next(e["seq"] for e in store.events_for(R[2]) if e["kind"] == "suppressed")
+    assert sent(v["b"]) == [[R[0], R[1]]]
+    assert store.checkpoint("b").applied_seq == own
