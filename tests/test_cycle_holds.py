@@ -136,3 +136,26 @@ def test_a_runs_row_holds_the_reports_counts_and_only_a_success_moves_last_succe
             {"phase": "push", "pulled": 0, "staged": 0, "pushed": 0, "failed": 0, "rejected": 0, "paused": 0,
              "error_class": None, "error": None})
     assert store.checkpoint("a").last_success_at > succeeded
+
+
+def test_a_dry_cycle_lists_twenty_by_default_and_a_sync_times_its_pull_and_push_together(memory_world):
+    import time
+
+    settings, store, engine, v = memory_world([{"name": "a"}])
+    for i in range(25):
+        v["a"].opt_out(OptOut(f"r{i:02}@example.com"))
+    report = engine.cycle("a", dry_run=True)
+    assert report.staged == 25 and len(report.would_add) == 20
+    reads, pushes = v["a"].read_changes, engine.push
+
+    def slow_read(cursor):
+        time.sleep(0.2)
+        return reads(cursor)
+
+    def slow_push(name, report):
+        time.sleep(0.2)
+        return pushes(name, report)
+
+    v["a"].read_changes, engine.push = slow_read, slow_push
+    [report] = engine.sync_once()
+    assert 400 <= report.duration_ms < 5000
