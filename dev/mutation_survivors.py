@@ -36,7 +36,7 @@ REVIEWED: list[tuple[str, str, str]] = [
     ("state.imports.xǁ_Stagerǁ_run", r"ensure_ascii", "SQLite's json_each decodes \\u escapes to the same text"),
     ("state.imports.xǁ_Stagerǁ_run", r"u0000", "either path inserts the same rows (the NUL path row by row)"),
     ("state.imports.x__batches", r"islice\(iterator, None\)", "one batch of everything: memory only"),
-    ("state.imports.x_run_import", r"len\(valid\) <= len\(batch\)", "a batch without rejected rows is scanned for none"),
+    ("state.imports.x_(run_import|_import)", r"len\(valid\) <= len\(batch\)", "a batch without rejected rows is scanned for none"),
     ("state.dashboard.x_first_seq_at_or_after", r"\(low \+ high\) / 2", "a fractional probe finds the same first seq"),
     ("state.dashboard.xǁDailyOptOutCounterǁ__init__", r'= ""', "a first refresh recounts either way"),
     ("state.dashboard.xǁDailyOptOutCounterǁrefresh", r"end <= self\._last_seq", "a recount when nothing is new gives the same counts"),
