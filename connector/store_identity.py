@@ -89,8 +89,24 @@ def read_store_id(path: Path) -> str | None:
         conn.close()
 
 
-def set_aside_own_wal(path: Path) -> list[Path]:
-    """Rename the -wal and -shm beside `path` out of the way if this process has them open; the new names.
+def companion_inodes(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of the -wal and -shm files beside `path` that exist now."""
+    real = Path(os.path.realpath(path))
+    found = set()
+    for suffix in ("-wal", "-shm"):
+        try:
+            info = os.stat(real.with_name(real.name + suffix))
+        except OSError:
+            continue
+        found.add((info.st_dev, info.st_ino))
+    return found
+
+
+def set_aside_own_wal(path: Path, also: set[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Rename the -wal and -shm beside `path` out of the way if they are this store's; the new names.
+
+    They are this store's when this process has them open, or when they are the files seen
+    beside the store while it was still intact (`also`): SQLite need not hold them open.
 
     When the store was deleted, moved or replaced, the WAL at its path still belongs to the file
     this daemon opened. SQLite would replay it into whatever database is next opened at that
@@ -98,7 +114,7 @@ def set_aside_own_wal(path: Path) -> list[Path]:
     neither do that nor be lost.
     """
     real = Path(os.path.realpath(path))
-    ours = _open_inodes()
+    ours = _open_inodes() | set(also)
     moved = []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     for suffix in ("-wal", "-shm"):
