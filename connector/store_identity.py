@@ -89,17 +89,23 @@ def read_store_id(path: Path) -> str | None:
         conn.close()
 
 
-def companion_inodes(path: Path) -> set[tuple[int, int]]:
-    """(device, inode) of the -wal and -shm files beside `path` that exist now."""
+def _companions(path: Path) -> dict[Path, tuple[int, int]]:
+    """The -wal and -shm files beside `path` (symlinks followed) that exist now, with (device, inode)."""
     real = Path(os.path.realpath(path))
-    found = set()
+    found = {}
     for suffix in ("-wal", "-shm"):
+        companion = real.with_name(real.name + suffix)
         try:
-            info = os.stat(real.with_name(real.name + suffix))
+            info = os.stat(companion)
         except OSError:
             continue
-        found.add((info.st_dev, info.st_ino))
+        found[companion] = (info.st_dev, info.st_ino)
     return found
+
+
+def companion_inodes(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of the -wal and -shm files beside `path` that exist now."""
+    return set(_companions(path).values())
 
 
 def set_aside_own_wal(path: Path, also: set[tuple[int, int]] = frozenset()) -> list[Path]:
@@ -113,17 +119,11 @@ def set_aside_own_wal(path: Path, also: set[tuple[int, int]] = frozenset()) -> l
     path (a replacement store, or a new one), mixing in the old store's pages. Renamed, it can
     neither do that nor be lost.
     """
-    real = Path(os.path.realpath(path))
     ours = _open_inodes() | set(also)
     moved = []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    for suffix in ("-wal", "-shm"):
-        companion = real.with_name(real.name + suffix)
-        try:
-            info = os.stat(companion)
-        except OSError:
-            continue
-        if (info.st_dev, info.st_ino) in ours:
+    for companion, inode in _companions(path).items():
+        if inode in ours:
             target = companion.with_name(f"{companion.name}.orphan-{stamp}")
             try:
                 os.rename(companion, target)
