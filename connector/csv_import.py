@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +36,10 @@ _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 # UTF-8 is decoded with surrogateescape, which turns each byte that is not valid UTF-8 into one of
 # these; decoded text never holds them otherwise, so they mark exactly the lines the fallback reads.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# A line (one address cell of a chunk joined by newlines) with no @: the row is not ordinary.
+_NO_AT_LINE = re.compile(r"^[^@\n]*$", re.MULTILINE)
+# Records read at a time by the text reader; their ordinary rows come out as ImportBlocks.
+BLOCK_ROWS = 2_000
 # A single-column file has no delimiter; csv still needs one for its quote handling, so we use NUL
 # and join the pieces back should a NUL ever turn up in the data.
 _NO_DELIMITER = "\0"
@@ -61,6 +66,18 @@ class ImportRow:
     number: int
     raw: str | None
     problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBlock:
+    """Consecutive data rows whose address cells are plain ASCII with an @, read in one go.
+
+    Row `first + i` has the cell `raws[i]` exactly as read and no problem: the same as an
+    ImportRow(first + i, raws[i], None) for each, without an object per row.
+    """
+
+    first: int
+    raws: list[str]
 
 
 class ImportFile:
@@ -108,8 +125,12 @@ class ImportFile:
         Raises InputError (naming the file and row) when the file turns out unreadable further on:
         an unclosed quote, a line too long to be a row.
         """
+        return _one_by_one(self.blocks())
+
+    def blocks(self) -> Iterator[ImportRow | ImportBlock]:
+        """rows(), in file order, with runs of ordinary rows given as ImportBlocks (for the import's fast path)."""
         self._reading, self._read_all = None, False
-        return self._xlsx_rows() if self.encoding == "xlsx" else self._text_rows()
+        return self._xlsx_rows() if self.encoding == "xlsx" else self._text_items()
 
     @property
     def bytes_read(self) -> int:
@@ -230,33 +251,32 @@ class ImportFile:
                 except UnicodeDecodeError:
                     yield line.decode("cp1252", errors="replace"), True
 
-    def _text_rows(self) -> Iterator[ImportRow]:
-        """rows() of a text file, reading as _lines and _parse do but at C speed for ordinary rows.
+    def _text_items(self) -> Iterator[ImportRow | ImportBlock]:
+        """blocks() of a text file, reading as _lines and _parse do but at C speed for ordinary rows.
 
         The csv reader pulls lines straight from C iterators (blocks of whole lines in StringIO);
         UTF-8 is decoded with surrogateescape so that a line the fallback would read as
-        Windows-1252 is still found (by its escaped bytes) when its row needs it. A row takes the
-        Python path below only when it is blank, the header, short, or its address cell is not
-        plain ASCII with an @.
+        Windows-1252 is still found (by its escaped bytes) when its row needs it. Records are
+        taken in chunks of BLOCK_ROWS; in a chunk, the runs of ordinary rows (address cell plain
+        ASCII with an @) become ImportBlocks with no Python code per row, and a row takes the
+        per-row path (_one_row) only when it is blank, the header, short, or not ordinary.
         """
         index, delimiter = self.column_index, self.delimiter
         utf8 = self.encoding in ("utf-8", "utf-8-sig")
-        skip_header = self.has_header
-        number = 0
+        header = [self.has_header]  # still to be skipped; _one_row clears it
+        done = 0  # records counted before those in `chunk`
+        chunk: list[list[str]] = []
+        take = chunk.append
 
         def end_of_file() -> Iterator[str]:
             # Pulled once the file's lines are used up. At the start of a record the reader makes a
-            # blank record of the empty line and pulls again only after we counted that record;
+            # blank record of the empty line and pulls again only after we took that record;
             # inside a quoted cell it pulls again at once: the file ended inside the quotes.
-            counted = number
+            counted = done + len(chunk)
             yield ""
-            if number == counted:
+            if done + len(chunk) == counted:
                 raise _EndInsideQuotes
 
-        # A frozen dataclass sets its fields through object.__setattr__, which costs more than the
-        # rest of an ordinary row; the slot descriptors build the very same ImportRow.
-        new, set_number, set_raw, set_problem = (
-            object.__new__, ImportRow.number.__set__, ImportRow.raw.__set__, ImportRow.problem.__set__)
         with self._open() as handle:
             self._reading = handle
             handle.seek(self._bom)
@@ -267,38 +287,84 @@ class ImportFile:
             reader = csv.reader(chain(lines, end_of_file()), delimiter=delimiter or _NO_DELIMITER, strict=False)
             try:
                 for fields in reader:
-                    number += 1
-                    try:
-                        raw = fields[index]
-                    except IndexError:
-                        raw = ""
-                    # An @ makes the row non-blank and ASCII rules out every decoding question, so
-                    # such a row is used as it is (unless it is the header, or a single-column
-                    # file's line that csv split at a NUL).
-                    if "@" in raw and raw.isascii() and not skip_header and (delimiter or len(fields) == 1):
-                        row = new(ImportRow)
-                        set_number(row, number)
-                        set_raw(row, raw)
-                        set_problem(row, None)
-                        yield row
-                        continue
-                    if delimiter is None and len(fields) > 1:
-                        fields = [_NO_DELIMITER.join(fields)]
-                    if _is_blank(fields, delimiter):
-                        continue
-                    if skip_header:
-                        skip_header = False
-                        continue
-                    yield self._odd_row(number, fields, utf8)
+                    take(fields)
+                    if len(chunk) >= BLOCK_ROWS:
+                        yield from self._chunk_items(chunk, done + 1, header, utf8)
+                        done += len(chunk)
+                        chunk.clear()
                 self._read_all = True
-            except csv.Error as exc:
-                raise self._unreadable(number + 1, f"{exc} (perhaps a quote that is never closed)") from None
-            except _LineTooLong:
-                raise self._unreadable(number + 1, f"a line is longer than {MAX_LINE_BYTES // 1024} KiB") from None
-            except _EndInsideQuotes:
-                raise self._unreadable(number + 1, _UNCLOSED_QUOTE) from None
-            except OSError as exc:
+            except (csv.Error, _LineTooLong, _EndInsideQuotes, OSError) as exc:
+                # The rows read before the failing one are given first, as a row-by-row reader would.
+                yield from self._chunk_items(chunk, done + 1, header, utf8)
+                failing = done + len(chunk) + 1
+                if isinstance(exc, csv.Error):
+                    raise self._unreadable(failing, f"{exc} (perhaps a quote that is never closed)") from None
+                if isinstance(exc, _LineTooLong):
+                    raise self._unreadable(failing, f"a line is longer than {MAX_LINE_BYTES // 1024} KiB") from None
+                if isinstance(exc, _EndInsideQuotes):
+                    raise self._unreadable(failing, _UNCLOSED_QUOTE) from None
                 raise InputError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+            yield from self._chunk_items(chunk, done + 1, header, utf8)
+
+    def _chunk_items(self, chunk: list[list[str]], first: int, header: list[bool],
+                     utf8: bool) -> Iterator[ImportRow | ImportBlock]:
+        """The items of consecutive records `chunk`, the first of which is row `first`."""
+        index, delimiter = self.column_index, self.delimiter
+        split_at_nul = delimiter is None and bool(chunk) and max(map(len, chunk)) > 1
+        if header[0] or split_at_nul:
+            for offset, fields in enumerate(chunk):
+                if not header[0] and not split_at_nul:  # the header is behind: the rest in one go
+                    yield from self._chunk_items(chunk[offset:], first + offset, header, utf8)
+                    return
+                row = self._one_row(first + offset, fields, header, utf8)
+                if row is not None:
+                    yield row
+            return
+        try:
+            raws = list(map(itemgetter(index), chunk))
+        except IndexError:  # a blank or short record, which has no @ to count as ordinary
+            raws = [fields[index] if index < len(fields) else "" for fields in chunk]
+        # The rows that are not ordinary, found by C code where the cells are ASCII on one line each.
+        text = "\n".join(raws)
+        if text.isascii() and text.count("\n") == len(raws) - 1:
+            odd, line, position = [], 0, 0
+            for match in _NO_AT_LINE.finditer(text):
+                line += text.count("\n", position, match.start())
+                position = match.start()
+                odd.append(line)
+        else:
+            odd = [i for i, raw in enumerate(raws) if "@" not in raw or not raw.isascii()]
+        start = 0
+        for i in odd:
+            if i > start:
+                yield ImportBlock(first + start, raws[start:i])
+            row = self._one_row(first + i, chunk[i], header, utf8)
+            if row is not None:
+                yield row
+            start = i + 1
+        if start < len(raws):
+            yield ImportBlock(first + start, raws[start:] if start else raws)
+
+    def _one_row(self, number: int, fields: list[str], header: list[bool], utf8: bool) -> ImportRow | None:
+        """Row `number` as rows() gives it, or None for a blank row or the header (which it marks skipped)."""
+        delimiter = self.delimiter
+        try:
+            raw = fields[self.column_index]
+        except IndexError:
+            raw = ""
+        # An @ makes the row non-blank and ASCII rules out every decoding question, so such a row
+        # is used as it is (unless it is the header, or a single-column file's line that csv split
+        # at a NUL).
+        if "@" in raw and raw.isascii() and not header[0] and (delimiter or len(fields) == 1):
+            return ImportRow(number, raw, None)
+        if delimiter is None and len(fields) > 1:
+            fields = [_NO_DELIMITER.join(fields)]
+        if _is_blank(fields, delimiter):
+            return None
+        if header[0]:
+            header[0] = False
+            return None
+        return self._odd_row(number, fields, utf8)
 
     def _odd_row(self, number: int, fields: list[str], utf8: bool) -> ImportRow:
         """_row for a row off the fast path; finds out whether the fallback decoder would have read it."""
@@ -541,6 +607,16 @@ class _LineFeed:
             raise
         self.fallback |= fallback
         return line
+
+
+def _one_by_one(items: Iterator[ImportRow | ImportBlock]) -> Iterator[ImportRow]:
+    """The rows of blocks() one by one."""
+    for item in items:
+        if isinstance(item, ImportRow):
+            yield item
+        else:
+            for number, raw in enumerate(item.raws, start=item.first):
+                yield ImportRow(number, raw, None)
 
 
 def _utf16_lines(handle: BinaryIO, encoding: str) -> Iterator[str]:

@@ -35,7 +35,7 @@ from .lock import StoreLock, real_store_path
 from .logs import log_event
 from .progress import clear_stored_progress
 from .store_guard import mark_store_lost, prepare_store_folder
-from .store_identity import StoreIdentity, set_aside_own_wal
+from .store_identity import StoreIdentity, companion_inodes, set_aside_own_wal
 from .metrics import Metrics
 from .server import StatusServer
 from .settings import Settings
@@ -84,6 +84,7 @@ class Daemon:
         self.identity: StoreIdentity | None = None
         self.store_problem: str | None = None
         self._identity_lock = threading.Lock()
+        self._companions: set[tuple[int, int]] = set()  # (device, inode) of the store's -wal and -shm
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_at = float("-inf")
 
@@ -171,12 +172,15 @@ class Daemon:
             return True
         problem = self.identity.problem()
         if problem is None:
+            # The -wal and -shm at the path are this store's now: remember them, so that they are
+            # moved aside once the store is replaced even if no connection has them open then.
+            self._companions = companion_inodes(self.identity.path)
             return True
         with self._identity_lock:
             if self.store_problem is None:
                 self.store_problem = problem
                 self.request_stop()
-                moved = set_aside_own_wal(self.identity.path)
+                moved = set_aside_own_wal(self.identity.path, also=self._companions)
                 aside = f"; the old store's WAL was moved aside to {moved[0]}" if moved else ""
                 message = (f"{problem}; syncing stopped{aside}. Restore the store (optout-sync restore FILE), "
                            "then start the daemon again")

@@ -20,14 +20,14 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from state.addresses import InvalidAddress, normalise_address
+from state.addresses import InvalidAddress, normalise_address, normalise_block
 from state.errors import InputError, OptOutSyncError
-from state.imports import ImportPreview, run_import, saved_count
+from state.imports import CHUNK as IMPORT_BATCH, ImportPreview, run_import_batches, saved_count
 from state.lifts import holders, lift as lift_in_store, record_removal
 from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso, utc_now
 
 from .commands import build_adapters, open_store, who
-from .csv_import import ImportFile
+from .csv_import import ImportFile, ImportRow
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
     from .settings import Settings
 
@@ -165,31 +165,51 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
             # The row number has a column of its own, so a spreadsheet can sort and look it up.
             rejected_writer.writerow([item.row, item.value, item.reason])
 
-    def addresses() -> Iterator[str | Rejected]:
-        for count, row in enumerate(source.rows(), start=1):
-            if progress is not None and count % PROGRESS_ROWS == 0:
+    def rejected(row: ImportRow) -> RejectedRow:
+        return RejectedRow(f"row {row.number}", row.raw or "", row.problem or "row is too short", row.number)
+
+    def one(number: int, raw: str) -> str | RejectedRow:
+        try:
+            return normalise_address(raw)
+        except InvalidAddress as exc:
+            return RejectedRow(f"row {number}", raw, f"invalid address {raw.strip()!r}: {exc}", number)
+
+    def batches() -> Iterator[list[str | Rejected]]:
+        # Lists of about IMPORT_BATCH, in file order; a block of ordinary rows is normalised in one go.
+        batch: list[str | Rejected] = []
+        count = 0
+        for item in source.blocks():
+            if isinstance(item, ImportRow):
+                batch.append(rejected(item) if item.problem or item.raw is None else one(item.number, item.raw))
+                added = 1
+            else:
+                addresses = normalise_block(item.raws)
+                if None in addresses:
+                    addresses = [one(item.first + i, item.raws[i]) if address is None else address
+                                 for i, address in enumerate(addresses)]
+                batch += addresses
+                added = len(addresses)
+            if progress is not None and (count + added) // PROGRESS_ROWS > count // PROGRESS_ROWS:
                 progress.reading(source.bytes_read, source.size)
-            if row.problem or row.raw is None:
-                yield RejectedRow(f"row {row.number}", row.raw or "", row.problem or "row is too short", row.number)
-                continue
-            try:
-                yield normalise_address(row.raw)
-            except InvalidAddress as exc:
-                yield RejectedRow(f"row {row.number}", row.raw, f"invalid address {row.raw.strip()!r}: {exc}",
-                                  row.number)
+            count += added
+            if len(batch) >= IMPORT_BATCH:
+                yield batch
+                batch = []
         if progress is not None:
             # The last row is read; run_import now counts against the store, or saves in one
             # transaction, which on a large list takes seconds of its own.
             progress.reading(source.bytes_read, source.size)
             progress.finishing("counting the new opt-outs against the store" if confirm is None
                                else "saving the import (one transaction)")
+        if batch:
+            yield batch
 
     details = {"file": Path(path).name, "by": who()}
     started = utc_now()
     try:
         with outputs, open_store(settings, create=True) as store:
-            preview = run_import(
-                store, addresses(), scope=scope, reason=reason, confirm=confirm, source="import",
+            preview = run_import_batches(
+                store, batches(), scope=scope, reason=reason, confirm=confirm, source="import",
                 legal_basis=legal_basis, explanation=explanation,
                 details=details, on_rejected=on_rejected)
     except KeyboardInterrupt:

@@ -89,25 +89,41 @@ def read_store_id(path: Path) -> str | None:
         conn.close()
 
 
-def set_aside_own_wal(path: Path) -> list[Path]:
-    """Rename the -wal and -shm beside `path` out of the way if this process has them open; the new names.
-
-    When the store was deleted, moved or replaced, the WAL at its path still belongs to the file
-    this daemon opened. SQLite would replay it into whatever database is next opened at that
-    path (a replacement store, or a new one), mixing in the old store's pages. Renamed, it can
-    neither do that nor be lost.
-    """
+def _companions(path: Path) -> dict[Path, tuple[int, int]]:
+    """The -wal and -shm files beside `path` (symlinks followed) that exist now, with (device, inode)."""
     real = Path(os.path.realpath(path))
-    ours = _open_inodes()
-    moved = []
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    found = {}
     for suffix in ("-wal", "-shm"):
         companion = real.with_name(real.name + suffix)
         try:
             info = os.stat(companion)
         except OSError:
             continue
-        if (info.st_dev, info.st_ino) in ours:
+        found[companion] = (info.st_dev, info.st_ino)
+    return found
+
+
+def companion_inodes(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of the -wal and -shm files beside `path` that exist now."""
+    return set(_companions(path).values())
+
+
+def set_aside_own_wal(path: Path, also: set[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Rename the -wal and -shm beside `path` out of the way if they are this store's; the new names.
+
+    They are this store's when this process has them open, or when they are the files seen
+    beside the store while it was still intact (`also`): SQLite need not hold them open.
+
+    When the store was deleted, moved or replaced, the WAL at its path still belongs to the file
+    this daemon opened. SQLite would replay it into whatever database is next opened at that
+    path (a replacement store, or a new one), mixing in the old store's pages. Renamed, it can
+    neither do that nor be lost.
+    """
+    ours = _open_inodes() | set(also)
+    moved = []
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    for companion, inode in _companions(path).items():
+        if inode in ours:
             target = companion.with_name(f"{companion.name}.orphan-{stamp}")
             try:
                 os.rename(companion, target)

@@ -232,13 +232,13 @@ def test_ctrl_c_just_after_the_import_committed_says_it_was_saved_and_exits_130(
     tmp_path, settings = world
     listing = tmp_path / "list.csv"
     listing.write_text("email\nx@example.com\ny@example.com\na@example.com\n")
-    real_run_import = operator.run_import
+    real_run_import = operator.run_import_batches
 
     def committed_then_interrupted(*args, **kwargs):
         real_run_import(*args, **kwargs)
         raise KeyboardInterrupt  # Ctrl-C after the commit, before the command heard back
 
-    monkeypatch.setattr(operator, "run_import", committed_then_interrupted)
+    monkeypatch.setattr(operator, "run_import_batches", committed_then_interrupted)
     result = CliRunner().invoke(main, ["--config", str(settings), "import", str(listing), "--confirm", "2"])
     assert result.exit_code == 130, result.output
     assert result.stderr.strip() == "interrupted after the import was saved: 2 new opt-outs"

@@ -6,13 +6,17 @@ parser it replaced for rows() (which still reads the sniffed prefix).
 
 from __future__ import annotations
 
+import csv
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from connector.csv_import import _CHUNK, MAX_LINE_BYTES, SNIFF_BYTES, ImportFile, ImportRow, _parse, _Unreadable
+from connector import csv_import
+from connector.csv_import import (_CHUNK, MAX_LINE_BYTES, SNIFF_BYTES, ImportBlock, ImportFile, ImportRow, _parse,
+                                  _Unreadable)
 from state import addresses
 from state.errors import InputError, RefusedError
 from state.imports import CHUNK, run_import
@@ -94,6 +98,27 @@ def test_rows_are_what_the_line_by_line_parser_reads(spec):
         except InputError:
             return  # refused while sniffing, which both readers share
         assert outcome(lambda f: list(f.rows()), import_file) == outcome(line_by_line_rows, import_file)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(awkward_files(), st.sampled_from([1, 2, 3, 7]))
+def test_rows_read_in_small_blocks_are_what_the_line_by_line_parser_reads(spec, block_rows):
+    # Chunks this small put every kind of row (header, blank, short, odd, the end of the file or
+    # an open quote) at a chunk's start, middle and end.
+    data, column = spec
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(csv_import, "BLOCK_ROWS", block_rows):
+        path = Path(folder) / "list.csv"
+        path.write_bytes(data)
+        try:
+            import_file = ImportFile(path, column)
+        except InputError:
+            return
+        assert outcome(lambda f: list(f.rows()), import_file) == outcome(line_by_line_rows, import_file)
+        blocks = outcome(lambda f: list(f.blocks()), import_file)
+        if not isinstance(blocks, str):  # a block holds consecutive ordinary rows only
+            for block in blocks:
+                if isinstance(block, ImportBlock):
+                    assert block.raws and all("@" in raw and raw.isascii() for raw in block.raws)
 
 
 def test_a_late_undecodable_line_is_read_as_windows_1252_only_where_the_cell_lies_on_it(tmp_path):
@@ -180,6 +205,21 @@ def test_the_short_ascii_check_agrees_with_the_full_one(text):
         assert bool(addresses._SHORT_ASCII.fullmatch(address)) == full_check(address)
 
 
+@given(st.lists(st.text(ASCII_ADDRESS_PARTS + "\n\tÉé", max_size=addresses._SHORT + 2)
+                | st.from_regex(r" ?[A-Za-z0-9_.+-]{1,12}@[a-z0-9-]{1,40}(\.[a-z0-9-]{1,12}){1,3} ?", fullmatch=True),
+                max_size=12))
+def test_a_block_is_normalised_as_each_address_alone(raws):
+    got = addresses.normalise_block(raws)
+    assert len(got) == len(raws)
+    for raw, address in zip(raws, got):
+        expected = raw.strip().lower()
+        # None exactly where the short ASCII check does not take the text (normalise_address judges it).
+        short = len(expected) <= addresses._SHORT and addresses._SHORT_ASCII.fullmatch(expected)
+        assert address == (expected if short else None)
+        if address is not None:
+            assert address == addresses.normalise_address(raw)
+
+
 @pytest.mark.parametrize("raw, valid", [
     ("a" * 50 + "@" + "b" * 60 + ".com", True),  # longer than the short check takes
     ("Jørgen@Bücher.de", True),                  # not ASCII
@@ -231,3 +271,39 @@ def test_text_with_a_nul_is_staged_whole(tmp_path):
         preview = apply(store, ["a\x00b@x.io", "a@x.io"], confirm=2)
         assert (preview.unique, preview.new) == (2, 2)
         assert store.suppression("a\x00b@x.io") is not None
+
+
+# -------------------------------------------------------------- import of blocks
+
+MIXED_ROWS = ["n,Ann@Example.com", "", "n,broken", "n,bob@x.io", "n,a@b", ",", "n,Jørgen@Bücher.de", "n,ann@example.com",
+              'n,"two\nlines@x.io"', "n," + "l" * 60 + "@Example.com", "n,  carl@x.io ", "n,no at sign", "n,dora@x.io"]
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 5, csv_import.BLOCK_ROWS])
+def test_an_import_in_blocks_counts_and_rejects_as_row_by_row(tmp_path, block_rows):
+    from connector import operator
+    from connector.settings import load_settings
+
+    from .conftest import write_settings
+
+    settings = load_settings(write_settings(tmp_path, []), environ={})
+    listing = tmp_path / "list.csv"
+    listing.write_text("name,email\n" + "\n".join(MIXED_ROWS * 3) + "\n", encoding="utf-8")
+    # What the rows give one by one, as import did before blocks.
+    expected_rejected, valid = [], []
+    for row in ImportFile(listing).rows():
+        try:
+            valid.append(addresses.normalise_address(row.raw))
+        except addresses.InvalidAddress as exc:
+            expected_rejected.append([str(row.number), row.raw, f"invalid address {row.raw.strip()!r}: {exc}"])
+    out = tmp_path / "rejected.csv"
+    with mock.patch.object(csv_import, "BLOCK_ROWS", block_rows):
+        _, preview = operator.import_file(settings, listing, rejected_out=out, confirm=len(set(valid)))
+    assert (preview.rows_read, preview.valid, preview.unique) == (len(valid) + len(expected_rejected), len(valid),
+                                                                 len(set(valid)))
+    assert preview.applied and preview.new == len(set(valid)) == 6
+    assert list(csv.reader(out.open(encoding="utf-8")))[1:] == expected_rejected
+    assert [r.row for r in preview.rejected_sample] == [int(r[0]) for r in expected_rejected]
+    with Store(settings.store.path) as store:
+        stored = [row[0] for row in store.conn.execute("SELECT address FROM suppressions ORDER BY seq")]
+    assert stored == sorted(set(valid))

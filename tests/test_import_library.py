@@ -153,3 +153,23 @@ def test_a_slow_stager_thread_is_waited_for_not_taken_for_stopped(store, monkeyp
         for n in range(5):
             stager.stage([f"u{n}@example.com"])
     assert got == [[f"u{n}@example.com"] for n in range(5)]
+
+
+def test_staging_has_a_larger_temp_cache_that_is_given_back_afterwards(store, monkeypatch):
+    def temp_cache():
+        return store.conn.execute("PRAGMA temp.cache_size").fetchone()[0]
+
+    before = temp_cache()
+    during = []
+    real = type(store).suppress_selected
+
+    def noting(self, *args, **kwargs):  # on the calling thread, once the stager has finished
+        during.append(temp_cache())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "suppress_selected", noting)
+    with pytest.raises(RefusedError):
+        preview_of(store, confirm=5)
+    assert during == [-imports.STAGING_CACHE_KIB] and temp_cache() == before != -imports.STAGING_CACHE_KIB
+    preview_of(store, confirm=4)
+    assert len(during) == 2 and temp_cache() == before

@@ -297,3 +297,24 @@ def test_a_full_read_ends_a_release_it_overrides_and_stages_what_the_store_lacks
         assert store.checkpoint("esp").reconcile_requested
         assert store.conn.execute("SELECT adapter FROM checkpoints ORDER BY adapter").fetchall() == [
             ("crm",), ("esp",), ("hub",)]
+
+
+def test_the_first_page_of_a_store_object_rolled_back_leaves_it_able_to_take_the_next(tmp_path):
+    """The temp tables made in a transaction that rolls back go with it; the next page makes them again.
+
+    Before, every later ingest on the same Store failed with 'no such table: incoming'.
+    """
+    store = Store(tmp_path / "s.db")
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.ingest_page("a", Page([OptOut("one@y.io")], cursor="c1"))
+            raise RuntimeError("the page's cycle fails")
+    with store.transaction():
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.ingest_page("a", Page([OptOut("two@y.io")], cursor="c2"))
+                raise RuntimeError("a savepoint fails")
+    assert store.ingest_page("a", Page([OptOut("three@y.io")], cursor="c3")).staged == 1
+    assert [o.address for o in store.staged_optouts("a")] == ["three@y.io"]
+    assert store.checkpoint("a").read_cursor == "c3"
+    store.close()

@@ -347,7 +347,9 @@ REVIEWED_SQL_PARTS = {
     "int(self.busy_timeout * 1000)": "an integer: the connection's busy timeout in ms, from validated settings",
     "upsert": "a literal ON CONFLICT clause with _stronger_sql('excluded', table) as above",
     "' AND '.join(where)": "literal conditions with '?' placeholders; values are parameters",
-    # PostgreSQL (issue 20)
+    "STAGING_CACHE_KIB": "module constant in imports: the temp table's page cache (KiB) while an import stages",
+    "int(previous)": "an integer: the temp cache size SQLite reported before the import, given back",
+    # PostgreSQL (issue 20's groundwork)
     "_COLUMN_LIST": "module constant in pg_events: the events columns an append writes",
     "_INSERT": "module constant in pg_events: the append's INSERT over _COLUMN_LIST with %s placeholders",
     "_BASELINE": "module constant in pg_schema: version 6's CREATE statements",
