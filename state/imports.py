@@ -3,6 +3,9 @@
 Addresses are staged in a temp table (bounded memory), counted against the
 store, and applied in the same transaction only when the person's count
 matches the number of new opt-outs at that moment.
+
+On both backends: what differs (the staging table, how it is filled, SQLite's page
+cache; PostgreSQL loads with COPY) is in _SqliteStaging and _PgStaging.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import json
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from sqlite3 import Connection
 
 from .errors import RefusedError, StoreError
 from .models import Rejected, utc_now
-from .store import Store
+from .store import Store  # or state.pg_store.PgStore: the same methods, the same meaning
 
 CHUNK = 10_000
 STAGING_CACHE_KIB = 32 * 1024  # the temp table's page cache while an import stages
@@ -65,31 +69,23 @@ def run_import_batches(store: Store, batches: Iterable[list[str | Rejected]], *,
     For a reader that has whole lists at hand: no Python code per address between it and the stager.
     """
     store._ensure_temp_tables()
-    conn = store.conn
-    previous = conn.execute("PRAGMA temp.cache_size").fetchone()[0]
-    # The staged addresses arrive in file order, so each insert lands somewhere in the temp
-    # table's b-tree; with SQLite's default 2 MB cache most of those pages are written out and
-    # read back. STAGING_CACHE_KIB holds the table of a million addresses (a shuffled 1M list
-    # stages in 2.4-2.8 s of CPU instead of 5.9 s); pages are taken only as the table grows.
-    conn.execute(f"PRAGMA temp.cache_size = -{STAGING_CACHE_KIB}")
-    try:
-        return _import(store, batches, scope=scope, reason=reason, confirm=confirm, source=source,
+    staging = _STAGING[store.dialect.name]
+    with staging.cache(store):
+        return _import(store, batches, staging, scope=scope, reason=reason, confirm=confirm, source=source,
                        legal_basis=legal_basis, explanation=explanation, details=details,
                        on_rejected=on_rejected, sample_size=sample_size)
-    finally:
-        conn.execute(f"PRAGMA temp.cache_size = {int(previous)}")
 
 
-def _import(store: Store, batches: Iterable[list[str | Rejected]], *, scope: str, reason: str,
-            confirm: int | None, source: str, legal_basis: str | None, explanation: str | None,
-            details: dict | None, on_rejected, sample_size: int) -> ImportPreview:
+def _import(store: Store, batches: Iterable[list[str | Rejected]], staging: type[_SqliteStaging | _PgStaging], *,
+            scope: str, reason: str, confirm: int | None, source: str, legal_basis: str | None,
+            explanation: str | None, details: dict | None, on_rejected, sample_size: int) -> ImportPreview:
     preview = ImportPreview()
     with store.transaction():
         conn = store.conn
-        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
-        conn.execute("CREATE TEMP TABLE import_rows (address TEXT PRIMARY KEY) WITHOUT ROWID")
+        for ddl in staging.CREATE:
+            conn.execute(ddl)
         sample = preview.rejected_sample
-        with _Stager(conn) as stager:
+        with staging.stager(store) as stager:
             for batch in batches:
                 valid = [item for item in batch if not isinstance(item, Rejected)]
                 if len(valid) < len(batch):
@@ -111,23 +107,79 @@ def _import(store: Store, batches: Iterable[list[str | Rejected]], *, scope: str
                 "SELECT count(*) FROM import_rows i JOIN suppressions s ON s.address = i.address AND s.scope = ?",
                 (scope,)).fetchone()[0]
             preview.new = preview.unique - preview.already_suppressed
-            conn.execute("DROP TABLE temp.import_rows")
+            conn.execute(staging.DROP)
             return preview
         # Applied first and counted by the insert itself, which saves a pass over a large store;
         # a count that does not match is refused and the transaction undoes the insert.
         now = utc_now()
         preview.new = store.suppress_selected(
-            "SELECT ?, 'suppressed', i.address, ?, ?, 'user', ?, ?, ?, ?, ? FROM import_rows i"
-            " WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = ?)"
-            " ORDER BY i.address",
+            store.dialect.placeholders(_NEW_OPTOUTS),
             (now, scope, reason, source, now, legal_basis, explanation,
              json.dumps(details, sort_keys=True) if details else None, scope))
         preview.already_suppressed = preview.unique - preview.new
         if confirm != preview.new:
             raise RefusedError(f"the import would add {preview.new} new opt-outs, not {confirm}; nothing was changed")
-        conn.execute("DROP TABLE temp.import_rows")
+        conn.execute(staging.DROP)
         preview.applied = True
     return preview
+
+
+# The new opt-outs of import_rows, as suppress_selected's SELECT (`?` placeholders; the dialect's own when run).
+_NEW_OPTOUTS = ("SELECT ?, 'suppressed', i.address, ?, ?, 'user', ?, ?, ?, ?, ? FROM import_rows i"
+                " WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = ?)"
+                " ORDER BY i.address")
+
+
+class _SqliteStaging:
+    """import_rows on SQLite: a temp b-tree the _Stager thread fills, under a larger page cache."""
+
+    CREATE = ("DROP TABLE IF EXISTS temp.import_rows",
+              "CREATE TEMP TABLE import_rows (address TEXT PRIMARY KEY) WITHOUT ROWID")
+    DROP = "DROP TABLE temp.import_rows"
+
+    @staticmethod
+    @contextmanager
+    def cache(store: Store) -> Iterator[None]:
+        conn = store.conn
+        previous = conn.execute("PRAGMA temp.cache_size").fetchone()[0]
+        # The staged addresses arrive in file order, so each insert lands somewhere in the temp
+        # table's b-tree; with SQLite's default 2 MB cache most of those pages are written out and
+        # read back. STAGING_CACHE_KIB holds the table of a million addresses (a shuffled 1M list
+        # stages in 2.4-2.8 s of CPU instead of 5.9 s); pages are taken only as the table grows.
+        conn.execute(f"PRAGMA temp.cache_size = -{STAGING_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA temp.cache_size = {int(previous)}")
+
+    @staticmethod
+    def stager(store: Store) -> _Stager:
+        return _Stager(store.conn)
+
+
+class _PgStaging:
+    """import_rows on PostgreSQL: COPY loads the addresses as they come, import_rows keeps each once.
+
+    PostgreSQL has no page-cache PRAGMA (its temp buffers are the server's setting). The temp
+    tables are made inside the import's transaction, so a rollback takes them away too.
+    """
+
+    CREATE = ("DROP TABLE IF EXISTS pg_temp.import_rows, pg_temp.import_load",
+              # COLLATE "C": i.address orders the new seqs as SQLite's BINARY order does.
+              'CREATE TEMP TABLE import_rows (address text COLLATE "C" PRIMARY KEY)',
+              'CREATE TEMP TABLE import_load (address text COLLATE "C" NOT NULL)')
+    DROP = "DROP TABLE pg_temp.import_rows, pg_temp.import_load"
+
+    @staticmethod
+    def cache(store) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    @staticmethod
+    def stager(store) -> _CopyStager:
+        return _CopyStager(store)
+
+
+_STAGING = {"sqlite": _SqliteStaging, "postgresql": _PgStaging}
 
 
 def _batches(items: Iterable) -> Iterator[list]:
@@ -206,6 +258,28 @@ class _Stager:
                 self.staged += self._conn.total_changes - before
             except BaseException as exc:
                 self._error = exc
+
+
+class _CopyStager:
+    """_Stager's part on PostgreSQL: each batch goes into import_load by COPY, on the calling thread.
+
+    Leaving (without an error) keeps each address once in import_rows; `staged` is how many.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self.staged = 0  # addresses in import_rows, i.e. distinct
+
+    def __enter__(self) -> _CopyStager:
+        return self
+
+    def stage(self, addresses: list[str]) -> None:
+        self._store.copy_rows("import_load (address)", ((address,) for address in addresses))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.staged = self._store.conn.execute(
+                "INSERT INTO import_rows SELECT DISTINCT address FROM import_load").rowcount
 
 
 def saved_count(store: Store, *, source: str, details: dict, since: str) -> int:

@@ -11,7 +11,7 @@ import json
 
 from .errors import InputError, RefusedError
 from .models import utc_now
-from .store import Store
+from .store import Store  # or state.pg_store.PgStore: the same methods, the same meaning
 
 LEGAL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task",
                "legitimate_interest")
@@ -42,12 +42,11 @@ def lift(store: Store, address: str, scope: str, legal_basis: str, explanation: 
         if refusal:
             raise RefusedError(f"cannot lift the opt-out of {address} (scope {scope!r}): {refusal}")
         now = utc_now()
-        seq = store.conn.execute(
-            "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, legal_basis,"
-            " explanation, message, details) VALUES (?, 'lifted', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, address, scope, row["reason"], row["origin"], row["source"], legal_basis, explanation,
-             f"lifted by {by}", json.dumps({"by": by})),
-        ).lastrowid
+        # Through the store's append (on PostgreSQL, pg_events: its seq order is its commit order).
+        seq = store.append_event({
+            "recorded_at": now, "kind": "lifted", "address": address, "scope": scope, "reason": row["reason"],
+            "origin": row["origin"], "source": row["source"], "legal_basis": legal_basis,
+            "explanation": explanation, "message": f"lifted by {by}", "details": json.dumps({"by": by})})
         store.conn.execute("DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope))
         store.conn.execute("DELETE FROM staged WHERE address = ? AND scope = ?", (address, scope))
         # Releases were of this opt-out; a later one starts without them.
@@ -67,7 +66,7 @@ def holders(store: Store, address: str, scope: str) -> tuple[str | None, list[st
     # Only sinks where our apply took effect; a sink that already held it got it elsewhere.
     applied = {r[0] for r in store.conn.execute(
         "SELECT DISTINCT target FROM events WHERE address = ? AND scope = ? AND kind = 'applied'"
-        " AND target IS NOT NULL AND json_extract(details, '$.outcome') = 'applied'",
+        f" AND target IS NOT NULL AND {store.dialect.json_text('details', 'outcome')} = 'applied'",
         (address, scope))}
     if source:
         # And sinks a send of it was made to by a process that died before recording the outcome.
@@ -78,6 +77,5 @@ def holders(store: Store, address: str, scope: str) -> tuple[str | None, list[st
 def record_removal(store: Store, address: str, scope: str, target: str, ok: bool, message: str) -> None:
     """Record the outcome of removing a lifted opt-out at one sink."""
     with store.transaction():
-        store.conn.execute(
-            "INSERT INTO events (recorded_at, kind, address, scope, target, message) VALUES (?, ?, ?, ?, ?, ?)",
-            (utc_now(), "removed" if ok else "remove_failed", address, scope, target, message))
+        store.append_event({"recorded_at": utc_now(), "kind": "removed" if ok else "remove_failed",
+                            "address": address, "scope": scope, "target": target, "message": message})

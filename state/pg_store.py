@@ -23,7 +23,7 @@ psycopg is imported lazily: a SQLite user never loads it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from . import failpoint, pg_errors, pg_events, pg_schema
@@ -71,7 +71,7 @@ class _Connection:
 
 def _placeholders(sql: str) -> str:
     # Store's shared SQL has no literal '?' or '%' (checked by the contract suite running it here).
-    return sql.replace("%", "%%").replace("?", "%s")
+    return POSTGRESQL.placeholders(sql)
 
 
 class PgStore:
@@ -145,6 +145,17 @@ class PgStore:
         """Append event rows (values of `columns`) through pg_events, in the current transaction."""
         with self._errors():
             pg_events.append(self.raw, [dict(zip(columns, row)) for row in rows])
+
+    def append_event(self, event: Mapping[str, object]) -> int:
+        """Append one event (column name -> value) through pg_events, in the current transaction; its seq."""
+        with self._errors():
+            return pg_events.append(self.raw, [event])[0]
+
+    def copy_rows(self, target: str, rows: Iterable[tuple]) -> None:
+        """Load rows into `target` ("table (columns)", a literal of the caller's) with COPY."""
+        with self._errors(), self.raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     # -- transactions -----------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .store import Store
+from .store import Store  # or state.pg_store.PgStore: the same methods, the same meaning
 
 # SQLite's default limit on bound parameters is far above this; chunks keep statements small.
 _CHUNK = 500
@@ -30,7 +30,7 @@ def known(store: Store, adapter: str, keys: Iterable[str]) -> set[str]:
 def remember(store: Store, adapter: str, keys: Iterable[str], received_at: str) -> None:
     """Record keys as received (call inside the transaction that keeps what they carried)."""
     store.conn.executemany(
-        "INSERT OR IGNORE INTO webhook_receipts (adapter, key, received_at) VALUES (?, ?, ?)",
+        store.dialect.insert_or_ignore("webhook_receipts (adapter, key, received_at)", "VALUES (?, ?, ?)"),
         [(adapter, key, received_at) for key in dict.fromkeys(keys)])
 
 

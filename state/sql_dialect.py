@@ -40,6 +40,22 @@ class Dialect:
             return f"group_concat({expr}, '{separator}')"
         return f"string_agg({expr}, '{separator}' ORDER BY {expr})"
 
+    def placeholders(self, sql: str) -> str:
+        """`sql` written with SQLite's `?` placeholders, in this backend's driver's style (psycopg: %s).
+
+        For SQL handed to a backend's own method that takes its driver's style (suppress_selected).
+        The shared SQL holds no literal '?' or '%' (the contract suites run it on both backends).
+        """
+        if self.name == "sqlite":
+            return sql
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def insert_or_ignore(self, into: str, values_sql: str) -> str:
+        """An INSERT into `into` ("table (columns)") of `values_sql` that skips rows whose key is held."""
+        if self.name == "sqlite":
+            return f"INSERT OR IGNORE INTO {into} {values_sql}"
+        return f"INSERT INTO {into} {values_sql} ON CONFLICT DO NOTHING"
+
     def shift_time(self, column: str, seconds: int) -> str:
         """A stored ISO time moved by `seconds`, as the store's ISO text (NULL stays NULL)."""
         if self.name == "sqlite":

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 from datetime import datetime, timedelta
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -381,6 +381,12 @@ class Store:
         """Append event rows (values of `columns`, in order) in the current transaction."""
         self.conn.executemany(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                               rows)
+
+    def append_event(self, event: Mapping[str, object]) -> int:
+        """Append one event (column name -> value) in the current transaction; its seq."""
+        columns = tuple(event)
+        return self._write(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                           tuple(event.values())).lastrowid
 
     def _ensure_temp_tables(self) -> None:
         if self._temp_ready:

@@ -365,8 +365,17 @@ REVIEWED_SQL_PARTS = {
         "literal event column names (_append_events builds the INSERT with one placeholder each)",
     "('recorded_at', 'kind', 'address', 'scope', 'target', 'message', 'details')":
         "literal event column names (_append_events builds the INSERT with one placeholder each)",
-    "', '.join(columns)": "event column names from the literal tuples above",
+    "', '.join(columns)": "event column names: the literal tuples above, or an append_event mapping's keys"
+                          " (literals in lifts.py)",
     "', '.join('?' * len(columns))": "placeholders only; the values are parameters",
+    # Lifts, imports and receipts on both backends (issue 20)
+    "store.dialect.placeholders(_NEW_OPTOUTS)": "module constant in imports (the new opt-outs' SELECT), '?' as %s",
+    "ddl": "the import's staging DDL: literal tuples _SqliteStaging.CREATE / _PgStaging.CREATE",
+    "staging.DROP": "the import's staging DROP: a literal _SqliteStaging.DROP / _PgStaging.DROP",
+    "store.dialect.json_text('details', 'outcome')": "sql_dialect's JSON reader over a literal column and key",
+    "target": "COPY target: a literal 'table (columns)' of PgStore.copy_rows's callers ('import_load (address)')",
+    "store.dialect.insert_or_ignore('webhook_receipts (adapter, key, received_at)', 'VALUES (?, ?, ?)')":
+        "sql_dialect's INSERT skipping held keys over a literal table, columns and placeholders",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
              "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0],
