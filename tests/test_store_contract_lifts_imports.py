@@ -382,3 +382,32 @@ def test_lift_through_the_operator_and_the_cli_on_postgresql(pg_world):
         assert [(e["kind"], e["target"], e["legal_basis"]) for e in store.events_for("y@x.io")] == [
             ("suppressed", None, None), ("applied", "esp", None), ("lifted", None, "contract"),
             ("removed", "esp", None)]
+
+
+# -- PostgreSQL only ------------------------------------------------------------------------------
+
+@pytest.mark.postgresql
+def test_an_event_append_outside_a_transaction_is_refused_on_postgresql(pg_url):
+    """append_event goes through pg_events, whose append lock lasts only as long as a transaction."""
+    from state.errors import StoreError
+    from state.pg_store import PgStore
+
+    with PgStore(pg_url) as store:
+        with pytest.raises(StoreError, match="an event append must run inside a transaction"):
+            store.append_event({"recorded_at": "2026-03-01T10:00:00.000000+00:00", "kind": "removed",
+                                "address": "a@x.io", "scope": "*", "target": "esp", "message": "removed"})
+        assert store.last_event_seq() == 0
+
+
+@pytest.mark.postgresql
+def test_an_import_of_text_postgresql_cannot_hold_is_one_store_error_and_saves_nothing(pg_url):
+    """SQLite stores any text (imports stages a NUL row by row); PostgreSQL's text holds no NUL."""
+    from state.errors import StoreError
+    from state.pg_store import PgStore
+
+    with PgStore(pg_url) as store:
+        with pytest.raises(StoreError) as caught:
+            _import(store, ["a@x.io", "b\x00@x.io"], confirm=2)
+        assert str(caught.value).endswith(": PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        assert store.count_suppressions() == 0 and store.last_event_seq() == 0
+        assert _import(store, ["a@x.io"], confirm=1).applied
