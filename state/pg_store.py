@@ -2,9 +2,10 @@
 
 Issue 20, phase 1: the engine's core path (ingest, staging and promote, push with in-flight marks,
 checkpoints, the reads for people, failures, runs, adapter memory); the tests/test_store_contract.py
-suite runs on both backends. Not ported yet, and absent here rather than wrong: lifts, imports,
-re-subscribes and releases, snapshots, receipts, the reconcile's source set and merge diff (see
-docs/architecture.md, "Port status"). Nothing uses PgStore yet.
+suite runs on both backends. Phase 2: state/lifts.py, imports.py and receipts.py run on it too
+(append_event, copy_rows). Not ported yet, and absent here rather than wrong: re-subscribes and
+releases, snapshots, the reconcile's source set and merge diff (see docs/architecture.md, "Port
+status"). Nothing uses PgStore yet.
 
 How the SQLite store's meaning is kept:
 - Every write transaction takes the event log's append lock at BEGIN (state/pg_events.py), so
