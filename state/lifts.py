@@ -67,7 +67,7 @@ def holders(store: Store, address: str, scope: str) -> tuple[str | None, list[st
     # Only sinks where our apply took effect; a sink that already held it got it elsewhere.
     applied = {r[0] for r in store.conn.execute(
         "SELECT DISTINCT target FROM events WHERE address = ? AND scope = ? AND kind = 'applied'"
-        " AND target IS NOT NULL AND json_extract(details, '$.outcome') = 'applied'",
+        f" AND target IS NOT NULL AND {store.dialect.json_text('details', 'outcome')} = 'applied'",
         (address, scope))}
     if source:
         # And sinks a send of it was made to by a process that died before recording the outcome.

@@ -382,6 +382,11 @@ class Store:
         self.conn.executemany(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                               rows)
 
+    def _append_event(self, columns: tuple[str, ...], row: tuple) -> int:
+        """Append one event row (values of `columns`) in the current transaction; its seq."""
+        return self.conn.execute(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                                 row).lastrowid
+
     def _ensure_temp_tables(self) -> None:
         if self._temp_ready:
             return
@@ -786,9 +791,7 @@ class Store:
         source_set then holds just the read's rows that came out of order.
         """
         self._ensure_temp_tables()
-        self._write("DROP TABLE IF EXISTS temp.sink_scopes")
-        self._write("CREATE TEMP TABLE sink_scopes (scope TEXT PRIMARY KEY)")
-        self.conn.executemany("INSERT OR IGNORE INTO sink_scopes VALUES (?)", [(s,) for s in scopes | {"*"}])
+        self._sink_scopes(scopes | {"*"})
         expected = ("CASE WHEN s.scope IN (SELECT scope FROM sink_scopes) THEN s.scope"
                     + (" ELSE '*' END" if unmapped_as_global else " END"))
         last = ("", "")
@@ -800,7 +803,7 @@ class Store:
             cursor = self.conn.execute(
                 f"SELECT s.seq, {', '.join('s.' + c for c in _OPTOUT_COLUMNS.split(', '))}"
                 f" FROM suppressions s WHERE (s.address, s.scope) > (?, ?)"
-                + (" AND s.seq IN (SELECT seq FROM temp.merge_missing)" if merged else "") +
+                + (f" AND s.seq IN (SELECT seq FROM {self.dialect.temp_table('merge_missing')})" if merged else "") +
                 f" AND {expected} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM source_set t"
                 f" WHERE t.address = s.address AND t.scope = {expected})"
                 " AND NOT EXISTS (SELECT 1 FROM releases r WHERE r.address = s.address AND r.scope = s.scope"
@@ -819,6 +822,12 @@ class Store:
             last = (rows[-1][1].address, rows[-1][1].scope)
             yield rows
             del rows  # not held while the next batch is read
+
+    def _sink_scopes(self, scopes: set[str]) -> None:
+        """Fill the temp table sink_scopes with the scopes a sink represents (missing_at_source)."""
+        self._write("DROP TABLE IF EXISTS temp.sink_scopes")
+        self._write("CREATE TEMP TABLE sink_scopes (scope TEXT PRIMARY KEY)")
+        self.conn.executemany("INSERT OR IGNORE INTO sink_scopes VALUES (?)", [(s,) for s in scopes])
 
     # -- runs and failures ----------------------------------------------------
 
@@ -941,6 +950,13 @@ class Store:
         happened, or, where the source did not say, when it was recorded. With
         `count`, one row: the number of matching suppressions.
         """
+        sql, params = self._suppressions_sql(reasons, scope, source, since, until, count)
+        # The cursor itself is the iterator, so a caller can hand it to C code (csv.writerows).
+        return self.conn.execute(sql, params)
+
+    def _suppressions_sql(self, reasons: list[str] | None, scope: str | None, source: str | None,
+                          since: str | None, until: str | None, count: bool) -> tuple[str, list]:
+        """iter_suppressions' query and its parameters (`?` placeholders)."""
         where, params = [], []
         if reasons:
             where.append(f"reason IN ({','.join('?' * len(reasons))})")
@@ -965,8 +981,7 @@ class Store:
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        # The cursor itself is the iterator, so a caller can hand it to C code (csv.writerows).
-        return self.conn.execute(sql if count else sql + " ORDER BY address, scope", params)
+        return (sql if count else sql + " ORDER BY address, scope"), params
 
     def suppression(self, address: str, scope: str = "*") -> dict | None:
         """The stored suppression of (address, scope), or None."""
