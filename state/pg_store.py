@@ -2,9 +2,10 @@
 
 Issue 20, phase 1: the engine's core path (ingest, staging and promote, push with in-flight marks,
 checkpoints, the reads for people, failures, runs, adapter memory); the tests/test_store_contract.py
-suite runs on both backends. Not ported yet, and absent here rather than wrong: lifts, imports,
-re-subscribes and releases, snapshots, receipts, the reconcile's source set and merge diff (see
-docs/architecture.md, "Port status"). Nothing uses PgStore yet.
+suite runs on both backends. Phase 2 adds re-subscribes and releases (state/resubscribes.py), the
+reconcile's source set and merge diff, snapshots and the status page's and metrics' reads
+(tests/test_store_contract_reconcile.py). See docs/architecture.md, "Port status", for what is not
+ported yet (absent here rather than wrong).
 
 How the SQLite store's meaning is kept:
 - Every write transaction takes the event log's append lock at BEGIN (state/pg_events.py), so
@@ -15,7 +16,8 @@ How the SQLite store's meaning is kept:
 - Methods whose SQL is the same on both backends are Store's own functions, run over a
   connection that takes Store's `?` placeholders (_Connection); the echo rule and the few other
   expressions that differ are written once against state/sql_dialect.py.
-- A page enters its temp table by COPY.
+- A page, and each page of a reconcile's full read, enters its temp table by COPY; big reads
+  (iter_suppressions) stream through a held server-side cursor, keyset pages elsewhere.
 
 psycopg is imported lazily: a SQLite user never loads it.
 """
@@ -40,8 +42,10 @@ from .store import (
     Store,
     _details_from,
     _echo_sql,
+    _holds_nul,
     _push_rows,
     _stronger_sql,
+    _without_nul,
     canonical_time,
 )
 
@@ -259,8 +263,10 @@ class PgStore:
                     resubscribe_policy: str = "local") -> IngestCounts:
         """Stage a page's new opt-outs, record stronger reasons, rejections and notices (Store.ingest_page).
 
-        Re-subscribes and releases as on SQLite (state/resubscribes.py, the same SQL).
+        Re-subscribes and releases as on SQLite (state/resubscribes.py, the same SQL). An item whose
+        address or scope holds NUL, which PostgreSQL text cannot, is a rejected row on both backends.
         """
+        page = _without_nul(adapter, page)
         counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
         now = utc_now()
         with self.transaction():
@@ -406,7 +412,7 @@ class PgStore:
         """Add a page of a source's full read to the reconcile temp table: COPY, then folded (one transaction)."""
         with self.transaction():
             self._ensure_temp_tables()
-            self._load_incoming(optouts, "source_set")
+            self._load_incoming([o for o in optouts if not _holds_nul(o)], "source_set")
 
     def stage_from_source_set(self, adapter: str) -> IngestCounts:
         """Stage what the full read holds and the store lacks; record stronger reasons it shows.

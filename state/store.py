@@ -8,6 +8,7 @@ One Store object is one connection; give each thread its own.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import sqlite3
@@ -29,6 +30,7 @@ from .models import (
     ApplyResult,
     OptOut,
     Page,
+    Rejected,
     to_utc_iso,
     utc_now,
 )
@@ -119,6 +121,33 @@ def _echo_sql(table: str, source_sql: str, dialect: Dialect = SQLITE) -> str:
             + d.greatest(_rank_sql('e.reason', REASON_RANK), str(REASON_RANK['unsubscribed'])) +
             f" AND ({table}.occurred_at IS NULL"
             f" OR {table}.occurred_at <= {d.shift_time('m.marked_at', ECHO_SKEW_SECONDS)})))")
+
+
+def _holds_nul(item) -> bool:
+    return "\x00" in item.address or "\x00" in item.scope
+
+
+def _without_nul(adapter: str, page: Page) -> Page:
+    """The page without the items whose address or scope holds a NUL character; those are rejected rows.
+
+    PostgreSQL text cannot hold NUL, so both backends reject such an item alike rather than fail the
+    whole page (no adapter yields one: a NUL makes an address invalid). The value shows it as \\x00.
+    """
+    if not any(map(_holds_nul, itertools.chain(page.optouts, page.notices, page.resubscribes))):
+        return page
+    rejected = list(page.rejected)
+    kept: dict[str, list] = {}
+    for kind, items in (("opt-out", page.optouts), ("notice", page.notices), ("re-subscribe", page.resubscribes)):
+        kept[kind] = []
+        for number, item in enumerate(items, 1):
+            if _holds_nul(item):
+                rejected.append(Rejected(f"{adapter}: {kind} {number} of a page",
+                                         f"{item.address} {item.scope}".replace("\x00", "\\x00"),
+                                         "NUL character in the address or scope"))
+            else:
+                kept[kind].append(item)
+    return replace(page, optouts=kept["opt-out"], rejected=rejected, notices=kept["notice"],
+                   resubscribes=kept["re-subscribe"])
 
 
 def _details_json(details: dict | None) -> str | None:
@@ -441,7 +470,9 @@ class Store:
 
         With `save_cursor`, the page's cursor is saved in the same transaction, so a
         crash keeps both or neither. `resubscribe_policy` is the adapter's `recipient_resubscribe`.
+        An item whose address or scope holds NUL is a rejected row (_without_nul).
         """
+        page = _without_nul(adapter, page)
         counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
         now = utc_now()
         with self.transaction():
@@ -720,9 +751,12 @@ class Store:
         self._write("DELETE FROM source_set")
 
     def add_to_source_set(self, optouts: list[OptOut]) -> None:
-        """Add a page of a source's full read to the reconcile temp table (one transaction)."""
+        """Add a page of a source's full read to the reconcile temp table (one transaction).
+
+        Rows holding NUL are left out, as ingest rejects them (_without_nul).
+        """
         with self.transaction():
-            self._load_incoming(optouts, "source_set")
+            self._load_incoming([o for o in optouts if not _holds_nul(o)], "source_set")
 
     def stage_from_source_set(self, adapter: str) -> IngestCounts:
         """Stage what the full read holds and the store lacks; record stronger reasons it shows.

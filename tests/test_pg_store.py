@@ -38,18 +38,6 @@ def test_write_transactions_run_one_at_a_time_as_on_sqlite(pg_url):
         second.close()
 
 
-def test_a_nul_in_a_page_is_a_store_error_and_nothing_of_the_page_is_kept(pg_url):
-    """PostgreSQL text cannot hold NUL (SQLite keeps it): the page fails whole, with one line."""
-    with PgStore(pg_url) as store:
-        with pytest.raises(StoreError) as caught:
-            store.ingest_page("a", Page([OptOut("c@y.io"), OptOut("a\x00b@y.io")], cursor="c1"))
-        assert "\n" not in str(caught.value) and "0x00" in str(caught.value)
-        assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
-        # The failed transaction was rolled back: the connection takes the next page.
-        assert store.ingest_page("a", Page([OptOut("c@y.io")], cursor="c2")).staged == 1
-        assert store.checkpoint("a").read_cursor == "c2"
-
-
 def test_an_unreachable_or_unreadable_url_is_one_line_without_its_password(tmp_path):
     url = f"postgresql://optout:s3cr%40t-pw@/nodb?host={tmp_path}/nowhere&connect_timeout=2"
     with pytest.raises(StoreError) as caught:

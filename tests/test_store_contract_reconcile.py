@@ -126,6 +126,31 @@ def test_a_resubscribe_under_policy_everywhere_lifts_and_is_removed_where_we_put
     assert store.ingest_page("src", Page([OptOut("x@y.io", "*", "unsubscribed", "recipient", MAR)])).staged == 1
 
 
+def test_a_nul_in_an_address_or_scope_is_a_rejected_row_and_the_rest_of_the_page_is_kept(any_store):
+    """PostgreSQL text cannot hold NUL: both backends reject such an item alone, never the whole page."""
+    store = any_store
+    _suppress(store, "src", OptOut("x@y.io", "*", "unsubscribed", "recipient", JAN))
+    counts = store.ingest_page("a", Page(
+        [OptOut("c@y.io"), OptOut("a\x00b@y.io"), OptOut("d@y.io", "ne\x00ws")],
+        [Rejected("list.csv row 2", "nope", "no @")], cursor="c1",
+        notices=[OptOut("n\x00@y.io")],
+        resubscribes=[Resubscribe("x\x00@y.io", "*", "recipient", FEB, {}),
+                      Resubscribe("x@y.io", "*", "recipient", FEB, {})]))
+    assert (counts.read, counts.staged, counts.rejected, counts.released) == (1, 1, 5, 1)
+    assert store.checkpoint("a").read_cursor == "c1" and store.staged_optouts("a") == [OptOut("c@y.io")]
+    assert [(f["location"], f["value"], f["message"]) for f in store.failures("a")] == [
+        ("list.csv row 2", "nope", "no @"),
+        ("a: opt-out 2 of a page", "a\\x00b@y.io *", "NUL character in the address or scope"),
+        ("a: opt-out 3 of a page", "d@y.io ne\\x00ws", "NUL character in the address or scope"),
+        ("a: notice 1 of a page", "n\\x00@y.io *", "NUL character in the address or scope"),
+        ("a: re-subscribe 1 of a page", "x\\x00@y.io *", "NUL character in the address or scope")]
+    assert resubscribes.release_counts(store) == {"a": 1}
+    # A full read's NUL rows are left out as well; the rest is staged.
+    store.begin_source_set()
+    store.add_to_source_set([OptOut("e@y.io"), OptOut("e\x00@y.io")])
+    assert store.stage_from_source_set("r").staged == 1 and store.staged_optouts("r") == [OptOut("e@y.io")]
+
+
 # -- the reconcile, through the engine ------------------------------------------------------------
 
 def _engine(tmp_path, store, adapters):
