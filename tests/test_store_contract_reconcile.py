@@ -20,6 +20,7 @@ from state.models import ALREADY, APPLIED, ApplyResult, OptOut, Page, Rejected, 
 from state.store import PushOutcome
 
 JAN, FEB, MAR = "2026-01-01T00:00:00.000000+00:00", "2026-02-01T00:00:00.000000+00:00", "2026-03-01T00:00:00.000000+00:00"
+MID_MAR, APR = "2026-03-15T00:00:00.000000+00:00", "2026-04-01T00:00:00.000000+00:00"
 
 
 def _kinds(store, address):
@@ -124,6 +125,12 @@ def test_a_resubscribe_under_policy_everywhere_lifts_and_is_removed_where_we_put
     assert (removed["kind"], removed["target"], removed["ref_seq"]) == ("removed", "crm", lifted["seq"])
     assert resubscribes.removals_due(store, "crm") == []
     assert store.ingest_page("src", Page([OptOut("x@y.io", "*", "unsubscribed", "recipient", MAR)])).staged == 1
+    store.promote("src")
+    # A second lift moves the lift's date on: an opt-out dated between the two stays lifted.
+    store.ingest_page("esp", Page([], resubscribes=[Resubscribe("x@y.io", "*", "recipient", APR, {})]),
+                      resubscribe_policy="everywhere")
+    assert store.suppression("x@y.io") is None
+    assert store.ingest_page("src", Page([OptOut("x@y.io", "*", "unsubscribed", "recipient", MID_MAR)])).ignored_lifted == 1
 
 
 def test_a_nul_in_an_address_or_scope_is_a_rejected_row_and_the_rest_of_the_page_is_kept(any_store):
@@ -261,16 +268,19 @@ def test_snapshots_find_their_candidates_keep_their_members_and_record_deletions
     _suppress(store, "crm", OptOut("b1@x.io", "*", "unsubscribed", "recipient", JAN),
               OptOut("b2@x.io", "*", "hard_bounce", "system", JAN, {"bounce_category": "bad-mailbox"}),
               OptOut("b3@x.io", "*", "hard_bounce", "system", FEB, {"bounce_category": "bad-domain"}),
-              OptOut("b4@x.io", "news", "hard_bounce", "system", FEB))
+              OptOut("b4@x.io", "news", "hard_bounce", "system", FEB),
+              OptOut("b2@x.io", "news", "hard_bounce", "system", FEB, {"bounce_category": "full"}))
     # b1 becomes a hard bounce later (a 'changed' event): its latest matching event gives its category.
     store.ingest_page("crm", Page([OptOut("b1@x.io", "*", "hard_bounce", "system", MAR,
                                           {"bounce_category": "inactive"})]))
     found = snapshots.candidates(store, "hard_bounce")
     assert [(c.address, c.occurred_at, c.bounce_category) for c in found] == [
-        ("b1@x.io", MAR, "inactive"), ("b2@x.io", JAN, "bad-mailbox"), ("b3@x.io", FEB, "bad-domain")]
+        ("b1@x.io", MAR, "inactive"), ("b2@x.io", FEB, "full"), ("b3@x.io", FEB, "bad-domain")]
     assert [c.address for c in snapshots.candidates(store, "hard_bounce", categories=["bad-domain", "inactive"])] == [
         "b1@x.io", "b3@x.io"]
-    assert [c.address for c in snapshots.candidates(store, "hard_bounce", since=FEB, after="b1@x.io")] == ["b3@x.io"]
+    assert [c.address for c in snapshots.candidates(store, "hard_bounce", since=FEB, after="b1@x.io")] == [
+        "b2@x.io", "b3@x.io"]
+    assert [c.address for c in snapshots.candidates(store, "hard_bounce", until=FEB)] == ["b2@x.io"]
     assert [c.address for c in snapshots.candidates(store, "hard_bounce", limit=1)] == ["b1@x.io"]
 
     snapshots.create(store, "s1", "crm", "hard_bounce", since=None, until=None, categories=["bad-mailbox"])
