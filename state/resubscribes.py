@@ -241,8 +241,9 @@ def _lift(store: Store, adapter: str, item: Resubscribe, when: str, optout: dict
     # Lifted as of the re-subscribe: an opt-out dated after it is the person's newer wish and counts again.
     store.conn.execute(
         "INSERT INTO lifts (address, scope, lifted_at, seq) VALUES (?, ?, ?, ?)"
-        f" ON CONFLICT (address, scope) DO UPDATE SET lifted_at = {store.dialect.greatest('lifts.lifted_at', 'excluded.lifted_at')},"
-        " seq = excluded.seq", (address, scope, when, lift_seq))
+        " ON CONFLICT (address, scope) DO UPDATE SET"
+        f" lifted_at = {store.dialect.greatest('lifts.lifted_at', 'excluded.lifted_at')}, seq = excluded.seq",
+        (address, scope, when, lift_seq))
     store.conn.executemany(store.dialect.insert_or_ignore("removals_due (adapter, lift_seq, due_at) VALUES (?, ?, ?)"),
                            [(name, lift_seq, now) for name in targets])
 

@@ -120,7 +120,8 @@ def latest(store: Store, adapter: str, reason: str) -> dict | None:
     """The newest ready (not yet fully deleted) snapshot of an adapter and reason, or None."""
     row = store.conn.execute(
         "SELECT name FROM snapshots WHERE adapter = ? AND reason = ? AND state = ?"
-        f" ORDER BY created_at DESC, {store.dialect.insertion_order()} DESC LIMIT 1", (adapter, reason, READY)).fetchone()
+        f" ORDER BY created_at DESC, {store.dialect.insertion_order()} DESC LIMIT 1",
+        (adapter, reason, READY)).fetchone()
     return load(store, row[0]) if row else None
 
 

@@ -54,7 +54,9 @@ class Dialect:
 
     def insert_or_ignore(self, into: str) -> str:
         """An INSERT of `into` (table, columns and values or SELECT) that skips rows a unique key holds already."""
-        return f"INSERT OR IGNORE INTO {into}" if self.name == "sqlite" else f"INSERT INTO {into} ON CONFLICT DO NOTHING"
+        if self.name == "sqlite":
+            return f"INSERT OR IGNORE INTO {into}"
+        return f"INSERT INTO {into} ON CONFLICT DO NOTHING"
 
     def insertion_order(self) -> str:
         """The column that orders `staged` and `snapshots` rows as they were inserted."""
