@@ -24,11 +24,10 @@ psycopg is imported lazily: a SQLite user never loads it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-
-import itertools
 
 from . import failpoint, pg_errors, pg_events, pg_schema, resubscribes
 from .errors import ConfigError, StoreError
