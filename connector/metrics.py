@@ -13,6 +13,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from state import dashboard
 from state.store import Store
 
 from .engine import CycleReport
@@ -129,16 +130,7 @@ class Metrics:
             return 0
         after, observed = self._latency_seq, 0
         while after < end:
-            # An 'already held' outcome is left out: the sink had the opt-out before we applied it.
-            rows = conn.execute(
-                "SELECT a.seq, a.target, (julianday(a.recorded_at)"
-                " - julianday(COALESCE(s.occurred_at, s.recorded_at))) * 86400.0"
-                " FROM events a JOIN events s ON s.seq = a.ref_seq"
-                " WHERE a.seq > ? AND a.seq <= ? AND a.kind = 'applied'"
-                " AND COALESCE(json_extract(a.details, '$.outcome'), '') != 'already'"
-                " ORDER BY a.seq LIMIT ?",
-                (after, end, LATENCY_CHUNK),
-            ).fetchall()
+            rows = dashboard.apply_latencies(store, after, end, LATENCY_CHUNK)
             for _seq, target, seconds in rows:
                 if target in self.adapters and seconds is not None:
                     # A source clock ahead of ours would give a negative latency.

@@ -4,6 +4,8 @@ Nothing here scans the event log or the suppressions per request: new opt-outs p
 counted once over the last days' range of the event log (found by a binary search over its
 primary key, since `recorded_at` grows with `seq`) and then only over the events appended since
 the previous page; failures and the last events are read through indexes with a LIMIT.
+
+The functions take a store's `conn` (or the store): their SQL runs on both backends (state/pg_store.py).
 """
 
 from __future__ import annotations
@@ -126,3 +128,21 @@ def last_events(conn: sqlite3.Connection, limit: int = LIST_LIMIT) -> list[dict]
         " FROM events ORDER BY seq DESC LIMIT ?", (limit,))
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor]
+
+
+def apply_latencies(store, after: int, end: int, limit: int) -> list[tuple[int, str, float | None]]:
+    """Applies recorded with seq in (after, end], oldest first, at most `limit`: (seq, sink, seconds).
+
+    The seconds run from when the source says the opt-out happened (else when it was stored) to
+    the apply. An 'already held' outcome is left out: the sink had the opt-out before we applied it.
+    `store` is either backend (its `dialect` spells the time difference and the JSON access).
+    """
+    d = store.dialect
+    return store.conn.execute(
+        f"SELECT a.seq, a.target, {d.seconds_between('a.recorded_at', 'COALESCE(s.occurred_at, s.recorded_at)')}"
+        " FROM events a JOIN events s ON s.seq = a.ref_seq"
+        " WHERE a.seq > ? AND a.seq <= ? AND a.kind = 'applied'"
+        f" AND COALESCE({d.json_text('a.details', 'outcome')}, '') != 'already'"
+        " ORDER BY a.seq LIMIT ?",
+        (after, end, limit),
+    ).fetchall()

@@ -2,10 +2,10 @@
 
 Issue 20, phase 1: the engine's core path (ingest, staging and promote, push with in-flight marks,
 checkpoints, the reads for people, failures, runs, adapter memory); the tests/test_store_contract.py
-suite runs on both backends. Phase 2: state/lifts.py, imports.py and receipts.py run on it too
-(append_event, copy_rows). Not ported yet, and absent here rather than wrong: re-subscribes and
-releases, snapshots, the reconcile's source set and merge diff (see docs/architecture.md, "Port
-status"). Nothing uses PgStore yet.
+suite runs on both backends. Phase 2: state/lifts.py, imports.py and receipts.py (append_event,
+copy_rows), re-subscribes and releases (state/resubscribes.py), the reconcile's source set and merge
+diff, snapshots and the status page's and metrics' reads run on it too (the contract tests in
+tests/test_store_contract*.py). See docs/architecture.md, "Port status".
 
 How the SQLite store's meaning is kept:
 - Every write transaction takes the event log's append lock at BEGIN (state/pg_events.py), so
@@ -16,18 +16,20 @@ How the SQLite store's meaning is kept:
 - Methods whose SQL is the same on both backends are Store's own functions, run over a
   connection that takes Store's `?` placeholders (_Connection); the echo rule and the few other
   expressions that differ are written once against state/sql_dialect.py.
-- A page enters its temp table by COPY.
+- A page, and each page of a reconcile's full read, enters its temp table by COPY; big reads
+  (iter_suppressions) stream through a held server-side cursor, keyset pages elsewhere.
 
 psycopg is imported lazily: a SQLite user never loads it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
-from . import failpoint, pg_errors, pg_events, pg_schema
+from . import failpoint, pg_errors, pg_events, pg_schema, resubscribes
 from .errors import ConfigError, StoreError
 from .models import OptOut, Page, utc_now
 from .sql_dialect import POSTGRESQL
@@ -39,8 +41,10 @@ from .store import (
     Store,
     _details_from,
     _echo_sql,
+    _holds_nul,
     _push_rows,
     _stronger_sql,
+    _without_nul,
     canonical_time,
 )
 
@@ -48,6 +52,12 @@ _PUSH_EVENT_COLUMNS = ("recorded_at", "kind", "address", "scope", "reason", "ori
                        "message", "details")
 _SUPPRESSED_COLUMNS = ("recorded_at, kind, address, scope, reason, origin, source, occurred_at, legal_basis,"
                        " explanation, details")
+
+
+# Names of the server-side cursors big reads stream through, unique within the process.
+_CURSOR_NUMBERS = itertools.count(1)
+# Rows a streamed read fetches per round trip.
+STREAM_ROWS = 2000
 
 
 def _page_details(details: dict | None) -> str | None:
@@ -158,6 +168,25 @@ class PgStore:
             for row in rows:
                 copy.write_row(row)
 
+    def _streamed(self, sql: str, params: Iterable = ()) -> Iterator[tuple]:
+        """The rows of a big read (`?` placeholders) through a server-side cursor, STREAM_ROWS at a time.
+
+        WITH HOLD: the cursor outlives the implicit transaction of its DECLARE, so no transaction
+        stays open while the caller works through the rows (and may write between them); the
+        server keeps the result (in a temporary file when large), the client a batch at a time.
+        """
+        with self._errors():
+            cursor = self.raw.cursor(name=f"optout_stream_{next(_CURSOR_NUMBERS)}", withhold=True)
+            cursor.itersize = STREAM_ROWS
+            try:
+                cursor.execute(_placeholders(sql), tuple(params))
+                yield from cursor
+            finally:
+                try:
+                    cursor.close()
+                except self._psycopg.Error:
+                    pass  # its transaction was rolled back, and the cursor with it
+
     # -- transactions -----------------------------------------------------------
 
     @contextmanager
@@ -239,15 +268,13 @@ class PgStore:
                     resubscribe_policy: str = "local") -> IngestCounts:
         """Stage a page's new opt-outs, record stronger reasons, rejections and notices (Store.ingest_page).
 
-        Re-subscribes, and the releases they make, are not ported yet: a page with re-subscribes, or
-        a store holding releases, is a StoreError and nothing of the page is kept.
+        Re-subscribes and releases as on SQLite (state/resubscribes.py, the same SQL). An item whose
+        address or scope holds NUL, which PostgreSQL text cannot, is a rejected row on both backends.
         """
+        page = _without_nul(adapter, page)
         counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
         now = utc_now()
         with self.transaction():
-            if page.resubscribes or self._sql("SELECT 1 FROM releases LIMIT 1").fetchone():
-                raise StoreError("re-subscribes and releases are not kept on a PostgreSQL store yet "
-                                 "(state/resubscribes.py is not ported); nothing of the page was saved")
             self._ensure_temp_tables()
             self._ensure_checkpoint(adapter)
             self._sql("DELETE FROM incoming")
@@ -263,6 +290,10 @@ class PgStore:
                 "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope) ORDER BY i.ord",
                 (adapter, now))
+            resubscribes.end_releases(self, "incoming", adapter, now)
+            if page.resubscribes:
+                done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now, page.optouts)
+                counts.released = done.released + done.lifted
             if page.rejected:
                 self._many(
                     "INSERT INTO failures (adapter, kind, location, address, value, message, first_at, last_at)"
@@ -374,6 +405,74 @@ class PgStore:
                 (appended.first, appended.last))
         return appended.count
 
+    # -- reconcile ----------------------------------------------------------------
+
+    def begin_source_set(self) -> None:
+        """Empty the temp table that holds a source's full set during a reconcile."""
+        with self.transaction():
+            self._ensure_temp_tables()
+            self._sql("DELETE FROM source_set")
+
+    def add_to_source_set(self, optouts: list[OptOut]) -> None:
+        """Add a page of a source's full read to the reconcile temp table: COPY, then folded (one transaction)."""
+        with self.transaction():
+            self._ensure_temp_tables()
+            self._load_incoming([o for o in optouts if not _holds_nul(o)], "source_set")
+
+    def stage_from_source_set(self, adapter: str) -> IngestCounts:
+        """Stage what the full read holds and the store lacks; record stronger reasons it shows.
+
+        As Store.stage_from_source_set; staged by (address, scope), the order SQLite reads its
+        source_set in (its primary key).
+        """
+        now = utc_now()
+        counts = IngestCounts()
+        with self.transaction():
+            self._ensure_temp_tables()
+            self._ensure_checkpoint(adapter)
+            not_echo = f"AND NOT {_echo_sql('n', '%s::text', POSTGRESQL)}"
+            counts.changed = self._record_stronger(now, "source_set", "%s::text", not_echo, (adapter, adapter),
+                                                   (adapter,))
+            resubscribes.end_releases(self, "source_set", adapter, now)
+            # Store._stage runs through _Connection: `?` placeholders here.
+            counts.staged = self._stage(
+                "FROM source_set i WHERE NOT EXISTS"
+                " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)"
+                " AND NOT EXISTS (SELECT 1 FROM lifts l WHERE l.address = i.address AND l.scope = i.scope"
+                " AND (i.occurred_at IS NULL OR i.occurred_at <= l.lifted_at))"
+                f" AND NOT {_echo_sql('i', '?::text', POSTGRESQL)} ORDER BY i.address, i.scope",
+                (adapter, now, adapter))
+        return counts
+
+    def begin_merge_missing(self) -> None:
+        """Empty source_set and the temp table of seqs a merge diff (state/merge_diff.py) found missing."""
+        self.begin_source_set()
+        with self.transaction():
+            self._sql("CREATE TEMP TABLE IF NOT EXISTS merge_missing (seq bigint PRIMARY KEY)")
+            self._sql("DELETE FROM merge_missing")
+
+    def add_merge_missing(self, seqs: list[int]) -> None:
+        """Record seqs of suppressions a merge diff found missing at a sink (one transaction)."""
+        with self.transaction():
+            self._sql("INSERT INTO merge_missing SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING", (list(seqs),))
+
+    def _sink_scopes(self, scopes: set[str]) -> None:
+        """Fill the temp table sink_scopes with the scopes a sink represents (missing_at_source)."""
+        with self.transaction():
+            self._sql("DROP TABLE IF EXISTS pg_temp.sink_scopes")
+            # COLLATE "C": compared with the store's scopes, which are "C".
+            self._sql('CREATE TEMP TABLE sink_scopes (scope text COLLATE "C" PRIMARY KEY)')
+            self._sql("INSERT INTO sink_scopes SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (sorted(scopes),))
+
+    # -- reads for people --------------------------------------------------------
+
+    def iter_suppressions(self, *, reasons: list[str] | None = None, scope: str | None = None,
+                          source: str | None = None, since: str | None = None,
+                          until: str | None = None, count: bool = False) -> Iterator[tuple]:
+        """As Store.iter_suppressions; the rows stream through a server-side cursor (export reads millions)."""
+        sql, params = self._suppressions_sql(reasons, scope, source, since, until, count)
+        return self.conn.execute(sql, params) if count else self._streamed(sql, params)
+
     # -- push -------------------------------------------------------------------
 
     def mark_inflight(self, adapter: str, seqs: list[int]) -> set[int]:
@@ -439,7 +538,9 @@ class PgStore:
     failure_count = Store.failure_count
     adapter_memory = Store.adapter_memory
     save_adapter_memory = Store.save_adapter_memory
-    iter_suppressions = Store.iter_suppressions
+    _suppressions_sql = Store._suppressions_sql
+    suppression_keys = Store.suppression_keys
+    missing_at_source = Store.missing_at_source
     suppression = Store.suppression
     count_suppressions = Store.count_suppressions
     events_for = Store.events_for

@@ -17,7 +17,9 @@ changes nothing. A newer dated opt-out of the same (address, scope), read from a
 adapter, ends a release and asks for a reconcile of that adapter, so it is re-applied there.
 
 Every function runs inside the caller's transaction (the page's, with its cursor) or
-opens its own; none makes a vendor call.
+opens its own; none makes a vendor call. The SQL is the same on both backends (state/pg_store.py)
+but for the spellings of state/sql_dialect.py (`store.dialect`); events are appended through the
+store (`append_event`, `_append_events`: pg_events on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -106,19 +108,19 @@ def end_releases(store: Store, table: str, source: str, now: str) -> int:
 
     The released adapter is asked to reconcile, which re-applies the opt-out there. How many ended.
     """
+    # Ordered, so that the events come in the same order on every backend.
     rows = store.conn.execute(
         f"SELECT r.address, r.scope, r.adapter, max(n.occurred_at) FROM releases r JOIN {table} n"
         " ON n.address = r.address AND n.scope = r.scope WHERE n.occurred_at > r.resubscribed_at"
-        " GROUP BY r.address, r.scope, r.adapter").fetchall()
+        " GROUP BY r.address, r.scope, r.adapter ORDER BY r.address, r.scope, r.adapter").fetchall()
     for address, scope, released_at, occurred_at in rows:
-        store.conn.execute(
-            "INSERT INTO events (recorded_at, kind, address, scope, source, target, occurred_at, message)"
-            " VALUES (?, 'release_ended', ?, ?, ?, ?, ?, ?)",
-            (now, address, scope, source, released_at, occurred_at,
-             f"a newer opt-out seen at {source} ends the release at {released_at}; it is re-applied there"))
+        store._append_events(
+            ("recorded_at", "kind", "address", "scope", "source", "target", "occurred_at", "message"),
+            [(now, "release_ended", address, scope, source, released_at, occurred_at,
+              f"a newer opt-out seen at {source} ends the release at {released_at}; it is re-applied there")])
         store.conn.execute("DELETE FROM releases WHERE address = ? AND scope = ? AND adapter = ?",
                            (address, scope, released_at))
-        store.conn.execute("INSERT OR IGNORE INTO checkpoints (adapter) VALUES (?)", (released_at,))
+        store._ensure_checkpoint(released_at)
         store.conn.execute("UPDATE checkpoints SET reconcile_requested = 1 WHERE adapter = ?", (released_at,))
     return len(rows)
 
@@ -144,11 +146,10 @@ def removals_due(store: Store, adapter: str) -> list[tuple[int, OptOut]]:
 def finish_removal(store: Store, adapter: str, lift_seq: int, optout: OptOut, ok: bool, message: str) -> None:
     """Record the outcome of removing a lifted opt-out at one sink; it is no longer due there."""
     with store.transaction():
-        store.conn.execute(
-            "INSERT INTO events (recorded_at, kind, address, scope, target, ref_seq, message)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (utc_now(), "removed" if ok else "remove_failed", optout.address, optout.scope, adapter, lift_seq,
-             message))
+        store._append_events(
+            ("recorded_at", "kind", "address", "scope", "target", "ref_seq", "message"),
+            [(utc_now(), "removed" if ok else "remove_failed", optout.address, optout.scope, adapter, lift_seq,
+              message)])
         store.conn.execute("DELETE FROM removals_due WHERE adapter = ? AND lift_seq = ?", (adapter, lift_seq))
 
 
@@ -168,7 +169,7 @@ def _current_optout(store: Store, address: str, scope: str) -> dict | None:
     if row:
         return {"reason": row[0], "origin": row[1], "seq": row[2]}
     row = store.conn.execute("SELECT reason, origin FROM staged WHERE address = ? AND scope = ?"
-                             " ORDER BY rowid DESC LIMIT 1", (address, scope)).fetchone()
+                             f" ORDER BY {store.dialect.insertion_order()} DESC LIMIT 1", (address, scope)).fetchone()
     return {"reason": row[0], "origin": row[1], "seq": None} if row else None
 
 
@@ -202,19 +203,19 @@ def _refusal(item: Resubscribe, when: str | None, optout: dict, policy: str) -> 
 
 
 def _seen_before(store: Store, adapter: str, item: Resubscribe, when: str | None) -> bool:
+    d = store.dialect
     return store.conn.execute(
-        "SELECT 1 FROM events WHERE address = ? AND scope = ? AND source = ? AND occurred_at IS ?"
-        " AND kind IN ('resubscribed', 'observed') AND json_extract(details, '$.resubscribe_by') IS NOT NULL"
+        f"SELECT 1 FROM events WHERE address = ? AND scope = ? AND source = ? AND {d.same('occurred_at', '?')}"
+        f" AND kind IN ('resubscribed', 'observed') AND {d.json_text('details', 'resubscribe_by')} IS NOT NULL"
         " LIMIT 1", (item.address, item.scope, adapter, when)).fetchone() is not None
 
 
 def _event(store: Store, now: str, kind: str, item: Resubscribe, adapter: str, when: str | None, message: str,
            details: dict) -> int:
-    return store.conn.execute(
-        "INSERT INTO events (recorded_at, kind, address, scope, origin, source, occurred_at, message, details)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (now, kind, item.address, item.scope, item.by, adapter, when, message,
-         json.dumps(details, separators=(",", ":"), sort_keys=True))).lastrowid
+    return store.append_event({
+        "recorded_at": now, "kind": kind, "address": item.address, "scope": item.scope, "origin": item.by,
+        "source": adapter, "occurred_at": when, "message": message,
+        "details": json.dumps(details, separators=(",", ":"), sort_keys=True)})
 
 
 def _lift(store: Store, adapter: str, item: Resubscribe, when: str, optout: dict, resubscribe_seq: int,
@@ -227,21 +228,22 @@ def _lift(store: Store, adapter: str, item: Resubscribe, when: str, optout: dict
     targets = [name for name in applied if name != adapter]  # where they re-subscribed, it is gone already
     source = store.conn.execute("SELECT source FROM suppressions WHERE address = ? AND scope = ?",
                                 (address, scope)).fetchone()
-    lift_seq = store.conn.execute(
-        "INSERT INTO events (recorded_at, kind, address, scope, reason, origin, source, legal_basis, explanation,"
-        " message, details) VALUES (?, 'lifted', ?, ?, ?, ?, ?, 'consent', ?, ?, ?)",
-        (now, address, scope, optout["reason"], optout["origin"], source[0] if source else adapter,
-         evidence_text(adapter, item, when), f"lifted by the recipient's own re-subscribe at {adapter}",
-         json.dumps({"by": f"recipient re-subscribe at {adapter}", "resubscribe_seq": resubscribe_seq,
-                     "propagate_to": targets}, separators=(",", ":")))).lastrowid
+    lift_seq = store.append_event({
+        "recorded_at": now, "kind": "lifted", "address": address, "scope": scope, "reason": optout["reason"],
+        "origin": optout["origin"], "source": source[0] if source else adapter, "legal_basis": "consent",
+        "explanation": evidence_text(adapter, item, when),
+        "message": f"lifted by the recipient's own re-subscribe at {adapter}",
+        "details": json.dumps({"by": f"recipient re-subscribe at {adapter}", "resubscribe_seq": resubscribe_seq,
+                               "propagate_to": targets}, separators=(",", ":"))})
     store.conn.execute("DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope))
     store.conn.execute("DELETE FROM staged WHERE address = ? AND scope = ?", (address, scope))
     store.conn.execute("DELETE FROM releases WHERE address = ? AND scope = ?", (address, scope))
     # Lifted as of the re-subscribe: an opt-out dated after it is the person's newer wish and counts again.
     store.conn.execute(
         "INSERT INTO lifts (address, scope, lifted_at, seq) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (address, scope) DO UPDATE SET lifted_at = max(lifted_at, excluded.lifted_at),"
-        " seq = excluded.seq", (address, scope, when, lift_seq))
-    store.conn.executemany("INSERT OR IGNORE INTO removals_due (adapter, lift_seq, due_at) VALUES (?, ?, ?)",
+        " ON CONFLICT (address, scope) DO UPDATE SET"
+        f" lifted_at = {store.dialect.greatest('lifts.lifted_at', 'excluded.lifted_at')}, seq = excluded.seq",
+        (address, scope, when, lift_seq))
+    store.conn.executemany(store.dialect.insert_or_ignore("removals_due (adapter, lift_seq, due_at) VALUES (?, ?, ?)"),
                            [(name, lift_seq, now) for name in targets])
 

@@ -60,14 +60,15 @@ def candidates(store: Store, reason: str, *, since: str | None = None, until: st
     if until:
         where.append("COALESCE(e.occurred_at, e.recorded_at) < ?")
         params.append(until)
+    category = store.dialect.json_text("e.details", "bounce_category")
     if categories:
-        where.append(f"json_extract(e.details, '$.bounce_category') IN ({','.join('?' * len(categories))})")
+        where.append(f"{category} IN ({','.join('?' * len(categories))})")
         params += categories
-    # SQLite takes the bare columns from the row that holds max(): the latest matching event.
+    # The bounce category of the latest matching event of each address.
     rows = store.conn.execute(
-        "SELECT e.address, max(COALESCE(e.occurred_at, e.recorded_at)),"
-        " json_extract(e.details, '$.bounce_category') FROM events e WHERE " + " AND ".join(where)
-        + " GROUP BY e.address ORDER BY e.address LIMIT ?", (*params, limit)).fetchall()
+        store.dialect.latest_per("e.address", "COALESCE(e.occurred_at, e.recorded_at)", category,
+                                 "FROM events e WHERE " + " AND ".join(where)) + " LIMIT ?",
+        (*params, limit)).fetchall()
     return [Candidate(r[0], r[1], r[2]) for r in rows]
 
 
@@ -87,9 +88,9 @@ def create(store: Store, name: str, adapter: str, reason: str, *, since: str | N
 def add_members(store: Store, name: str, members: list[tuple[str, str, str | None, str | None]]) -> None:
     """Add (contact_id, address, occurred_at, bounce_category) rows to a building snapshot."""
     with store.transaction():
-        store.conn.executemany(
-            "INSERT OR IGNORE INTO snapshot_contacts (snapshot, contact_id, address, occurred_at, bounce_category)"
-            " VALUES (?, ?, ?, ?, ?)", [(name, *member) for member in members])
+        store.conn.executemany(store.dialect.insert_or_ignore(
+            "snapshot_contacts (snapshot, contact_id, address, occurred_at, bounce_category) VALUES (?, ?, ?, ?, ?)"),
+            [(name, *member) for member in members])
 
 
 def finish(store: Store, name: str, without_contact: int) -> None:
@@ -101,7 +102,9 @@ def finish(store: Store, name: str, without_contact: int) -> None:
 
 def load(store: Store, name: str) -> dict | None:
     """A snapshot's row (with `count` and `pending`), or None."""
-    cursor = store.conn.execute("SELECT * FROM snapshots WHERE name = ?", (name,))
+    # Named columns: a PostgreSQL store has row_order besides (SQLite's rowid).
+    cursor = store.conn.execute("SELECT name, adapter, reason, since, until, categories, state, created_at,"
+                                " finished_at, without_contact FROM snapshots WHERE name = ?", (name,))
     row = cursor.fetchone()
     if row is None:
         return None
@@ -117,7 +120,8 @@ def latest(store: Store, adapter: str, reason: str) -> dict | None:
     """The newest ready (not yet fully deleted) snapshot of an adapter and reason, or None."""
     row = store.conn.execute(
         "SELECT name FROM snapshots WHERE adapter = ? AND reason = ? AND state = ?"
-        " ORDER BY created_at DESC, rowid DESC LIMIT 1", (adapter, reason, READY)).fetchone()
+        f" ORDER BY created_at DESC, {store.dialect.insertion_order()} DESC LIMIT 1",
+        (adapter, reason, READY)).fetchone()
     return load(store, row[0]) if row else None
 
 
@@ -145,9 +149,8 @@ def record_deletions(store: Store, name: str, adapter: str, reason: str,
             "UPDATE snapshot_contacts SET outcome = ?, message = ?, decided_at = ?"
             " WHERE snapshot = ? AND contact_id = ?",
             [("deleted" if ok else "failed", message, now, name, m.contact_id) for m, ok, message in outcomes])
-        store.conn.executemany(
-            "INSERT INTO events (recorded_at, kind, address, scope, reason, target, message, details)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        store._append_events(
+            ("recorded_at", "kind", "address", "scope", "reason", "target", "message", "details"),
             [(now, "contact_deleted" if ok else "contact_delete_failed", m.address, GLOBAL_SCOPE, reason, adapter,
               (f"contact {m.contact_id} deleted (snapshot {name}); the suppression stays" if ok
                else f"contact {m.contact_id} not deleted (snapshot {name}): {message}"),

@@ -64,6 +64,41 @@ class Dialect:
         return (f"to_char((({column})::timestamptz + interval '{int(seconds)} seconds') AT TIME ZONE 'UTC',"
                 " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')")
 
+    def same(self, a: str, b: str) -> str:
+        """True when `a` and `b` are equal or both NULL (SQLite's IS)."""
+        return f"{a} IS {b}" if self.name == "sqlite" else f"{a} IS NOT DISTINCT FROM {b}"
+
+    def insert_or_ignore(self, into: str) -> str:
+        """An INSERT of `into` (table, columns and values or SELECT) that skips rows a unique key holds already."""
+        if self.name == "sqlite":
+            return f"INSERT OR IGNORE INTO {into}"
+        return f"INSERT INTO {into} ON CONFLICT DO NOTHING"
+
+    def insertion_order(self) -> str:
+        """The column that orders `staged` and `snapshots` rows as they were inserted."""
+        return "rowid" if self.name == "sqlite" else "row_order"
+
+    def temp_table(self, name: str) -> str:
+        """A temp table's name qualified by the connection's temp schema."""
+        return f"temp.{name}" if self.name == "sqlite" else f"pg_temp.{name}"
+
+    def seconds_between(self, later: str, earlier: str) -> str:
+        """Seconds from stored ISO time `earlier` to `later`, as a float (NULL if either is NULL)."""
+        if self.name == "sqlite":
+            return f"(julianday({later}) - julianday({earlier})) * 86400.0"
+        return f"EXTRACT(EPOCH FROM (({later})::timestamptz - ({earlier})::timestamptz))::float8"
+
+    def latest_per(self, key: str, latest: str, columns: str, from_where: str) -> str:
+        """Per `key`, the row whose `latest` is greatest: (key, latest, columns), ordered by key.
+
+        SQLite takes bare columns from the row that holds max(); PostgreSQL says so with DISTINCT ON
+        (ties: the earlier seq, the row SQLite's scan meets first).
+        """
+        if self.name == "sqlite":
+            return f"SELECT {key}, max({latest}), {columns} {from_where} GROUP BY {key} ORDER BY {key}"
+        return (f"SELECT DISTINCT ON ({key}) {key}, {latest}, {columns} {from_where}"
+                f" ORDER BY {key}, {latest} DESC, e.seq")
+
 
 SQLITE = Dialect("sqlite")
 POSTGRESQL = Dialect("postgresql")

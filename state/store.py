@@ -8,6 +8,7 @@ One Store object is one connection; give each thread its own.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import sqlite3
@@ -29,6 +30,7 @@ from .models import (
     ApplyResult,
     OptOut,
     Page,
+    Rejected,
     to_utc_iso,
     utc_now,
 )
@@ -119,6 +121,33 @@ def _echo_sql(table: str, source_sql: str, dialect: Dialect = SQLITE) -> str:
             + d.greatest(_rank_sql('e.reason', REASON_RANK), str(REASON_RANK['unsubscribed'])) +
             f" AND ({table}.occurred_at IS NULL"
             f" OR {table}.occurred_at <= {d.shift_time('m.marked_at', ECHO_SKEW_SECONDS)})))")
+
+
+def _holds_nul(item) -> bool:
+    return "\x00" in item.address or "\x00" in item.scope
+
+
+def _without_nul(adapter: str, page: Page) -> Page:
+    """The page without the items whose address or scope holds a NUL character; those are rejected rows.
+
+    PostgreSQL text cannot hold NUL, so both backends reject such an item alike rather than fail the
+    whole page (no adapter yields one: a NUL makes an address invalid). The value shows it as \\x00.
+    """
+    if not any(map(_holds_nul, itertools.chain(page.optouts, page.notices, page.resubscribes))):
+        return page
+    rejected = list(page.rejected)
+    kept: dict[str, list] = {}
+    for kind, items in (("opt-out", page.optouts), ("notice", page.notices), ("re-subscribe", page.resubscribes)):
+        kept[kind] = []
+        for number, item in enumerate(items, 1):
+            if _holds_nul(item):
+                rejected.append(Rejected(f"{adapter}: {kind} {number} of a page",
+                                         f"{item.address} {item.scope}".replace("\x00", "\\x00"),
+                                         "NUL character in the address or scope"))
+            else:
+                kept[kind].append(item)
+    return replace(page, optouts=kept["opt-out"], rejected=rejected, notices=kept["notice"],
+                   resubscribes=kept["re-subscribe"])
 
 
 def _details_json(details: dict | None) -> str | None:
@@ -442,7 +471,9 @@ class Store:
 
         With `save_cursor`, the page's cursor is saved in the same transaction, so a
         crash keeps both or neither. `resubscribe_policy` is the adapter's `recipient_resubscribe`.
+        An item whose address or scope holds NUL is a rejected row (_without_nul).
         """
+        page = _without_nul(adapter, page)
         counts = IngestCounts(read=len(page.optouts), rejected=len(page.rejected))
         now = utc_now()
         with self.transaction():
@@ -721,9 +752,12 @@ class Store:
         self._write("DELETE FROM source_set")
 
     def add_to_source_set(self, optouts: list[OptOut]) -> None:
-        """Add a page of a source's full read to the reconcile temp table (one transaction)."""
+        """Add a page of a source's full read to the reconcile temp table (one transaction).
+
+        Rows holding NUL are left out, as ingest rejects them (_without_nul).
+        """
         with self.transaction():
-            self._load_incoming(optouts, "source_set")
+            self._load_incoming([o for o in optouts if not _holds_nul(o)], "source_set")
 
     def stage_from_source_set(self, adapter: str) -> IngestCounts:
         """Stage what the full read holds and the store lacks; record stronger reasons it shows.
@@ -792,9 +826,7 @@ class Store:
         source_set then holds just the read's rows that came out of order.
         """
         self._ensure_temp_tables()
-        self._write("DROP TABLE IF EXISTS temp.sink_scopes")
-        self._write("CREATE TEMP TABLE sink_scopes (scope TEXT PRIMARY KEY)")
-        self.conn.executemany("INSERT OR IGNORE INTO sink_scopes VALUES (?)", [(s,) for s in scopes | {"*"}])
+        self._sink_scopes(scopes | {"*"})
         expected = ("CASE WHEN s.scope IN (SELECT scope FROM sink_scopes) THEN s.scope"
                     + (" ELSE '*' END" if unmapped_as_global else " END"))
         last = ("", "")
@@ -806,7 +838,7 @@ class Store:
             cursor = self.conn.execute(
                 f"SELECT s.seq, {', '.join('s.' + c for c in _OPTOUT_COLUMNS.split(', '))}"
                 f" FROM suppressions s WHERE (s.address, s.scope) > (?, ?)"
-                + (" AND s.seq IN (SELECT seq FROM temp.merge_missing)" if merged else "") +
+                + (f" AND s.seq IN (SELECT seq FROM {self.dialect.temp_table('merge_missing')})" if merged else "") +
                 f" AND {expected} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM source_set t"
                 f" WHERE t.address = s.address AND t.scope = {expected})"
                 " AND NOT EXISTS (SELECT 1 FROM releases r WHERE r.address = s.address AND r.scope = s.scope"
@@ -825,6 +857,12 @@ class Store:
             last = (rows[-1][1].address, rows[-1][1].scope)
             yield rows
             del rows  # not held while the next batch is read
+
+    def _sink_scopes(self, scopes: set[str]) -> None:
+        """Fill the temp table sink_scopes with the scopes a sink represents (missing_at_source)."""
+        self._write("DROP TABLE IF EXISTS temp.sink_scopes")
+        self._write("CREATE TEMP TABLE sink_scopes (scope TEXT PRIMARY KEY)")
+        self.conn.executemany("INSERT OR IGNORE INTO sink_scopes VALUES (?)", [(s,) for s in scopes])
 
     # -- runs and failures ----------------------------------------------------
 
@@ -947,6 +985,13 @@ class Store:
         happened, or, where the source did not say, when it was recorded. With
         `count`, one row: the number of matching suppressions.
         """
+        sql, params = self._suppressions_sql(reasons, scope, source, since, until, count)
+        # The cursor itself is the iterator, so a caller can hand it to C code (csv.writerows).
+        return self.conn.execute(sql, params)
+
+    def _suppressions_sql(self, reasons: list[str] | None, scope: str | None, source: str | None,
+                          since: str | None, until: str | None, count: bool) -> tuple[str, list]:
+        """iter_suppressions' query and its parameters (`?` placeholders)."""
         where, params = [], []
         if reasons:
             where.append(f"reason IN ({','.join('?' * len(reasons))})")
@@ -971,8 +1016,7 @@ class Store:
         sql = f"SELECT {columns} FROM suppressions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        # The cursor itself is the iterator, so a caller can hand it to C code (csv.writerows).
-        return self.conn.execute(sql if count else sql + " ORDER BY address, scope", params)
+        return (sql if count else sql + " ORDER BY address, scope"), params
 
     def suppression(self, address: str, scope: str = "*") -> dict | None:
         """The stored suppression of (address, scope), or None."""

@@ -1,5 +1,6 @@
 """PgStore's own behaviour beyond the shared contract (tests/test_store_contract.py): one writer at a
-time, errors without the URL's password, and what is refused until the port is whole."""
+time, errors without the URL's password, a NUL in a page. Re-subscribes, the reconcile, snapshots and the
+status numbers are in tests/test_store_contract_reconcile.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import pytest
 
 from state.errors import StoreError
-from state.models import OptOut, Page, Resubscribe
+from state.models import OptOut, Page
 from state.pg_store import PgStore
 
 
@@ -35,27 +36,6 @@ def test_write_transactions_run_one_at_a_time_as_on_sqlite(pg_url):
     finally:
         first.close()
         second.close()
-
-
-def test_a_page_with_resubscribes_is_refused_whole_until_they_are_ported(pg_url):
-    with PgStore(pg_url) as store:
-        page = Page([OptOut("x@y.io")], cursor="c1",
-                    resubscribes=[Resubscribe("x@y.io", "*", "recipient", "2026-01-01T00:00:00+00:00", {"id": 1})])
-        with pytest.raises(StoreError, match="re-subscribes and releases are not kept on a PostgreSQL store yet"):
-            store.ingest_page("a", page)
-        assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
-
-
-def test_a_nul_in_a_page_is_a_store_error_and_nothing_of_the_page_is_kept(pg_url):
-    """PostgreSQL text cannot hold NUL (SQLite keeps it): the page fails whole, with one line."""
-    with PgStore(pg_url) as store:
-        with pytest.raises(StoreError) as caught:
-            store.ingest_page("a", Page([OptOut("c@y.io"), OptOut("a\x00b@y.io")], cursor="c1"))
-        assert "\n" not in str(caught.value) and "0x00" in str(caught.value)
-        assert (store.staged_count("a"), store.checkpoint("a").read_cursor) == (0, None)
-        # The failed transaction was rolled back: the connection takes the next page.
-        assert store.ingest_page("a", Page([OptOut("c@y.io")], cursor="c2")).staged == 1
-        assert store.checkpoint("a").read_cursor == "c2"
 
 
 def test_an_unreachable_or_unreadable_url_is_one_line_without_its_password(tmp_path):

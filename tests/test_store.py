@@ -235,8 +235,8 @@ def test_the_utc_form_does_not_depend_on_the_machines_time_zone(monkeypatch):
         time.tzset()
 
 
-def test_a_nul_in_an_address_is_kept_whole_and_the_rest_of_the_page_too(tmp_path):
-    """A page with a NUL goes in row by row (SQLite's ->> would cut the text at the NUL); others as one array."""
+def test_a_nul_in_an_address_is_a_rejected_row_never_a_cut_address_and_the_rest_of_the_page_is_kept(tmp_path):
+    """SQLite's ->> would cut the text at a NUL, and PostgreSQL cannot hold one: the row is rejected whole."""
     with Store(tmp_path / "store.db") as store:
         store.ingest_page("a", Page([OptOut("a\x00b@y.io", "*", "unsubscribed", "recipient", None),
                                      OptOut("c@y.io")]))
@@ -244,8 +244,9 @@ def test_a_nul_in_an_address_is_kept_whole_and_the_rest_of_the_page_too(tmp_path
         store.promote("a")
         rows = store.conn.execute("SELECT address, reason, origin, occurred_at FROM suppressions ORDER BY address")
         assert rows.fetchall() == [
-            ("a\x00b@y.io", "unsubscribed", "recipient", None), ("c@y.io", "unsubscribed", "recipient", None),
+            ("c@y.io", "unsubscribed", "recipient", None),
             ("d@y.io", "hard_bounce", "system", "2026-01-02T03:04:05.000000+00:00")]
+        assert [f["value"] for f in store.failures("a")] == ["a\\x00b@y.io *"]
 
 
 def test_promote_strengthens_a_suppression_another_source_made_meanwhile_and_logs_it(tmp_path):

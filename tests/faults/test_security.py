@@ -376,11 +376,36 @@ REVIEWED_SQL_PARTS = {
     "target": "COPY target: a literal 'table (columns)' of PgStore.copy_rows's callers ('import_load (address)')",
     "store.dialect.insert_or_ignore('webhook_receipts (adapter, key, received_at)', 'VALUES (?, ?, ?)')":
         "sql_dialect's INSERT skipping held keys over a literal table, columns and placeholders",
+    # PostgreSQL port, phase 2 (re-subscribes, reconcile, snapshots, dashboard): state/sql_dialect.py's
+    # spellings over literal column names, and literal event column tuples
+    "d.seconds_between('a.recorded_at', 'COALESCE(s.occurred_at, s.recorded_at)')":
+        "Dialect builder over literal column names (julianday or EXTRACT(EPOCH))",
+    "d.json_text('a.details', 'outcome')": "Dialect builder over a literal column and key",
+    "d.json_text('details', 'resubscribe_by')": "Dialect builder over a literal column and key",
+    "_echo_sql('i', '?::text', POSTGRESQL)": "SQL builder over literals; the adapter name is a parameter",
+    "store.dialect.greatest('lifts.lifted_at', 'excluded.lifted_at')": "Dialect builder over literal column names",
+    "store.dialect.insert_or_ignore('removals_due (adapter, lift_seq, due_at) VALUES (?, ?, ?)')":
+        "Dialect builder over a literal INSERT with '?' placeholders",
+    "store.dialect.insert_or_ignore('snapshot_contacts (snapshot, contact_id, address, occurred_at, "
+    "bounce_category) VALUES (?, ?, ?, ?, ?)')": "Dialect builder over a literal INSERT with '?' placeholders",
+    "store.dialect.insertion_order()": "a Dialect constant: rowid or row_order",
+    "d.same('occurred_at', '?')": "Dialect builder: IS or IS NOT DISTINCT FROM over a literal column and '?'",
+    "store.dialect.latest_per('e.address', 'COALESCE(e.occurred_at, e.recorded_at)', category, 'FROM events e "
+    "WHERE ' + ' AND '.join(where))": "Dialect builder over literal columns, a json_text builder and literal "
+                                      "conditions with '?' placeholders",
+    "self.dialect.temp_table('merge_missing')": "a Dialect builder over a literal temp-table name",
+    "('recorded_at', 'kind', 'address', 'scope', 'source', 'target', 'occurred_at', 'message')":
+        "literal event column names (_append_events builds the INSERT with one placeholder each)",
+    "('recorded_at', 'kind', 'address', 'scope', 'target', 'ref_seq', 'message')":
+        "literal event column names (_append_events builds the INSERT with one placeholder each)",
+    "('recorded_at', 'kind', 'address', 'scope', 'reason', 'target', 'message', 'details')":
+        "literal event column names (_append_events builds the INSERT with one placeholder each)",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
              "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0],
              # PostgreSQL (state/pg_store.py, pg_events.py): its statements, appends and COPY
-             "_sql": [0], "_many": [0], "append_selected": [1], "copy": [0], "_append_events": [0]}
+             "_sql": [0], "_many": [0], "append_selected": [1], "copy": [0], "_append_events": [0],
+             "_streamed": [0]}
 
 
 def dynamic_parts(node: ast.AST) -> list[str]:
