@@ -144,9 +144,11 @@ def _parse_url(url: str) -> None:
     except ImportError as exc:
         raise StoreError(f"a PostgreSQL store needs psycopg 3, which cannot be imported: {exc}") from None
     try:
-        conninfo_to_dict(url)
+        port = conninfo_to_dict(url).get("port") or ""
     except Exception:  # noqa: BLE001 - libpq's parse errors quote the URL, password and all
         raise InputError(BAD_URL) from None
+    if not all(part.isdigit() or not part for part in str(port).split(",")):
+        raise InputError(BAD_URL)  # else found only when connecting, as a runtime failure
 
 
 def _require_file(path: Path) -> None:

@@ -14,6 +14,7 @@ from connector.lock import StoreLock
 from state import lifts, receipts, snapshots
 from state.errors import InputError, RefusedError, StoreError
 from state.models import APPLIED, PERMANENT, ApplyResult, OptOut, Page, Resubscribe
+from state.pg_errors import BAD_URL
 from state.pg_schema import POSTGRESQL_ONLY_TABLES
 from state.store import PushOutcome, Store
 from state.store_copy import COPIED_TABLES, CopyMismatch
@@ -104,6 +105,19 @@ def test_the_copied_tables_are_every_table_of_both_schemas(tmp_path):
     assert tables == set(COPIED_TABLES)
     assert len(COPIED_TABLES) == len(set(COPIED_TABLES))
     assert COPIED_TABLES.index("snapshots") < COPIED_TABLES.index("snapshot_contacts")
+
+
+@pytest.mark.postgresql
+def test_the_copied_tables_are_every_table_of_the_postgresql_schema_but_its_own(pg_url):
+    import psycopg
+
+    from state.pg_store import PgStore
+
+    PgStore(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        tables = {row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    assert tables - set(POSTGRESQL_ONLY_TABLES) == set(COPIED_TABLES)
 
 
 @pytest.mark.postgresql
@@ -273,16 +287,19 @@ def test_the_checksum_tells_null_number_and_text_apart():
 
 @pytest.mark.postgresql
 def test_a_bad_or_unreachable_url_never_shows_its_password(history, tmp_path, pg_cluster):
-    unparsable = f"postgresql://optout:{PASSWORD}@localhost:notaport/db"
-    with pytest.raises(InputError) as caught:
-        store_copy.copy_store(history, unparsable)
-    assert PASSWORD not in str(caught.value) and "cannot be read" in str(caught.value)
+    for unparsable in (f"postgresql://optout:{PASSWORD}@[::1/db", f"postgresql://optout:{PASSWORD}@host:port/db",
+                       f"postgresql://optout:{PASSWORD}@/db?nosuch=1"):
+        with pytest.raises(InputError) as caught:
+            store_copy.copy_store(history, unparsable)
+        assert str(caught.value) == BAD_URL
+        with pytest.raises(InputError) as caught:
+            store_copy.copy_store(unparsable, history.with_name("back.db"))
+        assert str(caught.value) == BAD_URL
     unreachable = f"postgresql://optout:{PASSWORD}@/nosuchdb?host={pg_cluster.socket_dir}"
     with pytest.raises(StoreError) as caught:
         store_copy.copy_store(history, unreachable)
-    assert PASSWORD not in str(caught.value) and "nosuchdb" in str(caught.value)
-    assert caught.value.__cause__ is None and caught.value.__context__ is None or \
-        PASSWORD not in repr(caught.value.__context__)
+    assert PASSWORD not in str(caught.value) and 'database "nosuchdb" does not exist' in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback
 
 
 @pytest.mark.postgresql
@@ -324,6 +341,31 @@ def test_the_cli_copies_refuses_and_fails_with_its_exit_codes(history, pg_url, t
     assert held.returncode == 3 and held.stderr.startswith(f"refused: the store {history} is in use by optout-sync")
     assert len(held.stderr.strip().splitlines()) == 1
 
-    bad = run_cli("store", "copy", "--from", str(history), "--to", f"postgresql://optout:{PASSWORD}@/db?port=x",
+    bad = run_cli("store", "copy", "--from", str(history), "--to", f"postgresql://optout:{PASSWORD}@/db?nosuch=1",
                   timeout=120)
     assert bad.returncode == 2 and PASSWORD not in bad.stderr and "cannot be read" in bad.stderr
+
+
+@pytest.mark.postgresql
+def test_the_cli_exits_1_with_one_line_when_the_copy_differs(history, pg_url, monkeypatch):
+    import functools
+
+    import psycopg
+    from click.testing import CliRunner
+
+    from connector.cli import main
+
+    def lose_an_event(conn):
+        conn.execute("DELETE FROM events WHERE seq = 7")
+
+    # The command as it runs, with a row lost between the load and the verification.
+    monkeypatch.setattr(store_copy, "copy_store", functools.partial(store_copy.copy_store, after_load=lose_an_event))
+    result = CliRunner().invoke(main, ["store", "copy", "--from", str(history), "--to", with_password(pg_url)])
+    events = len(sqlite_tables(history)["events"])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: the copy does not match its source {history}: events: {events - 1} rows in "
+                             f"the copy, {events} in the source; the copy was rolled back; the destination holds "
+                             "no data\n")
+    assert result.stdout == "" and PASSWORD not in result.output
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
