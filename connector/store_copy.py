@@ -222,8 +222,8 @@ def _copy_to_sqlite(src: "_PgSource", destination: Path, after_load) -> CopyRepo
         try:
             with _open_sqlite(temp, create=True) as store:
                 specs = store_copy.table_specs(store.conn)
-                store_copy.check_pg_tables(src.conn, specs)
                 with _pg_errors(src.url, f"cannot read the store {src.where}"):
+                    store_copy.check_pg_tables(src.conn, specs)
                     source_facts = store_copy.fingerprint(src.tables, specs)
                     store.conn.execute("BEGIN IMMEDIATE")
                     store_copy.SqliteTables(store.conn, str(destination)).load(specs, src.tables)
@@ -389,7 +389,8 @@ def _copy_to_pg(src: Store, url: str, after_load) -> CopyReport:
             pg_schema.migrate(conn)
         with _read_snapshot_sqlite(src) as source_tables:
             specs = store_copy.table_specs(src.conn)
-            store_copy.check_pg_tables(conn, specs)
+            with _pg_errors(url, f"cannot read the destination {where}"):
+                store_copy.check_pg_tables(conn, specs)
             source_facts = store_copy.fingerprint(source_tables, specs)
             destination = store_copy.PgTables(conn, url, where)
             with _pg_errors(url, f"cannot copy the store into {where}"), conn.transaction():

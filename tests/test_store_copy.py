@@ -369,3 +369,33 @@ def test_the_cli_exits_1_with_one_line_when_the_copy_differs(history, pg_url, mo
     assert result.stdout == "" and PASSWORD not in result.output
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+@pytest.mark.postgresql
+def test_a_writer_holding_the_postgresql_append_lock_makes_the_copy_wait_then_refuse(history, pg_url, tmp_path,
+                                                                                    monkeypatch):
+    import psycopg
+
+    from state.pg_events import APPEND_LOCK_KEY
+
+    store_copy.copy_store(history, pg_url)
+    monkeypatch.setattr(store_copy, "APPEND_LOCK_WAIT", 0.5)
+    with psycopg.connect(pg_url) as writer:  # an import's transaction, mid-way
+        writer.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+        with pytest.raises(RefusedError, match=r"a writer \(import, lift or a webhook receiver\) kept writing"):
+            store_copy.copy_store(pg_url, tmp_path / "back.db")
+    assert not (tmp_path / "back.db").exists()
+    # While the copy runs, a writer waits for it: its append cannot commit into the middle of the copy.
+    monkeypatch.undo()
+    blocked = []
+
+    def try_to_write(_conn):
+        with psycopg.connect(pg_url) as writer:
+            writer.execute("SET lock_timeout = '300ms'")
+            try:
+                writer.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+            except psycopg.errors.LockNotAvailable:
+                blocked.append(True)
+
+    store_copy.copy_store(pg_url, tmp_path / "back.db", after_load=try_to_write)
+    assert blocked == [True]
