@@ -399,3 +399,17 @@ def test_a_writer_holding_the_postgresql_append_lock_makes_the_copy_wait_then_re
 
     store_copy.copy_store(pg_url, tmp_path / "back.db", after_load=try_to_write)
     assert blocked == [True]
+
+
+@pytest.mark.postgresql
+def test_a_sqlite_destination_made_by_someone_else_during_the_copy_is_left_alone(history, pg_url, tmp_path):
+    store_copy.copy_store(history, pg_url)
+    back = tmp_path / "back.db"
+
+    def someone_writes_the_destination(_conn):
+        back.write_bytes(b"theirs")
+
+    with pytest.raises(RefusedError, match="was created by someone else during the copy; it was left as it is"):
+        store_copy.copy_store(pg_url, back, after_load=someone_writes_the_destination)
+    assert back.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.glob("*back.db*")] == ["back.db"]  # the temporary copy is gone
