@@ -701,5 +701,44 @@ def restore(obj: Context, file: Path) -> None:
         click.echo(f"  the replaced store was kept as {report.kept_previous}; delete it when it is no longer needed")
 
 
+@main.group("store")
+def store_group() -> None:
+    """Move the store between SQLite and PostgreSQL."""
+
+
+@store_group.command("copy")
+@click.option("--to", "to", metavar="URL|FILE", help="The destination: a postgresql:// URL or a new SQLite file.")
+@click.option("--to-file", type=click.Path(path_type=Path), metavar="FILE",
+              help="A secret file holding the destination URL (keeps a password off the command line).")
+@click.option("--from", "from_", metavar="URL|FILE", help="The source (default: the configured store).")
+@click.option("--from-file", type=click.Path(path_type=Path), metavar="FILE",
+              help="A secret file holding the source URL.")
+@click.pass_obj
+@_edge
+def store_copy_command(obj: Context, to: str | None, to_file: Path | None, from_: str | None,
+                       from_file: Path | None) -> None:
+    """Copy the store to PostgreSQL or back to SQLite; refused while a daemon holds it; verified."""
+    from .store_copy import copy_store, read_url_file
+
+    if (to is None) == (to_file is None):
+        raise InputError("give the destination with --to URL|FILE or --to-file FILE (one of them)")
+    if from_ is not None and from_file is not None:
+        raise InputError("give the source with --from or --from-file, not both")
+    destination = to if to is not None else read_url_file(to_file, "--to-file")
+    if from_file is not None:
+        source = read_url_file(from_file, "--from-file")
+    elif from_ is not None:
+        source = from_
+    else:
+        source = obj.settings().store.path
+        require_store(source)
+    report = copy_store(source, destination)
+    click.echo(f"copied the store {report.source} to {report.destination} (schema version {report.schema_version}):")
+    for table, facts in report.tables.items():
+        click.echo(f"  {table:<20} {facts.rows:>12,} rows")
+    click.echo(f"  event log sha256 {report.events_sha256}")
+    click.echo("verified: every table's row count and checksum are equal on both sides")
+
+
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ EVERY_COMMAND = [
     ["backup", "TMP/backup.db"],
     ["restore", "TMP/backup.db"],
     ["config"],
+    ["store", "copy", "--to", "TMP/copy.db"],
 ]
 # Commands that read no settings file (`init` writes one): their bad values are in BAD_VALUES.
 WITHOUT_SETTINGS = {"init"}
@@ -129,6 +130,16 @@ BAD_VALUES = [
     ([*CONFIG, "restore", "TMP/nowhere/backup.db"], 2, "no such file"),
     ([*CONFIG, "restore", "LIST"], 2, "is not an optout-sync store"),
     ([*CONFIG, "config", "--bogus"], 2, "No such option '--bogus'"),
+    # store copy: where to, one backend to the other, a URL shown never.
+    ([*CONFIG, "store", "copy"], 2, "give the destination with --to URL|FILE or --to-file FILE"),
+    ([*CONFIG, "store", "copy", "--to", "TMP/copy.db"], 2, "both the source and the destination (TMP/copy.db) are SQLite"),
+    ([*CONFIG, "store", "copy", "--to", "postgresql://u:pw@/db?nosuch=1"], 2, "PostgreSQL URL cannot be read"),
+    ([*CONFIG, "store", "copy", "--to-file", "TMP/nowhere/url"], 2, "--to-file TMP/nowhere/url: no such file"),
+    ([*CONFIG, "store", "copy", "--to-file", "TMP"], 2, "is a folder, not a file holding a URL"),
+    ([*CONFIG, "store", "copy", "--from", "TMP/nowhere/store.db", "--to", "postgresql://u@/db"], 2,
+     "no store at TMP/nowhere/store.db: no such file"),
+    ([*CONFIG, "store", "copy", "--from", "postgresql://u:pw@/db?nosuch=1", "--to", "TMP/copy.db"], 2,
+     "PostgreSQL URL cannot be read"),
     # init never overwrites, and writes nothing when refused.
     ([*CONFIG, "init", "TMP/settings.toml"], 3, "TMP/settings.toml exists; init never overwrites a file"),
     ([*CONFIG, "init", "--adapter", "salesforce", "TMP/new.toml"], 2, "unknown type 'salesforce'"),

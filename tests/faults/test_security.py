@@ -400,6 +400,12 @@ REVIEWED_SQL_PARTS = {
         "literal event column names (_append_events builds the INSERT with one placeholder each)",
     "('recorded_at', 'kind', 'address', 'scope', 'reason', 'target', 'message', 'details')":
         "literal event column names (_append_events builds the INSERT with one placeholder each)",
+    # store copy (state/store_copy.py): table and column names, each checked against [a-z_][a-z0-9_]* and quoted
+    "_name(spec.name)": "a table of COPIED_TABLES (a code constant), matched against the store's catalogue",
+    "_names(spec.sqlite_columns())": "the table's columns from SQLite's pragma_table_info (checked names), and rowid",
+    "_names(spec.pg_columns())": "the same columns, and pg_schema.IMPLICIT_ROWID_COLUMNS' row_order (a constant)",
+    "_names(spec.key)": "the table's primary key columns from pragma_table_info (checked names)",
+    "insert": "INSERT over _name/_names as above with one '?' placeholder per column; values are parameters",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
              "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0],
