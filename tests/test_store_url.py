@@ -4,6 +4,9 @@ SQLite-only commands' refusal, and the real daemon syncing a dropped list on a P
 from __future__ import annotations
 
 import json
+import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -153,7 +156,17 @@ def folder_settings(tmp_path: Path, url: str, interval: float = 1.0) -> Path:
     return write_settings(tmp_path, [
         {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": interval, "settle_seconds": 0.2},
         {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": interval},
-    ], topics={"newsletter": "News"}, store={"url": url})
+    ], topics={"newsletter": "News"}, store={"url": url}, server={"listen": "127.0.0.1:0"})
+
+
+def page(daemon: Daemon, path: str) -> tuple[int, str]:
+    """GET a page of the daemon's status server (its address from the daemon's log)."""
+    base = re.search(r"server_listening url=(\S+)", daemon.log()).group(1)
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + path, timeout=20) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def drop(folder: Path, name: str, rows: list[str]) -> None:
@@ -188,6 +201,10 @@ def test_the_daemon_on_postgresql_brings_a_dropped_list_to_the_sink(tmp_path, pg
         assert rows["sink"]["holder"]["pid"] == daemon.proc.pid
         failures = run_cli("--config", str(settings), "failures")
         assert "list.csv row 4" in failures.stdout
+        code, html = page(daemon, "/")
+        assert code == 200, html
+        assert html.count(f"driven by {rows['sink']['holder']['daemon_id']} on ") == 2
+        assert page(daemon, "/healthz")[0] == 200 and page(daemon, "/readyz")[0] == 200
         assert daemon.terminate(timeout=15) == 0
     log = daemon.log()
     assert "ann@example.com" not in log.lower() and "stopped" in log
