@@ -45,12 +45,6 @@ class LeaseLost(TransientError):
     """A write was refused: this process no longer holds the lease of the adapter it writes for."""
 
 
-# Whether a backend holds an advisory key in this database (pg_locks shows the key's two 32-bit halves).
-_HOLDS_SQL = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-              " AND pid = %s AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-              " AND ((classid::bigint << 32) | objid::bigint) = ANY(%s::bigint[])")
-
-
 def lease_key(adapter: str) -> int:
     """The advisory lock key of an adapter's lease: the first 8 bytes of a SHA-256, as a signed bigint."""
     digest = hashlib.sha256(_KEY_PREFIX + adapter.encode()).digest()
@@ -265,7 +259,13 @@ class PgLeases:
 
         def check(conn) -> None:
             backend = self.backend_pid  # None once the lease connection is gone
-            held = conn.execute(_HOLDS_SQL, (backend, keys)).fetchone()[0] if backend is not None else 0
+            # How many of the keys the lease backend holds in this database (pg_locks shows each
+            # key's two 32-bit halves; put together as a bigint they are the signed key).
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND pid = %s AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND ((classid::bigint << 32) | objid::bigint) = ANY(%s::bigint[])",
+                (backend, keys)).fetchone()[0] if backend is not None else 0
             if held != len(keys):
                 raise LeaseLost(f"this process no longer holds the lease of {', '.join(names)}; "
                                 "the write was not committed (another daemon drives it now, or will)")
