@@ -251,7 +251,9 @@ code { font-family: ui-monospace, monospace; font-size: .85rem; }
 
 def render_status_page(data: dict, settings: Settings, pictures: str = "") -> str:
     """The status page for the data of `commands.status`, then `pictures`; addresses masked, values escaped."""
-    rows = "\n".join(_adapter_row(row, settings) for row in data["adapters"])
+    # Several daemons share a PostgreSQL store: each row says which drives it (on SQLite, the one daemon).
+    shared = data.get("backend") == "postgresql"
+    rows = "\n".join(_adapter_row(row, settings, shared) for row in data["adapters"])
     daemon = "running" if data["daemon_running"] else "not running"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"""<!doctype html>
@@ -280,7 +282,7 @@ daemon {_e(daemon)}; lag alarm after {_e(_duration(settings.server.max_lag))}. G
 """
 
 
-def _adapter_row(row: dict, settings: Settings) -> str:
+def _adapter_row(row: dict, settings: Settings, show_holder: bool = False) -> str:
     name = row["adapter"]
     if row["paused"]:
         approve = f"optout-sync approve {name} --count {row['staged']}"
@@ -291,7 +293,7 @@ def _adapter_row(row: dict, settings: Settings) -> str:
         state = '<span class="state-active">active</span>'
     if row.get("progress"):
         state += f'<br><span class="progress">{_e(describe_progress(row["progress"]))}</span>'
-    if data_holder := row.get("holder"):
+    if show_holder and (data_holder := row.get("holder")):
         state += (f'<br><span class="holder">driven by {_e(data_holder["daemon_id"])} on {_e(data_holder["host"])}'
                   f'{", since " + _e(data_holder["since"]) if data_holder["since"] else ""}</span>')
     lag = _e(_duration(row["lag_s"]) if row["lag_s"] is not None else "-")
