@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -201,6 +202,10 @@ def test_the_daemon_on_postgresql_brings_a_dropped_list_to_the_sink(tmp_path, pg
         assert rows["sink"]["holder"]["pid"] == daemon.proc.pid
         failures = run_cli("--config", str(settings), "failures")
         assert "list.csv row 4" in failures.stdout
+        # A one-shot sync takes the adapters' leases too: it refuses the ones the daemon drives.
+        once = run_cli("--config", str(settings), "sync", "--once", "--adapter", "sink")
+        assert once.returncode == 1 and "another process is already syncing adapter 'sink'" in once.stderr
+        assert f"/{daemon.proc.pid} on " in once.stderr and "Traceback" not in once.stderr
         code, html = page(daemon, "/")
         assert code == 200, html
         assert html.count(f"driven by {rows['sink']['holder']['daemon_id']} on ") == 2
@@ -213,3 +218,9 @@ def test_the_daemon_on_postgresql_brings_a_dropped_list_to_the_sink(tmp_path, pg
     # The leases ended with the process: nobody drives an adapter now.
     after = json.loads(run_cli("--config", str(settings), "status", "--json").stdout)
     assert after["daemon_running"] is False and all(row["holder"] is None for row in after["adapters"])
+    # With no daemon, `sync --once` drives both adapters itself.
+    drop(tmp_path / "inbox", "more.csv", ["carl@example.com,,"])
+    time.sleep(0.3)  # settle_seconds
+    once = run_cli("--config", str(settings), "sync", "--once")
+    assert once.returncode == 0, once.stderr
+    assert sink_addresses(tmp_path) == {"ann@example.com", "bob@example.com", "carl@example.com"}
