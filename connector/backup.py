@@ -62,12 +62,20 @@ class RestoreReport:
     kept_previous: Path | None
 
 
+def _refuse_on_postgresql(settings: Settings, command: str, instead: str) -> None:
+    # A SQLite file copy and its checks mean nothing for a database PostgreSQL holds.
+    if settings.store.postgresql:
+        raise RefusedError(f"`{command}` copies a SQLite store file; the store is on PostgreSQL: {instead}")
+
+
 def backup(settings: Settings, destination: Path, *, force: bool = False) -> BackupReport:
     """Copy the configured store to `destination` (0600), consistently, while it is in use.
 
     InputError for an unusable destination, RefusedError for an existing one without `force`,
     StoreError if the copy fails its integrity check (the destination is then not written).
+    RefusedError on a PostgreSQL store: pg_dump backs that up.
     """
+    _refuse_on_postgresql(settings, "backup", "back it up with pg_dump (pg_dump -Fc -f FILE DBNAME)")
     store_path = settings.store.path
     require_store(store_path)
     destination = Path(destination)
@@ -133,8 +141,9 @@ def restore(settings: Settings, source: Path) -> RestoreReport:
 
     RefusedError while a daemon (or another syncing command) holds the store's lock; InputError
     if `source` is not a sound optout-sync store; ConfigError for an unusable store folder. May
-    create the store (and its folder, as `run` does).
+    create the store (and its folder, as `run` does). RefusedError on a PostgreSQL store.
     """
+    _refuse_on_postgresql(settings, "restore", "restore it with pg_restore from a pg_dump archive")
     source = Path(source)
     verify_store_file(source)
     store_path = settings.store.path

@@ -298,8 +298,10 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     released = f" ({data['releases']} released where the recipient re-subscribed)" if data.get("releases") else ""
-    click.echo(f"store {data['store']}: {data['suppressions']} suppressions{released}; "
-               f"{describe_holder(data['daemon'])}")
+    daemons = sorted({row["holder"]["daemon_id"] for row in data["adapters"] if row.get("holder")})
+    running = (describe_holder(data["daemon"]) if data.get("backend") != "postgresql" else
+               f"daemons driving adapters: {', '.join(daemons)}" if daemons else "no daemon drives an adapter")
+    click.echo(f"store {data['store']}: {data['suppressions']} suppressions{released}; {running}")
     for row in data["adapters"]:
         state = f"PAUSED ({row['staged']} staged; approve with --count {row['staged']})" if row["paused"] else "active"
         lag = f"{row['lag_s']:.0f}s" if row["lag_s"] is not None else "-"
@@ -311,6 +313,10 @@ def status(obj: Context, as_json: bool) -> None:
                    + ("; LAG ALARM" if row.get("lag_alarm") else ""))
         if row.get("progress"):
             click.echo(f"    {describe_progress(row['progress'])}")
+        if row.get("holder") and data.get("backend") == "postgresql":
+            holder = row["holder"]
+            click.echo(f"    driven by {holder['daemon_id']} on {holder['host']}"
+                       + (f" since {holder['since']}" if holder["since"] else ""))
         if row["last_run_error"]:
             click.echo(f"    last error: {obj.shown(row['last_run_error'])}")
 
@@ -533,7 +539,8 @@ def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: s
            since: str | None, until: str | None) -> None:
     """Write the suppressions as CSV: email,scope,reason,origin,source,occurred_at,released_at."""
     settings = obj.settings()
-    require_store(settings.store.path)  # before -o creates its file
+    if not settings.store.postgresql:
+        require_store(settings.store.path)  # before -o creates its file
     kwargs = dict(reasons=list(reasons), scope=scope, source=source, since=since, until=until)
     if output is None:
         if sys.stdout is None:

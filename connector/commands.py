@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import socket
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from adapters import registry
 from adapters.base import Adapter
-from state.errors import ConfigError, OptOutSyncError
+from state.errors import ConfigError, OptOutSyncError, StoreError
 from state.models import OptOut, utc_now
 from state.resubscribes import release_counts
 from state.schema import SCHEMA_VERSION
@@ -33,7 +34,10 @@ from .progress import clear_stored_progress, stored_progress
 from .store_guard import check_store_location, lost_marker, prepare_store_folder, require_store
 from .store_identity import connect_read_only
 
-if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
+if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded; psycopg only for PostgreSQL
+    from state.pg_store import PgStore
+
+    from .leases import LeaseHolder, PgLeases
     from .settings import Settings
 
 
@@ -50,12 +54,19 @@ def build_adapters(settings: Settings, names: list[str] | None = None) -> dict[s
     return adapters
 
 
-def open_store(settings: Settings, *, create: bool = False) -> Store:
-    """Open (and migrate) the configured store, refusing a folder that every user can write.
+def open_store(settings: Settings, *, create: bool = False) -> Store | PgStore:
+    """Open (and migrate) the configured store: the one place that chooses the backend.
 
-    Only the creating commands (run, sync, import, restore) pass `create=True`; for every other
-    command a missing store is a ConfigError naming the path, and nothing is created.
+    `[store] url` (or `url_file`): a PgStore on that PostgreSQL database, created and migrated
+    there when empty. Else the SQLite file at `[store] path`, refusing a folder that every user
+    can write; only the creating commands (run, sync, import, restore) pass `create=True`; for
+    every other command a missing SQLite store is a ConfigError naming the path, and nothing is
+    created. Callers use the two alike and never ask which they have.
     """
+    if settings.store.postgresql:
+        from state.pg_store import PgStore  # psycopg loads only for a PostgreSQL store
+
+        return PgStore(settings.store.url_text())
     path = settings.store.path
     if create:
         prepare_store_folder(path)
@@ -66,27 +77,55 @@ def open_store(settings: Settings, *, create: bool = False) -> Store:
     return Store(path, busy_timeout=settings.store.busy_timeout, create=create)
 
 
+def take_leases(settings: Settings, names: list[str], command: str) -> PgLeases:
+    """The leases of the named adapters on a PostgreSQL store, for a one-shot command; StoreError if one is held.
+
+    A daemon (or another command) driving one of them keeps it: two processes never push the same
+    adapter at once, as the SQLite store's lock ensures there.
+    """
+    from .leases import PgLeases, default_daemon_id
+
+    leases = PgLeases(settings.store.url_text(), daemon_id=f"{default_daemon_id()} ({command})")
+    try:
+        for name in names:
+            if not leases.try_acquire(name):
+                holder = leases.holders().get(name)
+                by = f" ({holder.daemon_id} on {holder.host}, since {holder.since})" if holder else ""
+                raise StoreError(f"another process is already syncing adapter {name!r}{by}; stop it first")
+    except BaseException:
+        leases.close()
+        raise
+    return leases
+
+
 @contextmanager
 def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: bool = False,
                create: bool = False, command: str = "sync") -> Iterator[Engine]:
-    """An engine over the store and the named adapters, holding the store lock.
+    """An engine over the store and the named adapters, holding the store lock (SQLite) or their leases.
 
-    A dry run takes no lock, and when there is no store yet it works on an empty
-    temporary one, so that it leaves no file behind. Without `create`, a missing
-    store is a ConfigError before anything (the lock file included) is made.
+    A dry run takes no lock, and when there is no SQLite store yet it works on an empty
+    temporary one, so that it leaves no file behind. Without `create`, a missing SQLite
+    store is a ConfigError before anything (the lock file included) is made. On PostgreSQL
+    the named adapters' leases are taken (connector/leases.py), and every write checks them.
     """
-    if not dry_run:
+    postgresql = settings.store.postgresql
+    wanted = names or [a.name for a in settings.adapters]
+    if not dry_run and not postgresql:
         if create:
             prepare_store_folder(settings.store.path)
         else:
             require_store(settings.store.path)
-    store_lock = None if dry_run else StoreLock(settings.store.path, command=command).acquire()
-    scratch = tempfile.TemporaryDirectory() if dry_run and not settings.store.path.exists() else None
-    store = adapters = None
+    store_lock = None if dry_run or postgresql else StoreLock(settings.store.path, command=command).acquire()
+    scratch = (tempfile.TemporaryDirectory() if dry_run and not postgresql and not settings.store.path.exists()
+               else None)
+    store = adapters = leases = None
     try:
         store = Store(Path(scratch.name) / "dry-run.db") if scratch else open_store(settings, create=create)
+        if postgresql and not dry_run:
+            leases = take_leases(settings, wanted, command)
+            store.fence = leases.fence(wanted)
         if not dry_run:  # this process holds the lock now: a row left by a killed one is stale
-            clear_stored_progress(store, names or [a.name for a in settings.adapters])
+            clear_stored_progress(store, wanted)
         adapters = build_adapters(settings, names)
         yield Engine(settings, store, adapters, report_progress=not dry_run)
     finally:
@@ -94,6 +133,8 @@ def engine_for(settings: Settings, names: list[str] | None = None, *, dry_run: b
             adapter.close()
         if store is not None:
             store.close()
+        if leases is not None:
+            leases.close()
         if scratch is not None:
             scratch.cleanup()
         if store_lock is not None:
@@ -152,8 +193,12 @@ def sync_once(settings: Settings, names: list[str] | None = None, dry_run: bool 
 def reconcile(settings: Settings, name: str, dry_run: bool = False) -> CycleReport | str:
     """Reconcile one adapter now; if a daemon holds the store, ask it to at its next cycle instead."""
     settings.adapter(name)
-    require_store(settings.store.path)
-    if StoreLock(settings.store.path).is_held_elsewhere() and not dry_run:
+    if settings.store.postgresql:
+        driven = not dry_run and name in adapter_holders(settings)
+    else:
+        require_store(settings.store.path)
+        driven = StoreLock(settings.store.path).is_held_elsewhere() and not dry_run
+    if driven:
         with open_store(settings) as store:
             store.set_checkpoint(name, reconcile_requested=1)
         return f"the daemon is running; it will reconcile {name!r} at that adapter's next cycle"
@@ -221,13 +266,39 @@ def check(settings: Settings, names: list[str] | None = None) -> list[tuple[str,
     return results
 
 
-def status(settings: Settings, store: Store | None = None) -> dict:
-    """Per adapter: last run, lag, cursor age, pending, pause, failures, lag alarm, progress; and store totals.
+def adapter_holders(settings: Settings, leases: PgLeases | None = None) -> dict[str, LeaseHolder]:
+    """Which live process drives each adapter: {adapter: LeaseHolder}; adapters nobody drives are left out.
+
+    PostgreSQL: the adapters' leases (`leases`, the daemon's own, or a connection made for this);
+    SQLite: the holder of the store's lock drives every adapter.
+    """
+    from .leases import LeaseHolder, PgLeases
+
+    if settings.store.postgresql:
+        own = leases is None
+        leases = leases or PgLeases(settings.store.url_text())
+        try:
+            return leases.holders()
+        finally:
+            if own:
+                leases.close()
+    holder = StoreLock(settings.store.path).holder()
+    if holder is None:
+        return {}
+    host = socket.gethostname()  # flock is local: the holder runs on this host
+    driver = LeaseHolder(f"{host}/{holder.pid}", host, holder.pid, holder.started_at)
+    return {a.name: driver for a in settings.adapters}
+
+
+def status(settings: Settings, store: Store | None = None, leases: PgLeases | None = None) -> dict:
+    """Per adapter: last run, lag, cursor age, pending, pause, failures, lag alarm, progress, holder; store totals.
 
     `lag_alarm` is true while the oldest opt-out an adapter has not applied yet
     (`lag_s`) is older than [server] max_lag. Reads `store` if given (the daemon's
-    monitor), else opens the configured one. `progress` is the running push or reconcile's last
-    report (connector.progress), or None; shown only while a process holds the store's lock.
+    monitor, with its `leases` on PostgreSQL), else opens the configured one. `holder` is the
+    process driving the adapter (daemon id, host, pid, since), or None. `progress` is the running
+    push or reconcile's last report (connector.progress), or None; shown only while a process
+    drives the adapter.
     """
     now = datetime.fromisoformat(utc_now())
     max_lag = settings.server.max_lag
@@ -264,15 +335,21 @@ def status(settings: Settings, store: Store | None = None) -> dict:
                 "released": released.get(config.name, 0),
                 "progress": stored_progress(store, config.name),
             })
-        holder = StoreLock(settings.store.path).holder()
-        if holder is None:  # a row a killed process left behind describes no running work
-            for row in rows:
+        holders = adapter_holders(settings, leases)
+        for row in rows:
+            driver = holders.get(row["adapter"])
+            row["holder"] = ({"daemon_id": driver.daemon_id, "host": driver.host, "pid": driver.pid,
+                              "since": driver.since} if driver is not None else None)
+            if driver is None:  # a row a killed process left behind describes no running work
                 row["progress"] = None
+        holder = None if settings.store.postgresql else StoreLock(settings.store.path).holder()
         return {
-            "store": str(settings.store.path),
+            # A PostgreSQL store is named by database and host: its URL may hold a password.
+            "store": store.path if settings.store.postgresql else str(settings.store.path),
+            "backend": "postgresql" if settings.store.postgresql else "sqlite",
             "suppressions": store.count_suppressions(),
             "releases": sum(released.values()),
-            "daemon_running": holder is not None,
+            "daemon_running": bool(holders) if settings.store.postgresql else holder is not None,
             # Who holds the store's lock (the daemon, or a `sync --once`/`reconcile` run): pid, since when.
             "daemon": ({"pid": holder.pid, "started_at": holder.started_at, "command": holder.command}
                        if holder is not None else None),
@@ -309,7 +386,10 @@ def check_store(settings: Settings) -> tuple[bool, list[str]]:
     The folder must exist (or be creatable by `run`: its parent exists) and be writable, the lock
     must be free or held by a daemon (reported), and an existing store must open read-only with a
     schema version this program knows. A missing store is not an error: `run` creates it.
+    On PostgreSQL: the database must answer, and hold no newer schema; who drives what is listed.
     """
+    if settings.store.postgresql:
+        return _check_pg_store(settings)
     path = settings.store.path
     folder = path.parent
     lines: list[str] = []
@@ -365,3 +445,39 @@ def check_store(settings: Settings) -> tuple[bool, list[str]]:
     identity = f", id {meta['store_id']}, created {meta.get('created_at')}" if "store_id" in meta else ""
     lines.append(f"store {path}: schema version {version}{upgrade}{identity}")
     return ok, lines
+
+
+def _check_pg_store(settings: Settings) -> tuple[bool, list[str]]:
+    """check_store on PostgreSQL, read-only: connect, read the schema version, list the lease holders."""
+    from state.pg_errors import BAD_URL, describe
+    from state.pg_schema import SCHEMA_VERSION as PG_VERSION
+
+    url = settings.store.url_text()
+    try:
+        import psycopg
+
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except ImportError as exc:
+        return False, [f"a PostgreSQL store needs psycopg 3, which cannot be imported: {exc}"]
+    except psycopg.ProgrammingError:
+        return False, [BAD_URL]  # libpq's message quotes the URL, password and all
+    except psycopg.Error as exc:
+        return False, [f"cannot connect to the store's PostgreSQL: {describe(exc, url)}"]
+    name = f"PostgreSQL database {conn.info.dbname} on {conn.info.host}"
+    try:
+        with conn:
+            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] if exists else None
+            leases = conn.execute("SELECT to_regclass('leases') IS NOT NULL").fetchone()[0]
+    except psycopg.Error as exc:
+        return False, [f"cannot read the store {name}: {describe(exc, url)}"]
+    if version is None:
+        return True, [f"{name} has no optout-sync schema yet; `run` will create it"]
+    if version > PG_VERSION:
+        return False, [f"the store {name} has schema version {version}, newer than this program's {PG_VERSION}; "
+                       "upgrade optout-sync"]
+    upgrade = f" (the next run migrates it to {PG_VERSION})" if version < PG_VERSION else ""
+    lines = [f"store {name}: schema version {version}{upgrade}"]
+    for adapter, holder in (adapter_holders(settings) if leases else {}).items():
+        lines.append(f"adapter {adapter} is driven by {holder.daemon_id} on {holder.host} since {holder.since}")
+    return True, lines

@@ -57,7 +57,12 @@ def effective_settings(settings: Settings, load: Load) -> list[Entry]:
     for section in SECTIONS:
         model = getattr(settings, section)
         for name in type(model).model_fields:
-            entries.append(_entry(f"{section}.{name}", getattr(model, name), (section, name), load))
+            value = getattr(model, name)
+            if (section, name) == ("store", "url") and value is not None:
+                # The URL is worth seeing (host, database, user); only its password is secret.
+                entries.append(Entry("store.url", masked_url(value.get_secret_value()), _origin(("store", "url"), load)))
+                continue
+            entries.append(_entry(f"{section}.{name}", value, (section, name), load))
     for key, value in settings.topics.items():
         entries.append(_entry(f"topics.{key}", value, ("topics", key), load))
     for index, adapter in enumerate(settings.adapters):
@@ -69,6 +74,18 @@ def effective_settings(settings: Settings, load: Load) -> list[Entry]:
             else:
                 entries.append(_entry(f"adapters.{adapter.name}.{name}", value, location, load))
     return entries
+
+
+def masked_url(url: str) -> str:
+    """A PostgreSQL URL with its password (in the authority or as password=...) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:{SECRET_SHOWN}@{hosts}"
+    # The password may also be a query parameter (postgresql://host/db?password=...).
+    tail = re.sub(r"(^|[?&])password=[^&#]*", rf"\g<1>password={SECRET_SHOWN}", tail)
+    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 def _entry(key: str, value: Any, location: tuple, load: Load) -> Entry:

@@ -8,10 +8,17 @@ serves them. SIGTERM/SIGINT set the stop flag; workers finish or abandon their
 current batch (each batch is one transaction) and the process exits 0 within
 `grace` seconds.
 
-The store's identity (device, inode, store id) is checked at every cycle and twice a second: a
-store deleted or replaced under the daemon stops it with one error line, a failing /readyz and
-exit code 1. After a cycle that did nothing, a WAL grown beyond 4 MiB is checkpointed and truncated
-(at most every 10 s), so it does not keep its high-water mark.
+On SQLite one daemon syncs a store (its lock file). The store's identity (device, inode, store id)
+is checked at every cycle and twice a second: a store deleted or replaced under the daemon stops it
+with one error line, a failing /readyz and exit code 1. After a cycle that did nothing, a WAL grown
+beyond 4 MiB is checkpointed and truncated (at most every 10 s), so it does not keep its high-water mark.
+
+On PostgreSQL several daemons share a store. Each adapter's worker drives it only while this daemon
+holds the adapter's lease (connector/leases.py); a lease thread tries to take the adapters nobody
+holds once per (shortest) interval, so a dead holder's adapters are taken over within two intervals.
+Every write a worker makes checks its lease inside the transaction (`PgStore.fence`): a worker that
+lost its lease commits nothing more, and stops driving the adapter. Every daemon serves the status
+endpoints and the webhook receiver, whichever adapters it drives.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from state.store import Store
 from .commands import build_adapters, log_report, open_store, status
 from .engine import Engine
 from .history import LagHistory
+from .leases import LeaseLost
 from .lock import StoreLock, real_store_path
 from .logs import log_event
 from .progress import clear_stored_progress
@@ -87,6 +95,12 @@ class Daemon:
         self._companions: set[tuple[int, int]] = set()  # (device, inode) of the store's -wal and -shm
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_at = float("-inf")
+        # PostgreSQL: this daemon's adapter leases (PgLeases) and the thread that takes free ones.
+        self.postgresql = settings.store.postgresql
+        self.leases = None
+        self.lease_thread: threading.Thread | None = None
+        self.lease_every = min((a.interval for a in settings.adapters), default=60.0)
+        self._driving: set[str] = set()  # the adapters whose leases the lease thread saw held
 
     def request_stop(self, *_signal_args) -> None:
         """Ask every worker to stop after its current batch."""
@@ -97,17 +111,27 @@ class Daemon:
     def run(self) -> int:
         """Start the workers, the monitor and the server, and wait for a stop signal; the exit code."""
         path = self.settings.store.path
-        prepare_store_folder(path)
-        lock = StoreLock(path, command="run").acquire()
+        lock = None
+        if not self.postgresql:
+            prepare_store_folder(path)
+            lock = StoreLock(path, command="run").acquire()
         http.OBSERVERS.append(self._observer)
         try:
-            existed = path.exists()
+            existed = self.postgresql or path.exists()
             with open_store(self.settings, create=True) as store:  # fail early on an unusable store
                 if not existed:
                     log_event("store_created", path=str(path),
                               message=f"created a new, empty store at {path}")
-                self.identity = StoreIdentity.of(path, store)
-                clear_stored_progress(store, list(self.wakes))  # left by a process that was killed
+                if self.postgresql:
+                    from .leases import PgLeases
+
+                    # Lost leases are noticed within about one interval (docs/architecture.md, Leases).
+                    self.leases = PgLeases(self.settings.store.url_text(), dead_after=self.lease_every)
+                    store_name = store.path
+                else:
+                    self.identity = StoreIdentity.of(path, store)
+                    clear_stored_progress(store, list(self.wakes))  # left by a process that was killed
+                    store_name = str(path)
                 self.metrics.observe_applies(store)  # apply latency counts from here on
             for adapter in build_adapters(self.settings).values():  # and on adapter settings that cannot work
                 adapter.close()
@@ -126,7 +150,12 @@ class Daemon:
             if threading.current_thread() is threading.main_thread():  # tests run it in a thread
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, self.request_stop)
-            log_event("started", adapters=",".join(self.wakes), store=str(self.settings.store.path))
+            log_event("started", adapters=",".join(self.wakes), store=store_name,
+                      daemon=self.leases.daemon_id if self.leases is not None else None)
+            if self.leases is not None:
+                self._take_leases()  # before the workers start: the adapters free now are driven at once
+                self.lease_thread = threading.Thread(target=self._lease_loop, name="leases", daemon=True)
+                self.lease_thread.start()
             for name in self.wakes:
                 thread = threading.Thread(target=self._worker, args=(name,), name=f"worker-{name}", daemon=True)
                 thread.start()
@@ -136,7 +165,7 @@ class Daemon:
             while not self.stop.wait(IDENTITY_EVERY):
                 self.store_intact()
             deadline = time.monotonic() + self.grace
-            for thread in [*self.threads, self.monitor]:
+            for thread in [*self.threads, self.monitor, *filter(None, [self.lease_thread])]:
                 thread.join(max(0.0, deadline - time.monotonic()))
             abandoned = [t.name for t in self.threads if t.is_alive()]
             log_event("stopped", abandoned=",".join(abandoned) or None)
@@ -147,7 +176,10 @@ class Daemon:
                 self.server.stop()
             if self.receiver is not None:
                 self.receiver.stop()
-            lock.release()
+            if self.leases is not None:
+                self.leases.close()  # every lease ends with its connection: other daemons take over at once
+            if lock is not None:
+                lock.release()
 
     def problems(self) -> list[str]:
         """What makes the process unhealthy: a lost store, threads that ended while it should be running."""
@@ -155,7 +187,7 @@ class Daemon:
             return [self.store_problem]
         if self.stop.is_set():
             return []
-        dead = [t.name for t in [*self.threads, self.monitor] if t is not None and not t.is_alive()]
+        dead = [t.name for t in [*self.threads, self.monitor, self.lease_thread] if t is not None and not t.is_alive()]
         if self.receiver is not None and not self.receiver.alive():
             dead.append("webhooks")
         return [f"threads ended unexpectedly: {', '.join(dead)}"] if dead else []
@@ -194,6 +226,37 @@ class Daemon:
             if name != source:
                 wake.set()
 
+    # -- leases (PostgreSQL) ----------------------------------------------------------------
+
+    def _take_leases(self) -> None:
+        """Take every adapter nobody holds; say which were taken and which were lost since the last time."""
+        try:
+            before = self._driving
+            held = self.leases.held()
+            for name in self.wakes:
+                if name not in held and self.leases.try_acquire(name):
+                    held.add(name)
+        except OptOutSyncError as exc:  # PostgreSQL unreachable: nothing is held; try again next time
+            log_event("lease_error", logging.WARNING, error_class=type(exc).__name__, error=str(exc))
+            held = set()
+        self._driving = held
+        for name in sorted(held - before):
+            log_event("lease_taken", adapter=name, daemon=self.leases.daemon_id)
+            self.wakes[name].set()  # its worker starts at once
+        for name in sorted(before - held):
+            log_event("lease_lost", logging.WARNING, adapter=name, daemon=self.leases.daemon_id,
+                      message=f"this daemon no longer drives {name}; another daemon takes it over")
+            self.wakes[name].set()  # its worker lets go of its connection at once
+
+    def _lease_loop(self) -> None:
+        """Every (shortest) interval: take the free adapters, so a dead holder's are taken within two."""
+        while not self.stop.wait(self.lease_every):
+            self._take_leases()
+
+    def _drives(self, name: str) -> bool:
+        """Whether this daemon drives `name` now: always on SQLite; on PostgreSQL while it holds the lease."""
+        return self.leases is None or name in self._driving
+
     def _worker(self, name: str) -> None:
         interval = self.settings.adapter(name).interval
         store = adapter = None
@@ -202,6 +265,13 @@ class Daemon:
         while not self.stop.is_set():
             if not self.store_intact():
                 break
+            if not self._drives(name):
+                # Another daemon drives it (or nobody yet): hold no connection; the lease thread wakes us.
+                store = adapter = self._discard(store, adapter)
+                self.wakes[name].wait(interval)
+                self.wakes[name].clear()
+                next_full = time.monotonic()  # a newly taken adapter starts with a full cycle
+                continue
             full = time.monotonic() >= next_full
             try:
                 if store is None:
@@ -211,8 +281,17 @@ class Daemon:
                         self.store_intact()
                         if self.store_problem:
                             break
+                    if self.leases is not None:
+                        # Every write of this worker checks, in its transaction, that the lease is still ours.
+                        store.fence = self.leases.fence([name])
+                        clear_stored_progress(store, [name])  # left by a holder that died
                 ok = self._cycle(Engine(self.settings, store, {name: adapter}, self.stop, self._notify,
                                         report_progress=True), name, push_only=not full)
+            except LeaseLost as exc:  # its write was refused: another daemon drives it now
+                log_event("lease_lost", logging.WARNING, adapter=name, error=str(exc))
+                self._driving = self._driving - {name}
+                store = adapter = self._discard(store, adapter)
+                continue
             except Exception as exc:  # the edge: log, start over with fresh connections, back off
                 ok = False
                 self.metrics.observe_worker_error(name)
@@ -232,6 +311,8 @@ class Daemon:
 
     def _cycle(self, engine: Engine, name: str, push_only: bool) -> bool:
         report = engine.cycle(name, push_only=push_only)
+        if isinstance(report.error, LeaseLost):
+            raise report.error  # nothing of the cycle after the refused write was committed
         self.metrics.observe_report(report)
         if report.error is None and not (report.pulled or report.rejected or report.staged or report.added
                                          or report.changed or report.pushed or report.failed or report.parked
@@ -273,8 +354,8 @@ class Daemon:
         One thread at a time; a busy database (another writer, a long reader) is skipped quietly
         and tried again after the next idle cycle.
         """
-        if time.monotonic() - self._checkpoint_at < IDLE_CHECKPOINT_EVERY:
-            return False
+        if self.postgresql or time.monotonic() - self._checkpoint_at < IDLE_CHECKPOINT_EVERY:
+            return False  # PostgreSQL has no WAL file of ours to truncate
         real = real_store_path(store.path)  # SQLite keeps the WAL beside the real file, not a symlink
         wal = real.with_name(real.name + "-wal")
         try:
@@ -327,7 +408,7 @@ class Daemon:
 
     def _observe(self, store: Store) -> None:
         max_lag = self.settings.server.max_lag
-        rows = status(self.settings, store)["adapters"]
+        rows = status(self.settings, store, self.leases)["adapters"]
         self.history.record(rows)
         for row in rows:
             name = row["adapter"]

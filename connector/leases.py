@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.errors import StoreError
+from state.errors import StoreError, TransientError
 from state.models import utc_now
 from state.pg_errors import BAD_URL, describe
 
@@ -39,6 +39,10 @@ from .lock import StoreLock
 # Keys of adapters' leases are derived under this prefix, so they never meet the store's own advisory
 # locks (state/pg_schema.py, state/pg_events.py) but by a 2**-64 chance.
 _KEY_PREFIX = b"optout-sync lease\x00"
+
+
+class LeaseLost(TransientError):
+    """A write was refused: this process no longer holds the lease of the adapter it writes for."""
 
 
 def lease_key(adapter: str) -> int:
@@ -240,6 +244,32 @@ class PgLeases:
     def close(self) -> None:
         """Close the lease connection: every lease held ends with it."""
         self._lost()
+
+    def fence(self, adapters: Iterable[str]):
+        """A check for a PgStore's write transactions (`PgStore.fence`): LeaseLost unless this daemon holds them all.
+
+        It runs on the store's own connection, inside the transaction, after the append lock:
+        the lease connection's backend must still hold every named adapter's key in pg_locks.
+        A daemon whose lease was lost (its connection dropped, another daemon took the adapter)
+        therefore commits nothing more for it; its transaction rolls back. A new holder's writes
+        wait for the append lock, so they come after anything the old holder committed.
+        """
+        names = sorted(set(adapters))
+        keys = [lease_key(a) for a in names]
+
+        def check(conn) -> None:
+            backend = self.backend_pid  # None once the lease connection is gone
+            # How many of the keys the lease backend holds in this database (pg_locks shows each
+            # key's two 32-bit halves; put together as a bigint they are the signed key).
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND pid = %s AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND ((classid::bigint << 32) | objid::bigint) = ANY(%s::bigint[])",
+                (backend, keys)).fetchone()[0] if backend is not None else 0
+            if held != len(keys):
+                raise LeaseLost(f"this process no longer holds the lease of {', '.join(names)}; "
+                                "the write was not committed (another daemon drives it now, or will)")
+        return check
 
 
 class FileLeases:

@@ -20,8 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from state import dashboard
-from state.errors import ConfigError
-from state.store import Store
+from state.errors import ConfigError, OptOutSyncError
 
 from . import commands, status_pictures
 from .history import LagHistory
@@ -96,7 +95,8 @@ class StatusServer:
     def health(self) -> tuple[int, str, bytes]:
         """200 while the process runs its workers and the store can be written; 503 with the reason."""
         problems = list(self.problems())
-        problem = store_write_problem(self.settings.store.path)
+        problem = (pg_write_problem(self.settings) if self.settings.store.postgresql
+                   else store_write_problem(self.settings.store.path))
         if problem:
             problems.append(problem)
         if problems:
@@ -110,12 +110,12 @@ class StatusServer:
             return _json(503, {"status": "not ready", "reason": lost, "adapters": []})
         if self.stopping():
             return _json(503, {"status": "not ready", "reason": "the daemon is stopping", "adapters": []})
-        if not self.settings.store.path.exists():
+        if not self.settings.store.postgresql and not self.settings.store.path.exists():
             return _json(503, {"status": "not ready", "reason": f"the store {self.settings.store.path} is missing",
                                "adapters": []})
         now = datetime.now(timezone.utc)
         adapters, stale = {}, []
-        with Store(self.settings.store.path, create=False) as store:
+        with commands.open_store(self.settings) as store:
             for config in self.settings.adapters:
                 last = store.checkpoint(config.name).last_success_at
                 age = round((now - datetime.fromisoformat(last)).total_seconds(), 3) if last else None
@@ -133,7 +133,7 @@ class StatusServer:
 
     def status_page(self) -> tuple[int, str, bytes]:
         """The HTML page with what `optout-sync status` shows."""
-        if not self.settings.store.path.exists():
+        if not self.settings.store.postgresql and not self.settings.store.path.exists():
             page = render_missing_store(self.settings.store.path)
             return 503, HTML_TYPE, page.encode()
         return 200, HTML_TYPE, render_status_page(commands.status(self.settings), self.settings,
@@ -142,14 +142,14 @@ class StatusServer:
     def warm_pictures(self) -> None:
         """Count the last 30 days' new opt-outs now, so the first page need not (0.7 s on 5,000,000)."""
         try:
-            with Store(self.settings.store.path, create=False) as store:
+            with commands.open_store(self.settings) as store:
                 self.daily.refresh(store.conn)
         except Exception as exc:  # the first page counts them instead, and reports what fails
             log_event("status_page_warm_up_failed", logging.DEBUG, error_class=type(exc).__name__, error=str(exc))
 
     def pictures(self) -> str:
         """The page's charts and lists below the adapter table (connector/status_pictures.py)."""
-        with Store(self.settings.store.path, create=False) as store:
+        with commands.open_store(self.settings) as store:
             return status_pictures.render(self.settings, store, self.history, self.daily)
 
 
@@ -216,6 +216,17 @@ def store_write_problem(path: Path) -> str | None:
     return None
 
 
+def pg_write_problem(settings: Settings) -> str | None:
+    """None when the PostgreSQL store answers and takes writes; else why not (a standby is read-only)."""
+    try:
+        with commands.open_store(settings) as store:
+            if store.conn.execute("SHOW transaction_read_only").fetchone()[0] == "on":
+                return f"cannot write to the store {store.path}: the server is read-only (a standby?)"
+    except OptOutSyncError as exc:
+        return str(exc)
+    return None
+
+
 # -- the status page -----------------------------------------------------------------------------
 
 _STYLE = """
@@ -240,7 +251,9 @@ code { font-family: ui-monospace, monospace; font-size: .85rem; }
 
 def render_status_page(data: dict, settings: Settings, pictures: str = "") -> str:
     """The status page for the data of `commands.status`, then `pictures`; addresses masked, values escaped."""
-    rows = "\n".join(_adapter_row(row, settings) for row in data["adapters"])
+    # Several daemons share a PostgreSQL store: each row says which drives it (on SQLite, the one daemon).
+    shared = data.get("backend") == "postgresql"
+    rows = "\n".join(_adapter_row(row, settings, shared) for row in data["adapters"])
     daemon = "running" if data["daemon_running"] else "not running"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"""<!doctype html>
@@ -269,7 +282,7 @@ daemon {_e(daemon)}; lag alarm after {_e(_duration(settings.server.max_lag))}. G
 """
 
 
-def _adapter_row(row: dict, settings: Settings) -> str:
+def _adapter_row(row: dict, settings: Settings, show_holder: bool = False) -> str:
     name = row["adapter"]
     if row["paused"]:
         approve = f"optout-sync approve {name} --count {row['staged']}"
@@ -280,6 +293,9 @@ def _adapter_row(row: dict, settings: Settings) -> str:
         state = '<span class="state-active">active</span>'
     if row.get("progress"):
         state += f'<br><span class="progress">{_e(describe_progress(row["progress"]))}</span>'
+    if show_holder and (data_holder := row.get("holder")):
+        state += (f'<br><span class="holder">driven by {_e(data_holder["daemon_id"])} on {_e(data_holder["host"])}'
+                  f'{", since " + _e(data_holder["since"]) if data_holder["since"] else ""}</span>')
     lag = _e(_duration(row["lag_s"]) if row["lag_s"] is not None else "-")
     if row.get("lag_alarm"):
         lag = f'<span class="alarm">LAG ALARM</span> {lag} (max {_e(_duration(settings.server.max_lag))})'

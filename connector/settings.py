@@ -34,12 +34,30 @@ STALE_FLOOR = 900.0
 
 
 class StoreSettings(BaseModel):
-    """Where the SQLite store lives."""
+    """Where the store lives: a SQLite file (`path`), or a PostgreSQL database (`url` or `url_file`).
+
+    Exactly one of `path` and `url`/`url_file` is given; with none, the SQLite file `optout-sync.db`.
+    `url_file` names a secret file holding the URL (its text, stripped, becomes `url`). The URL may
+    hold a password: it is never shown, only `config` shows it with the password as ***.
+    """
 
     model_config = ConfigDict(extra="forbid")
     path: SettingsPath = Path("optout-sync.db")
+    url: SecretStr | None = None
+    url_file: SettingsPath | None = None
     # How long a writer waits for another's transaction (a long import) before it fails and retries.
     busy_timeout: Duration = 30.0
+
+    @property
+    def postgresql(self) -> bool:
+        """True when the store is a PostgreSQL database (`url` or `url_file`), False for the SQLite file."""
+        return self.url is not None
+
+    def url_text(self) -> str:
+        """The PostgreSQL URL itself (a secret: never log it); ConfigError on a SQLite store."""
+        if self.url is None:
+            raise ConfigError("the store is a SQLite file ([store] path), not a PostgreSQL database")
+        return self.url.get_secret_value()
 
 
 class SyncSettings(BaseModel):
@@ -293,6 +311,7 @@ def _validate(load: sources.Load) -> Settings:
         except ValidationError as exc:
             problems.extend(_describe(exc, (label,), load, ("adapters", index)))
     if settings is not None:
+        problems.extend(_store_problems(settings.store, load))
         problems.extend(_cross_check(settings.topics, adapters))
     if problems:
         from_env = sum(1 for line in problems if line.startswith("environment variable "))
@@ -321,6 +340,54 @@ def _variable(location: tuple, load: sources.Load, exact: bool = False) -> str |
 def _blame(line: str, location: tuple, load: sources.Load, exact: bool = False) -> str:
     variable = _variable(location, load, exact)
     return f"environment variable {variable} sets {line}" if variable else line
+
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _store_problems(store: StoreSettings, load: sources.Load) -> list[str]:
+    """[store]: path, or url, or url_file (read here); each problem names its key, never the URL's text."""
+    problems = []
+    given = store.model_fields_set
+    if store.url is not None and store.url_file is not None:
+        problems.append(_blame("key 'store.url_file': give the store's URL once, as url or as url_file, "
+                               "not both", ("store", "url_file"), load, exact=True))
+    if (store.url is not None or store.url_file is not None) and "path" in given:
+        problems.append(_blame("key 'store.path': give either path (a SQLite store) or url/url_file "
+                               "(a PostgreSQL store), not both", ("store", "path"), load, exact=True))
+    if problems:
+        return problems
+    key = "url"
+    if store.url_file is not None:
+        key = "url_file"
+        store.url_file = load.base_dir / store.url_file  # relative to the settings file, as `path` is
+        try:
+            text = store.url_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            return [_blame(f"key 'store.url_file': cannot read {store.url_file}: {exc.strerror}",
+                           ("store", "url_file"), load, exact=True)]
+        except UnicodeDecodeError:
+            return [_blame(f"key 'store.url_file': {store.url_file} is not UTF-8 text",
+                           ("store", "url_file"), load, exact=True)]
+        if not text:
+            return [_blame(f"key 'store.url_file': {store.url_file} is empty; put the store's postgresql:// URL "
+                           "in it", ("store", "url_file"), load, exact=True)]
+        store.url = SecretStr(text)
+        load.record(("store", "url"), sources.Origin("secret_file", str(store.url_file),
+                                                     via=load.origin(("store", "url_file"))))
+    if store.url is None:
+        return []
+    text = store.url.get_secret_value().strip()
+    where = f"the URL in {store.url_file}" if key == "url_file" else "the URL"
+    if not text:
+        return [_blame("key 'store.url': is empty; give a postgresql://user@host:port/dbname URL",
+                       ("store", key), load, exact=True)]
+    if not text.lower().startswith(URL_SCHEMES):
+        # The text is not quoted: a URL may hold a password.
+        return [_blame(f"key 'store.{key}': {where} must start with postgresql:// (or postgres://); "
+                       "it is not shown, as it may hold a password", ("store", key), load, exact=True)]
+    store.url = SecretStr(text)
+    return []
 
 
 def _cross_check(topics: dict[str, str], adapters: list[AdapterSettings]) -> list[str]:

@@ -81,8 +81,7 @@ class WebhookReceiver:
         self.clock = clock
         self.guard = WindowGuard()
         self.counters = _Counters(registry if registry is not None else CollectorRegistry(), list(hooks))
-        self._open_store = open_store or (lambda: Store(settings.store.path, settings.store.busy_timeout,
-                                                        create=False))
+        self._open_store = open_store or self._configured_store
         self._local = threading.local()
         self._stores: list[Store] = []
         self._stores_lock = threading.Lock()
@@ -92,6 +91,12 @@ class WebhookReceiver:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.url = ""
+
+    def _configured_store(self) -> Store:
+        """The configured store, through the one place that chooses its backend (SQLite: never created here)."""
+        from connector.commands import open_store
+
+        return open_store(self.settings)
 
     # -- the application --------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from . import failpoint, pg_errors, pg_events, pg_schema, resubscribes
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, OptOutSyncError, StoreError
 from .models import OptOut, Page, utc_now
 from .sql_dialect import POSTGRESQL
 from .store import (
@@ -115,6 +115,9 @@ class PgStore:
         self.conn = _Connection(self)
         self._depth = 0
         self._temp_ready = False
+        # A daemon's worker sets this (connector/leases.py PgLeases.fence): called with the connection
+        # at the start of every write transaction, it raises unless the worker still holds its lease.
+        self.fence = None
         try:
             pg_schema.migrate(raw)
         except psycopg.Error as exc:
@@ -199,13 +202,15 @@ class PgStore:
                 self.raw.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                 # One writer at a time, as on SQLite (module docstring); the lock ends with the transaction.
                 pg_events.take_append_lock(self.raw)
+                if self.fence is not None:
+                    self.fence(self.raw)
             else:
                 self.raw.execute(f"SAVEPOINT {name}")
         except self._psycopg.Error as exc:
             if depth == 0:
                 self._quiet_rollback()
             raise StoreError(f"cannot write to the store {self.path}: {pg_errors.describe(exc, self._url)}") from exc
-        except StoreError:
+        except OptOutSyncError:  # the append lock's refusal, or the fence's
             self._quiet_rollback()
             raise
         self._depth += 1
