@@ -15,6 +15,7 @@ from state.store import Store
 from . import memory_adapter
 from .pg_fixtures import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from .store_fixtures import any_store  # noqa: F401  (fixture: a store of either backend)
+from .backend_fixtures import store_backend  # noqa: F401  (fixture: [store] settings of either backend)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,13 +17,15 @@ from .process import Daemon, run_cli, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def folder_settings(tmp_path: Path, interval: float = 1.0, batch_size: int = 50_000, **extra) -> Path:
+def folder_settings(tmp_path: Path, interval: float = 1.0, batch_size: int = 50_000, store: dict | None = None,
+                    **extra) -> Path:
+    """A CSV folder feeding a CSV file sink; the store a SQLite file unless `store` (store_backend.store) says."""
     return write_settings(tmp_path, [
         {"name": "inbox", "type": "csv_folder", "path": "inbox", "interval": interval,
          "settle_seconds": 0.2, "max_new_per_cycle": 1_000_000, **extra},
         {"name": "sink", "type": "csv_file", "path": "out/suppressions.csv", "interval": interval,
          "batch_size": batch_size},
-    ], topics={"newsletter": "News"}, store={"path": "data/store.db"})
+    ], topics={"newsletter": "News"}, store=store or {"path": "data/store.db"})
 
 
 def drop(folder: Path, name: str, rows: list[str], header: str = "email,scope,reason") -> None:
@@ -46,8 +48,8 @@ def sink_addresses(tmp_path: Path) -> set[str]:
     return {row["email"] for row in sink_rows(tmp_path)}
 
 
-def test_dropped_csv_reaches_the_sink_within_one_interval_and_sigterm_exits_0(tmp_path):
-    settings = folder_settings(tmp_path, interval=1.0)
+def test_dropped_csv_reaches_the_sink_within_one_interval_and_sigterm_exits_0(tmp_path, store_backend):
+    settings = folder_settings(tmp_path, interval=1.0, store=store_backend.store)
     with Daemon(settings) as daemon:
         wait_for(lambda: "started" in daemon.log())
         time.sleep(1.2)  # the first cycles have run on an empty folder
@@ -77,7 +79,12 @@ def test_dropped_csv_reaches_the_sink_within_one_interval_and_sigterm_exits_0(tm
     rows = {r["email"]: r for r in sink_rows(tmp_path)}
     assert rows["ann@example.com"]["scope"] == "*" and rows["ann@example.com"]["reason"] == "unsubscribed"
     assert rows["bob@example.com"]["scope"] == "newsletter"
-    assert oct((tmp_path / "data" / "store.db").stat().st_mode & 0o777) == "0o600"
+    with store_backend.open(settings) as store:
+        assert {row[0] for row in store.iter_suppressions()} == {"ann@example.com", "bob@example.com"}
+    if not store_backend.postgresql:  # the file's mode is SQLite's; PostgreSQL's grants are the operator's
+        assert oct((tmp_path / "data" / "store.db").stat().st_mode & 0o777) == "0o600"
+    else:
+        assert not (tmp_path / "data").exists(), "a SQLite store was made beside the PostgreSQL one"
 
 
 def test_appended_rows_and_new_files_follow_and_json_logs(tmp_path):
@@ -108,10 +115,10 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
         assert first.terminate() == 0
 
 
-def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path):
+def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path, store_backend):
     """SIGKILL the daemon at random moments while it reads and writes; then it converges."""
     rng = random.Random(20261123)
-    settings = folder_settings(tmp_path, interval=1.0, batch_size=100, page_size=400)
+    settings = folder_settings(tmp_path, interval=1.0, batch_size=100, page_size=400, store=store_backend.store)
     inbox = tmp_path / "inbox"
     expected: set[str] = set()
     for n in range(3):

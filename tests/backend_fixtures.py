@@ -1,0 +1,53 @@
+"""The `store_backend` fixture (imported by tests/conftest.py): the `[store]` settings of either backend.
+
+Parametrised "sqlite" / "postgresql", so an end-to-end test that starts the real `optout-sync`
+process runs once on a SQLite file and once on a fresh PostgreSQL database of the session's
+throwaway cluster (tests/pg_fixtures.py), named through `url_file`, the way an operator keeps the
+URL's password out of the settings. Tests read the store back through `Backend.open`, which goes
+through the same `open_store` the daemon uses, never through raw sqlite3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend's `[store]` settings for write_settings(store=...)."""
+
+    name: str
+    store: dict
+
+    @property
+    def postgresql(self) -> bool:
+        return self.name == "postgresql"
+
+    def open(self, settings_path: Path):
+        """The store the settings at `settings_path` name, opened as the CLI and the daemon open it."""
+        from connector.commands import open_store
+        from connector.settings import load_settings
+
+        return open_store(load_settings(settings_path, environ={}))
+
+
+def url_file(folder: Path, url: str) -> Path:
+    """A 0600 secret file holding `url` (a URL may hold a password), in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "store-url"
+    path.write_text(url + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+# The PostgreSQL half is marked, so that a run can leave it out (the mutation run: pyproject.toml).
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def store_backend(request, tmp_path) -> Backend:
+    """`[store] path = "data/store.db"` (SQLite) or `[store] url_file` naming a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return Backend("sqlite", {"path": "data/store.db"})
+    secret = url_file(tmp_path / "secrets", request.getfixturevalue("pg_url"))
+    return Backend("postgresql", {"url_file": str(secret)})
