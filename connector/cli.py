@@ -737,8 +737,12 @@ def store_copy_command(obj: Context, to: str | None, to_file: Path | None, from_
     elif from_ is not None:
         source = from_
     else:
-        source = obj.settings().store.path
-        require_store(source)
+        store = obj.settings().store  # the configured store, whichever backend
+        if store.postgresql:
+            source = store.url_text()
+        else:
+            source = store.path
+            require_store(source)
     report = copy_store(source, destination)
     click.echo(f"copied the store {report.source} to {report.destination} (schema version {report.schema_version}):")
     for table, facts in report.tables.items():

@@ -133,7 +133,7 @@ def test_a_signed_webhook_reaches_every_other_sink_at_once(tmp_path, vendor, sto
             suffix, headers, body = signed_request(vendor, address)
             sent = time.monotonic()
             answer = httpx.post(f"{url}/hooks/{vendor}{suffix}", headers=headers, content=body, timeout=10)
-            assert answer.status_code == 200, answer.text
+            assert answer.status_code == 200, answer.text + daemon.log()
             # Durable before the 2xx: the store has it when the answer arrives.
             with store_backend.open(settings) as store:
                 assert (store.suppression(address) or {}).get("source") == vendor

@@ -3,7 +3,7 @@
 state/lifts.py, state/imports.py and state/receipts.py run on SQLite's Store and on PgStore through
 the `any_store` fixture (tests/store_fixtures.py); each test asserts what the store holds afterwards
 (rows, events, the error and its exit class). The last tests go through connector/operator.py and
-the CLI on PostgreSQL, with `open_store` giving a PgStore (the daemon's `[store] url` is not wired yet).
+the CLI on PostgreSQL, with settings whose `[store] url_file` names the database.
 """
 
 from __future__ import annotations
@@ -309,16 +309,16 @@ def test_pruning_forgets_only_older_receipts_with_the_prefix(any_store):
 # -- operator level, on PostgreSQL ------------------------------------------------------------------
 
 @pytest.fixture
-def pg_world(tmp_path, pg_url, monkeypatch):
-    """Settings with memory adapters, whose import and lift open a PgStore on a fresh database."""
-    from connector import operator
+def pg_world(tmp_path, pg_url):
+    """Settings with memory adapters and `[store] url_file` naming a fresh PostgreSQL database."""
     from connector.settings import load_settings
     from state.pg_store import PgStore
 
+    from .backend_fixtures import url_file
     from .conftest import write_settings
 
-    path = write_settings(tmp_path, [{"name": "crm", "type": "memory"}, {"name": "esp", "type": "memory"}])
-    monkeypatch.setattr(operator, "open_store", lambda settings, create=False: PgStore(pg_url))
+    path = write_settings(tmp_path, [{"name": "crm", "type": "memory"}, {"name": "esp", "type": "memory"}],
+                          store={"url_file": str(url_file(tmp_path / "secrets", pg_url))})
     return path, load_settings(path, environ={}), lambda: PgStore(pg_url)
 
 
