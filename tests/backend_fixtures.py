@@ -31,7 +31,11 @@ class Backend:
         from connector.commands import open_store
         from connector.settings import load_settings
 
-        return open_store(load_settings(settings_path, environ={}))
+        store = open_store(load_settings(settings_path, environ={}))
+        if store.dialect.name != self.name:  # the test would prove nothing about this backend
+            store.close()
+            raise AssertionError(f"the settings at {settings_path} opened a {store.dialect.name} store, not {self.name}")
+        return store
 
 
 def url_file(folder: Path, url: str) -> Path:

@@ -20,29 +20,41 @@ from tests.process import run_cli
 # Four top-level transactions of one row each; the second holds a savepoint, which is no commit.
 FOUR_COMMITS = textwrap.dedent("""
     import sys
+    from state.pg_store import PgStore
     from state.store import Store
-    store = Store(sys.argv[1])
-    store.conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    if sys.argv[1].startswith("postgresql://"):
+        store = PgStore(sys.argv[1])
+        store.conn.execute("CREATE TABLE IF NOT EXISTS t (rowid bigint GENERATED ALWAYS AS IDENTITY, n INTEGER)")
+    else:
+        store = Store(sys.argv[1])
+        store.conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
     for n in range(1, 5):
         with store.transaction():
-            store.conn.execute("INSERT INTO t VALUES (?)", (n,))
+            store.conn.execute("INSERT INTO t (n) VALUES (?)", (n,))
             if n == 2:
                 with store.transaction():
-                    store.conn.execute("INSERT INTO t VALUES (20)")
+                    store.conn.execute("INSERT INTO t (n) VALUES (20)")
     print("done")
 """)
 
 
-def run_four(tmp_path, value: str | None) -> tuple[int, list[int]]:
-    db = tmp_path / "store.db"
+def run_four(tmp_path, value: str | None, url: str | None = None) -> tuple[int, list[int]]:
+    """Run FOUR_COMMITS on a SQLite store in tmp_path, or on the PostgreSQL database at `url`; (exit code, rows)."""
+    db = url or str(tmp_path / "store.db")
     # The child imports the package the way this process does.
     env = {**{k: v for k, v in os.environ.items() if k != "OPTOUT_SYNC_FAILPOINT"},
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     if value is not None:
         env["OPTOUT_SYNC_FAILPOINT"] = value
-    proc = subprocess.run([sys.executable, "-c", FOUR_COMMITS, str(db)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", FOUR_COMMITS, db], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
-    rows = [n for (n,) in sqlite3.connect(db).execute("SELECT n FROM t ORDER BY rowid")]
+    if url is None:
+        rows = [n for (n,) in sqlite3.connect(db).execute("SELECT n FROM t ORDER BY rowid")]
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = [n for (n,) in conn.execute("SELECT n FROM t ORDER BY rowid")]
     return proc.returncode, rows
 
 
@@ -53,8 +65,10 @@ def run_four(tmp_path, value: str | None) -> tuple[int, list[int]]:
     ("commit:4", -signal.SIGKILL, [1, 2, 20, 3, 4]),
     ("commit:5", 0, [1, 2, 20, 3, 4]),              # past the last commit: runs to the end
 ])
-def test_the_process_kills_itself_at_the_chosen_commit(tmp_path, value, code, rows):
-    assert run_four(tmp_path, value) == (code, rows)
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_the_process_kills_itself_at_the_chosen_commit(tmp_path, request, backend, value, code, rows):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    assert run_four(tmp_path, value, url) == (code, rows)
 
 
 @pytest.mark.parametrize("value", ["commit", "commit:0", "commit:x", "after:3", "commit:-1"])
