@@ -184,7 +184,7 @@ def test_a_sigkill_during_a_burst_loses_nothing_when_the_sender_retries(tmp_path
                     time.sleep(0.05)
             client.close()
 
-        first = Daemon(settings)
+        first = stack.enter_context(Daemon(settings))  # killed on the way out should the test fail first
         receiver_url(first)
         thread = threading.Thread(target=sender, daemon=True)
         thread.start()
