@@ -34,7 +34,7 @@ class Backend:
         store = open_store(load_settings(settings_path, environ={}))
         if store.dialect.name != self.name:  # the test would prove nothing about this backend
             store.close()
-            raise AssertionError(f"the settings at {settings_path} opened a {store.dialect.name} store, not {self.name}")
+            raise AssertionError(f"{settings_path} opened a {store.dialect.name} store, not {self.name}")
         return store
 
 

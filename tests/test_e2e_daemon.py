@@ -105,6 +105,7 @@ def test_appended_rows_and_new_files_follow_and_json_logs(tmp_path):
 
 
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
+    # SQLite only: the store file's lock; on PostgreSQL daemons share the store (test_daemons_share.py).
     settings = folder_settings(tmp_path)
     with Daemon(settings) as first:
         wait_for(lambda: "started" in first.log())

@@ -24,6 +24,7 @@ from .fakes.sendgrid import FakeSendGrid
 from .fakes.serve import serve
 from .process import Daemon, wait_for
 
+# SQLite only, for time: the vendors' side is tested here; the store's on both backends in test_e2e_backends.py.
 pytestmark = pytest.mark.e2e
 
 INTERVAL = 1.0

@@ -12,6 +12,7 @@ from .fakes.hubspot import FakeHubSpot
 from .fakes.serve import serve
 from .process import Daemon, run_cli, wait_for
 
+# SQLite only, for time: the vendors' side is tested here; the store's on both backends in test_e2e_backends.py.
 pytestmark = pytest.mark.e2e
 
 TOKEN = "pat-na1-e2e-secret-token"

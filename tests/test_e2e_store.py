@@ -1,6 +1,7 @@
 """End-to-end: the store's identity, who may create it, its location, its lock, and the WAL.
 
-Every test runs the real `optout-sync` process.
+Every test runs the real `optout-sync` process. SQLite only: each tests the store file (its lock, WAL,
+backup and restore, the file deleted or replaced under the daemon), which PostgreSQL does not have.
 """
 
 from __future__ import annotations

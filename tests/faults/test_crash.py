@@ -76,6 +76,7 @@ class Tripwire:
 
 
 def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
+    # SQLite only, for time (crash_checks reads the file; PostgreSQL's kills: test_e2e_daemon.py, test_failpoint.py).
     rng = random.Random(SEED)
     hubspot, sendgrid = HUBSPOT.make_fake(time.time, HUBSPOT.token), SENDGRID.make_fake(time.time, SENDGRID.token)
     parking = {"hubspot": ParkOnce(hubspot.handle), "sendgrid": ParkOnce(sendgrid.handle)}

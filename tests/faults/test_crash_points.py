@@ -126,6 +126,7 @@ class World:
 
 
 def test_a_kill_at_every_commit_of_a_cycle_loses_nothing(tmp_path):
+    # SQLite only, for time: a database per crash point (PostgreSQL's commit kills: test_failpoint.py).
     current: dict[str, World] = {}
     points = {"commit": 0, "precommit": 0}
     parked = most_cycles = 0
