@@ -144,6 +144,8 @@ REVIEWED += [
      "a block whose longest text is exactly _SHORT goes text by text, which takes it the same"),
     ("state.addresses.x_normalise_block", r"return text\.split\(None\)",
      "lines _SHORT_LINES matched hold no whitespace, so splitting at whitespace splits at the line breaks"),
+    ("state.store.x__outcome_json", r"result\.outcome not in _OUTCOME_JSON",
+     "every outcome is one of the four in _OUTCOME_JSON, whose texts are the json.dumps the other path writes"),
 ]
 
 
