@@ -146,6 +146,9 @@ REVIEWED += [
      "lines _SHORT_LINES matched hold no whitespace, so splitting at whitespace splits at the line breaks"),
     ("state.store.x__outcome_json", r"result\.outcome not in _OUTCOME_JSON",
      "every outcome is one of the four in _OUTCOME_JSON, whose texts are the json.dumps the other path writes"),
+    ("connector.engine.xǁEngineǁ_reconcile", r"prefetched\(adapter\.read_all\(\), (None)?\)",
+     "the loop checks self.stop after every page, and leaving it ends the reading thread (prefetched): "
+     "without the event the thread may read the one page in hand further, which is dropped"),
 ]
 
 
