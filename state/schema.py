@@ -40,13 +40,10 @@ def _create_without_rowid(db: Database, name: str, columns: dict, **options) -> 
 
 def m1_initial(db: Database) -> None:
     """1: the initial schema."""
-    # "no mutate (case)": sqlite-utils matches the names in pk, not_null and defaults to the columns in any
-    # letter case and writes the columns' own spelling, so mutmut's upper-cased names make the same schema.
     _create_without_rowid(db, "suppressions", {
         "address": str, "scope": str, "reason": str, "origin": str, "source": str, "occurred_at": str,
         "recorded_at": str, "details": str, "seq": int,
-    }, pk=("address", "scope"),  # pragma: no mutate (case)
-        not_null={"address", "scope", "reason", "origin", "source", "recorded_at", "seq"})  # pragma: no mutate (case)
+    }, pk=("address", "scope"), not_null={"address", "scope", "reason", "origin", "source", "recorded_at", "seq"})
     db["suppressions"].create_index(["seq"], index_name="suppressions_by_seq", unique=True)
     db["suppressions"].create_index(["occurred_at"], index_name="suppressions_by_occurred")
 
@@ -78,15 +75,15 @@ def m1_initial(db: Database) -> None:
     db["checkpoints"].create({
         "adapter": str, "read_cursor": str, "cursor_at": str, "applied_seq": int, "last_reconcile_at": str,
         "last_success_at": str, "reconcile_requested": int, "paused": int, "paused_at": str,
-    }, pk="adapter", not_null={"applied_seq", "reconcile_requested", "paused"},  # pragma: no mutate (case)
-        defaults={"applied_seq": 0, "reconcile_requested": 0, "paused": 0})  # pragma: no mutate (case)
+    }, pk="adapter", not_null={"applied_seq", "reconcile_requested", "paused"},
+        defaults={"applied_seq": 0, "reconcile_requested": 0, "paused": 0})
 
     # New opt-outs read in the current cycle, held back until the cycle ends
     # within the adapter's mass-change limit or a person approves the count.
     db["staged"].create({
         "adapter": str, "address": str, "scope": str, "reason": str, "origin": str, "occurred_at": str,
         "details": str, "staged_at": str,
-    }, pk=("adapter", "address", "scope"),  # pragma: no mutate (case)
+    }, pk=("adapter", "address", "scope"),
         not_null={"adapter", "address", "scope", "reason", "origin", "staged_at"})
 
     _create_without_rowid(db, "lifts", {"address": str, "scope": str, "lifted_at": str, "seq": int},

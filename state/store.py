@@ -488,7 +488,8 @@ class Store:
                 "SELECT count(*) FROM incoming i WHERE EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)").fetchone()[0]
             counts.changed = self._record_stronger(
-                now, "incoming", "?", select_params=(adapter,))  # pragma: no mutate (SQL name: any case)
+                now, "incoming", "?", select_params=(adapter,),  # pragma: no mutate (SQL name: any case)
+            )
             counts.staged = self._stage(
                 "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
@@ -516,7 +517,7 @@ class Store:
                             (page.cursor, now, adapter))
         return counts
 
-    def _load_incoming(self, optouts: list[OptOut], table: str = "incoming") -> None:
+    def _load_incoming(self, optouts: list[OptOut], table: str = "incoming") -> None:  # pragma: no mutate (name case)
         # Within one page (or one full read) the strongest observation of an (address, scope) wins.
         upsert = (" ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,"
                   " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
