@@ -494,7 +494,7 @@ class Store:
                 "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
                 (adapter, now))
-            resubscribes.end_releases(self, "incoming", adapter, now)
+            resubscribes.end_releases(self, "incoming", adapter, now)  # pragma: no mutate (SQL name: any case)
             if page.resubscribes:
                 done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now, page.optouts)
                 counts.released = done.released + done.lifted
