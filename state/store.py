@@ -432,7 +432,7 @@ class Store:
             " origin TEXT NOT NULL, occurred_at TEXT, details TEXT,"
             " PRIMARY KEY (address, scope)) WITHOUT ROWID"
         )
-        self._temp_ready = True
+        self._temp_ready = True  # pragma: no mutate (unset, the IF NOT EXISTS statements run again and do nothing)
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -481,18 +481,20 @@ class Store:
             self._ensure_checkpoint(adapter)
             self._write("DELETE FROM incoming")
             self._load_incoming(page.optouts)
-            counts.ignored_lifted = self._drop_lifted("incoming")
+            counts.ignored_lifted = self._drop_lifted("incoming")  # pragma: no mutate (SQL name: any case)
             counts.ignored_echoes = self._write(
                 f"DELETE FROM incoming WHERE {_echo_sql('incoming', '?')}", (adapter,)).rowcount
             counts.held = self.conn.execute(
                 "SELECT count(*) FROM incoming i WHERE EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)").fetchone()[0]
-            counts.changed = self._record_stronger(now, "incoming", "?", select_params=(adapter,))
+            counts.changed = self._record_stronger(
+                now, "incoming", "?", select_params=(adapter,),  # pragma: no mutate (SQL name: any case)
+            )
             counts.staged = self._stage(
                 "FROM incoming i WHERE NOT EXISTS"
                 " (SELECT 1 FROM suppressions s WHERE s.address = i.address AND s.scope = i.scope)",
                 (adapter, now))
-            resubscribes.end_releases(self, "incoming", adapter, now)
+            resubscribes.end_releases(self, "incoming", adapter, now)  # pragma: no mutate (SQL name: any case)
             if page.resubscribes:
                 done = resubscribes.record(self, adapter, page.resubscribes, resubscribe_policy, now, page.optouts)
                 counts.released = done.released + done.lifted
@@ -515,7 +517,7 @@ class Store:
                             (page.cursor, now, adapter))
         return counts
 
-    def _load_incoming(self, optouts: list[OptOut], table: str = "incoming") -> None:
+    def _load_incoming(self, optouts: list[OptOut], table: str = "incoming") -> None:  # pragma: no mutate (name case)
         # Within one page (or one full read) the strongest observation of an (address, scope) wins.
         upsert = (" ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,"
                   " origin = excluded.origin, occurred_at = excluded.occurred_at, details = excluded.details"
@@ -660,7 +662,7 @@ class Store:
         if not rows:
             return [], after_seq
         # An import's rows share one details text: decoded once per text, not once per row.
-        details_of = functools.lru_cache(maxsize=256)(_details_from)
+        details_of = functools.lru_cache(maxsize=256)(_details_from)  # pragma: no mutate (memory only)
         pending = [
             PendingEvent(seq, OptOut(address, scope, reason, origin, occurred_at, details and details_of(details)),
                          source, recorded_at)
@@ -714,7 +716,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (adapter, ref_seq) WHERE ref_seq IS NOT NULL"
                 " DO UPDATE SET kind = excluded.kind, message = excluded.message, last_at = excluded.last_at,"
                 " attempts = attempts + 1, resolved_at = NULL, dismissed_reason = NULL", failures)
-            if resolved and self.conn.execute(
+            if resolved and self.conn.execute(  # pragma: no mutate (a saving: an UPDATE of no rows changes nothing)
                     "SELECT 1 FROM failures WHERE adapter = ? AND ref_seq IS NOT NULL AND resolved_at IS NULL"
                     " LIMIT 1", (adapter,)).fetchone():
                 self.conn.executemany(
