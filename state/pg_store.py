@@ -1,11 +1,9 @@
 """The suppression store on PostgreSQL: the public methods of state/store.py's Store, same meaning.
 
-Issue 20, phase 1: the engine's core path (ingest, staging and promote, push with in-flight marks,
-checkpoints, the reads for people, failures, runs, adapter memory); the tests/test_store_contract.py
-suite runs on both backends. Phase 2: state/lifts.py, imports.py and receipts.py (append_event,
-copy_rows), re-subscribes and releases (state/resubscribes.py), the reconcile's source set and merge
-diff, snapshots and the status page's and metrics' reads run on it too (the contract tests in
-tests/test_store_contract*.py). See docs/architecture.md, "Port status".
+Chosen by `[store] url` (connector/commands.py open_store). Every store method but SQLite's WAL truncation, and the modules beside
+the store (lifts, imports, receipts, re-subscribes, snapshots, dashboard) run on it; the contract
+tests (tests/test_store_contract*.py) run on both backends. See docs/architecture.md, "The two
+stores, as built".
 
 How the SQLite store's meaning is kept:
 - Every write transaction takes the event log's append lock at BEGIN (state/pg_events.py), so
