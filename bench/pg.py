@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -185,6 +186,7 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
         takeovers: list[float] = []
         kills = 0
         try:
+            t_start = time.monotonic()
             for _ in range(daemons):
                 fleet.start()
             deadline = time.monotonic() + 120
@@ -202,9 +204,14 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
                                        f"{fleet.text()[-3000:]}")
                 time.sleep(0.1)
             began = time.monotonic()
+            print(f"  failover: {daemons} daemons hold every lease after {began - t_start:.1f} s", file=sys.stderr)
             feeder.start()
-            while began + (kills + 1) * kill_every <= began + seconds + 0.001:
-                time.sleep(max(0.0, began + (kills + 1) * kill_every - time.monotonic()))
+            # Each kill lands at a random point of the interval: at exact multiples of it, a daemon
+            # restarted after the previous kill would meet every kill at the same phase of its lease loop.
+            phases = random.Random(20)
+            while (kills + 1) * kill_every <= seconds + 0.001:
+                moment = began + (kills + 1) * kill_every - phases.uniform(0, interval)
+                time.sleep(max(0.0, moment - time.monotonic()))
                 held = {a: pid for a, pid, _ in conn.execute(HOLDERS_SQL)}
                 counts = Counter(pid for pid in held.values() if pid in fleet.procs)
                 if not counts:
@@ -235,6 +242,8 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
                                            for i in range(sinks)):
                     break
                 time.sleep(1)
+            print(f"  failover: arrivals ended after {seconds:.0f} s, all arrived (or gave up) "
+                  f"{time.monotonic() - began - seconds:.1f} s later", file=sys.stderr)
             store_has = {row[0] for row in conn.execute("SELECT address FROM suppressions")}
             events = [((a, s), (r, o, t)) for a, s, r, o, t in conn.execute(
                 "SELECT address, scope, reason, origin, occurred_at FROM events WHERE kind = 'suppressed'")]
