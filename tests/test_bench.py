@@ -64,7 +64,8 @@ def test_pg_scale_smoke_prints_each_figure_beside_sqlite_and_psql_copy():
         assert on_pg[1].startswith(f"{first},000"), on_pg
         for cells in (on_pg, beside):
             ours, base, ratio = float(cells[2].split()[0]), float(cells[3].split()[0]), float(cells[4].rstrip("x"))
-            assert ours > 0 and base > 0 and abs(ratio - ours / base) <= 0.02 * ratio + 0.01, cells
+            # Each is a real process run: startup alone takes more than a millisecond.
+            assert ours >= 0.001 and base >= 0.001 and abs(ratio - ours / base) <= 0.02 * ratio + 0.01, cells
 
 
 def test_failover_counts_a_key_held_twice_by_whether_its_effect_differs(tmp_path):
