@@ -2,7 +2,9 @@
 
 `python -m bench` runs everything at full size; `--quick` runs a one-minute
 version; `--record` also writes bench/RESULTS.md with the machine description.
-Every benchmark generates its own data in a temporary folder.
+Every benchmark generates its own data in a temporary folder. The PostgreSQL ones
+(`--only failover`, `--only pg-scale`, bench/pg.py) start a throwaway cluster and run
+only when named.
 """
 
 from __future__ import annotations
