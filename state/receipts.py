@@ -30,7 +30,7 @@ def known(store: Store, adapter: str, keys: Iterable[str]) -> set[str]:
 def remember(store: Store, adapter: str, keys: Iterable[str], received_at: str) -> None:
     """Record keys as received (call inside the transaction that keeps what they carried)."""
     store.conn.executemany(
-        store.dialect.insert_or_ignore("webhook_receipts (adapter, key, received_at)", "VALUES (?, ?, ?)"),
+        store.dialect.insert_or_ignore("webhook_receipts (adapter, key, received_at) VALUES (?, ?, ?)"),
         [(adapter, key, received_at) for key in dict.fromkeys(keys)])
 
 

@@ -50,12 +50,6 @@ class Dialect:
             return sql
         return sql.replace("%", "%%").replace("?", "%s")
 
-    def insert_or_ignore(self, into: str, values_sql: str) -> str:
-        """An INSERT into `into` ("table (columns)") of `values_sql` that skips rows whose key is held."""
-        if self.name == "sqlite":
-            return f"INSERT OR IGNORE INTO {into} {values_sql}"
-        return f"INSERT INTO {into} {values_sql} ON CONFLICT DO NOTHING"
-
     def shift_time(self, column: str, seconds: int) -> str:
         """A stored ISO time moved by `seconds`, as the store's ISO text (NULL stays NULL)."""
         if self.name == "sqlite":

@@ -374,7 +374,7 @@ REVIEWED_SQL_PARTS = {
     "staging.DROP": "the import's staging DROP: a literal _SqliteStaging.DROP / _PgStaging.DROP",
     "store.dialect.json_text('details', 'outcome')": "sql_dialect's JSON reader over a literal column and key",
     "target": "COPY target: a literal 'table (columns)' of PgStore.copy_rows's callers ('import_load (address)')",
-    "store.dialect.insert_or_ignore('webhook_receipts (adapter, key, received_at)', 'VALUES (?, ?, ?)')":
+    "store.dialect.insert_or_ignore('webhook_receipts (adapter, key, received_at) VALUES (?, ?, ?)')":
         "sql_dialect's INSERT skipping held keys over a literal table, columns and placeholders",
     # PostgreSQL port, phase 2 (re-subscribes, reconcile, snapshots, dashboard): state/sql_dialect.py's
     # spellings over literal column names, and literal event column tuples
