@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from bench.run import Row, address, bench_reconcile_on, cli, make_import_csv, measured, write_settings
+from bench.run import Row, bench_reconcile_on, build_store, cli, make_import_csv, measured, write_settings
 
 
 @contextmanager
@@ -274,7 +274,7 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
     errors = logs.count(" worker_error ")
     if any(code != 0 for code in codes):
         raise RuntimeError(f"a daemon exited with {codes} at the end\n{logs[-3000:]}")
-    print(f"  failover: {kills} kills, {len(takeovers)} takeovers, {fleet.logs.__len__()} daemon incarnations,"
+    print(f"  failover: {kills} kills, {len(takeovers)} takeovers, {len(fleet.logs)} daemon incarnations,"
           f" {resent} re-sent (sink already held), {errors} worker errors", file=sys.stderr)
     bar = 2 * interval
     shape = (f"{total:,} opt-outs over {seconds:.0f} s, {daemons} daemons, {sources + sinks} adapters, "
@@ -285,7 +285,7 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
             Row("failover", "items held twice, same effect (sink files and event log)", same, None, "", "-", True),
             Row("failover", "pushes re-sent after a kill (the sink answered 'already')", resent, None, "", "-", True)]
     if takeovers:
-        for label, value in (("p50", statistics_median(takeovers)), ("p99", percentile(takeovers, 0.99)),
+        for label, value in (("p50", statistics.median(takeovers)), ("p99", percentile(takeovers, 0.99)),
                              ("max", max(takeovers))):
             figure = (f"takeover {label}, {len(takeovers)} takeovers in {kills} SIGKILLs every {kill_every:g} s"
                       if label == "p50" else f"takeover {label}")
@@ -295,12 +295,6 @@ def bench_failover(work: Path, total: int = 50_000, seconds: float = 180.0, kill
     else:
         rows.append(Row("failover", "takeovers measured", 0, None, "", ">= 1", False))
     return rows
-
-
-def statistics_median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 # -- 1,000,000 on PostgreSQL ---------------------------------------------------------------------
@@ -390,13 +384,3 @@ def bench_pg_scale(work: Path, n: int) -> list[Row]:
                      times["sqlite"], "s", "-", True)]
     return rows
 
-
-def build_store(work: Path, settings: Path, n: int) -> None:
-    from bench.run import build_store as build
-
-    build(work, settings, n)
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
