@@ -2,7 +2,9 @@
 
 `python -m bench` runs everything at full size; `--quick` runs a one-minute
 version; `--record` also writes bench/RESULTS.md with the machine description.
-Every benchmark generates its own data in a temporary folder.
+Every benchmark generates its own data in a temporary folder. The PostgreSQL ones
+(`--only failover`, `--only pg-scale`, bench/pg.py) start a throwaway cluster and run
+only when named.
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ def measured(command: list[str], cwd: Path, stdin=None) -> tuple[float, float, s
     return float(figures[0]), int(figures[1]) / 1024, "".join(out_parts)
 
 
-def write_settings(folder: Path, adapters: str = "") -> Path:
+def write_settings(folder: Path, adapters: str = "", store: str = 'path = "store.db"') -> Path:
+    """settings.toml in `folder`: `store` is the [store] section's body (a SQLite path or a PostgreSQL url)."""
     path = folder / "settings.toml"
-    path.write_text(f'[store]\npath = "store.db"\n[logging]\nlevel = "warning"\n{adapters}\n')
+    path.write_text(f'[store]\n{store}\n[logging]\nlevel = "warning"\n{adapters}\n')
     return path
 
 
@@ -187,6 +190,11 @@ def sink_addresses(n: int, differ: int) -> Iterator[str]:
 
 def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
     """Reconcile a source and a sink of n each, 1 % differing each way; (ours s, baseline s, peak MB)."""
+    return bench_reconcile_on(work, n, 'path = "store.db"')
+
+
+def bench_reconcile_on(work: Path, n: int, store: str) -> tuple[float, float, float]:
+    """bench_reconcile on the store that `store` (the [store] section's body) names."""
     differ = max(1, n // 100)
     inbox, sink = work / "inbox", work / "sink.csv"
     inbox.mkdir()
@@ -196,7 +204,7 @@ def bench_reconcile(work: Path, n: int) -> tuple[float, float, float]:
                 f'max_new_per_cycle = {n}\n'
                 f'[[adapters]]\nname = "sink"\ntype = "csv_file"\npath = "sink.csv"\n'
                 f'batch_size = {RECONCILE_SINK_BATCH}\n')
-    settings = write_settings(work, adapters)
+    settings = write_settings(work, adapters, store)
     build_store(work, settings, n)
     # The source has everything but the first 1 % and 1 % the store lacks.
     with (inbox / "source.csv").open("w") as handle:
@@ -547,7 +555,8 @@ def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     sqlite = subprocess.run(["sqlite3", "--version"], capture_output=True, text=True).stdout.split()[0]
     return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, SQLite CLI {sqlite}")
+            f"Python {platform.python_version()}, SQLite CLI {sqlite}, load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="run only these benchmarks (repeatable)")
     parser.add_argument("--size", type=int, help="rows for import, export, reconcile and push to file "
                         "(default 1,000,000; 20,000 with --quick)")
+    parser.add_argument("--seconds", type=float, help="how long the failover runs, killing a daemon every "
+                        "20 s (default 180; 20 with --quick); --size is its opt-outs (default 50,000)")
     parser.add_argument("--rounds", type=int, help=f"rounds of the quick commands (default {ROUNDS}; 1 with --quick)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -576,11 +587,15 @@ def main(argv: list[str] | None = None) -> int:
         "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
         "idle": lambda w: bench_idle(w, 5 if quick else 60),
         "webhooks": lambda w: webhook_rows(w, quick),
+        # Each starts a throwaway PostgreSQL cluster; only when asked (the failover takes 3 minutes).
+        "failover": lambda w: failover_rows(w, args.size or (2_000 if quick else 50_000),
+                                            args.seconds or (20.0 if quick else 180.0)),
+        "pg-scale": lambda w: pg_scale_rows(w, size),
     }
     rows: list[Row] = []
     for name, run in plan.items():
-        if (args.only and name not in args.only) or (not args.only and name in ("vendor-reconcile", "growth")
-                                                      and not quick):
+        if (args.only and name not in args.only) or (not args.only and (name in ("failover", "pg-scale") or (
+                name in ("vendor-reconcile", "growth") and not quick))):
             continue
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
             print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -614,6 +629,19 @@ def webhook_rows(work: Path, quick: bool) -> list[Row]:
                 ">= 2,000/s", events >= 2000),
             Row("webhooks", "  the same, requests", requests, None, "req/s", "-", True),
             Row("webhooks", "peak RSS during ingest", rss, None, "MB", "<= 120 MB", rss <= 120)]
+
+
+def failover_rows(work: Path, total: int, seconds: float) -> list[Row]:
+    from bench.pg import bench_failover
+
+    # A run shorter than the 20 s between kills still kills once, at its end.
+    return bench_failover(work, total, seconds, kill_every=min(20.0, seconds))
+
+
+def pg_scale_rows(work: Path, size: int) -> list[Row]:
+    from bench.pg import bench_pg_scale
+
+    return bench_pg_scale(work, size)
 
 
 def _beside_polling(rows: list[Row]) -> None:

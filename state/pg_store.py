@@ -433,6 +433,9 @@ class PgStore:
         with self.transaction():
             self._ensure_temp_tables()
             self._ensure_checkpoint(adapter)
+            # Autovacuum never analyzes a temp table: without statistics the planner guesses its size,
+            # and the join below took 3.4 s for 200,000 rows (0.27 s analyzed).
+            self._sql("ANALYZE source_set")
             not_echo = f"AND NOT {_echo_sql('n', '%s::text', POSTGRESQL)}"
             counts.changed = self._record_stronger(now, "source_set", "%s::text", not_echo, (adapter, adapter),
                                                    (adapter,))
