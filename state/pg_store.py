@@ -1,9 +1,9 @@
 """The suppression store on PostgreSQL: the public methods of state/store.py's Store, same meaning.
 
-Chosen by `[store] url` (connector/commands.py open_store). Every store method but SQLite's WAL truncation, and the modules beside
-the store (lifts, imports, receipts, re-subscribes, snapshots, dashboard) run on it; the contract
-tests (tests/test_store_contract*.py) run on both backends. See docs/architecture.md, "The two
-stores, as built".
+Chosen by `[store] url` (connector/commands.py open_store). Every store method but SQLite's WAL
+truncation, and the modules beside the store (lifts, imports, receipts, re-subscribes, snapshots,
+dashboard), run on it; the contract tests (tests/test_store_contract*.py) run on both backends. See
+docs/architecture.md, "The two stores, as built".
 
 How the SQLite store's meaning is kept:
 - Every write transaction takes the event log's append lock at BEGIN (state/pg_events.py), so
