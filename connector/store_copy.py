@@ -36,6 +36,7 @@ from state.schema import SCHEMA_VERSION
 from state.store import Store
 from state.store_copy import CopyMismatch, TableFacts  # noqa: F401  (re-exported for callers)
 
+from .backup import _sync_folder
 from .lock import StoreLock
 
 # How long a PostgreSQL source's writers (import, lift, a webhook receiver) may keep the append lock
@@ -257,14 +258,6 @@ def _remove_sqlite_files(path: Path) -> None:
             os.unlink(path.with_name(path.name + suffix))
         except FileNotFoundError:
             pass
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------

@@ -133,7 +133,23 @@ def check_pg_tables(conn: psycopg.Connection, specs: list[TableSpec]) -> None:
 # -- the two backends ----------------------------------------------------------
 
 
-class SqliteTables:
+class _Tables:
+    """What both backends' table readers share: counting the rows a store holds."""
+
+    conn: sqlite3.Connection | psycopg.Connection
+
+    def holdings(self, specs: list[TableSpec]) -> dict[str, int]:
+        """Rows per table that holds any, leaving out the identity tables."""
+        found = {}
+        for spec in specs:
+            if spec.name not in IDENTITY_TABLES:
+                count = self.conn.execute(f"SELECT count(*) FROM {_name(spec.name)}").fetchone()[0]
+                if count:
+                    found[spec.name] = count
+        return found
+
+
+class SqliteTables(_Tables):
     """The copied tables of a SQLite store, on its connection (autocommit mode, as Store opens it)."""
 
     def __init__(self, conn: sqlite3.Connection, where: str):
@@ -147,16 +163,6 @@ class SqliteTables:
         while batch := cur.fetchmany(BATCH):
             yield from batch
 
-    def holdings(self, specs: list[TableSpec]) -> dict[str, int]:
-        """Rows per table that holds any, leaving out the identity tables."""
-        found = {}
-        for spec in specs:
-            if spec.name not in IDENTITY_TABLES:
-                count = self.conn.execute(f"SELECT count(*) FROM {_name(spec.name)}").fetchone()[0]
-                if count:
-                    found[spec.name] = count
-        return found
-
     def load(self, specs: list[TableSpec], source: "PgTables") -> None:
         """Write every table's rows from `source` in one transaction (the caller's); identity rows replaced."""
         for spec in specs:
@@ -169,7 +175,7 @@ class SqliteTables:
                 self.conn.executemany(insert, batch)
 
 
-class PgTables:
+class PgTables(_Tables):
     """The copied tables of a PostgreSQL store, on a psycopg connection (errors name no password)."""
 
     def __init__(self, conn: psycopg.Connection, url: str, where: str):
@@ -186,16 +192,6 @@ class PgTables:
             cur.itersize = BATCH
             cur.execute(f"SELECT {_names(spec.pg_columns())} FROM {_name(spec.name)} ORDER BY {_names(spec.key)}")
             yield from cur
-
-    def holdings(self, specs: list[TableSpec]) -> dict[str, int]:
-        """Rows per table that holds any, leaving out the identity tables."""
-        found = {}
-        for spec in specs:
-            if spec.name not in IDENTITY_TABLES:
-                count = self.conn.execute(f"SELECT count(*) FROM {_name(spec.name)}").fetchone()[0]
-                if count:
-                    found[spec.name] = count
-        return found
 
     def load(self, specs: list[TableSpec], source: SqliteTables) -> None:
         """COPY every table's rows from `source` in the caller's transaction; identity rows replaced.
