@@ -579,13 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         "export": lambda w: bench_export(w, size, rounds),
         "push-file": lambda w: bench_push_file(w, size, rounds),
         # At the documented 200 a page and 4 a second, 1,000,000 takes 21 minutes: only when asked.
-        "vendor-reconcile": lambda w: bench_vendor_reconcile(w, 4000 if quick else size),
-        "vendor-push": lambda w: bench_vendor_push(w, 500 if quick else 10_000, 0.1),
+        "vendor-reconcile": lambda w: bench_vendor_reconcile(w, 1600 if quick else size),
+        "vendor-push": lambda w: bench_vendor_push(w, 200 if quick else 10_000, 0.1),
         # 100k, 1M and 5M of import, push to file and reconcile: about 20 minutes, only when asked.
         "growth": lambda w: bench_growth(w, (2_000, 10_000) if quick else GROWTH_SIZES),
         "push": lambda w: bench_push_rounds(w, 5_000 if quick else 100_000, 500 if quick else 1000, 0.05, rounds),
-        "propagation": lambda w: bench_propagation(w, 10 if quick else 200, 1.0),
-        "idle": lambda w: bench_idle(w, 5 if quick else 60),
+        "propagation": lambda w: bench_propagation(w, 4 if quick else 200, 1.0),
+        "idle": lambda w: bench_idle(w, 2 if quick else 60),
         "webhooks": lambda w: webhook_rows(w, quick),
         # Each starts a throwaway PostgreSQL cluster; only when asked (the failover takes 3 minutes).
         "failover": lambda w: failover_rows(w, args.size or (2_000 if quick else 50_000),
@@ -617,11 +617,11 @@ def webhook_rows(work: Path, quick: bool) -> list[Row]:
     """Webhook -> every sink at 200 events/s (one per request), and sustained ingest in SendGrid-sized batches."""
     from bench.webhooks import bench_webhook_ingest, bench_webhook_latency
 
-    rate, seconds = 200.0, 5.0 if quick else 60.0
+    rate, seconds = 200.0, 2.0 if quick else 60.0
     (work / "latency").mkdir()
     p50, p99, total, achieved = bench_webhook_latency(work / "latency", cli(), rate, seconds)
     (work / "ingest").mkdir()
-    events, requests, rss = bench_webhook_ingest(work / "ingest", cli(), 5.0 if quick else 60.0, 100, 4)
+    events, requests, rss = bench_webhook_ingest(work / "ingest", cli(), 2.0 if quick else 60.0, 100, 4)
     return [Row("webhooks", f"p50, {total:,} events at {achieved:.0f}/s, webhook -> csv_file + HTTP sink", p50,
                 None, "s", "-", True),
             Row("webhooks", "p99", p99, None, "s", "<= 2 s", p99 <= 2.0),

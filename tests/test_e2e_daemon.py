@@ -122,7 +122,7 @@ def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path, store_backend):
     settings = folder_settings(tmp_path, interval=1.0, batch_size=100, page_size=400, store=store_backend.store)
     inbox = tmp_path / "inbox"
     expected: set[str] = set()
-    # Enough work that several of the twelve kills land while it is under way, however fast a push is;
+    # Enough work that several kills land while it is under way, however fast a push is;
     # less on PostgreSQL, whose pull stages rows several times slower, so that kills land in pushes too.
     per_list = 4000 if store_backend.postgresql else 15000
     for n in range(3):
@@ -130,12 +130,15 @@ def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path, store_backend):
         expected |= {r.split(",")[0] for r in rows}
         drop(inbox, f"list{n}.csv", rows)
     kills, partial, pushing = 0, 0, 0
-    for round_ in range(12):
+    # Twelve kills at least; more (up to 30) until three landed mid-work, one of them in a push: how
+    # long the start and the work take depends on the machine's load, and a kill that lands before
+    # or after the work tests nothing.
+    while kills < 12 or ((partial < 3 or pushing < 1) and kills < 30):
         with Daemon(settings) as daemon:
             # From the start of its work, not of the process: on a busy machine the start alone can
             # take longer than the pause, and a kill before the work begins tests nothing.
             wait_for(lambda: "started" in daemon.log(), timeout=30, step=0.02)
-            time.sleep(rng.uniform(0.1, 1.3))
+            time.sleep(rng.uniform(0.05, 1.0))
             daemon.kill()
             kills += 1
         with store_backend.open(settings) as store:
@@ -143,8 +146,8 @@ def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path, store_backend):
         pushing += 0 < len(sink_addresses(tmp_path)) < len(expected)
         if staged or 0 < stored < len(expected) or 0 < len(sink_addresses(tmp_path)) < len(expected):
             partial += 1  # killed while work was under way: a pull part staged, or a push part done
-        # Between kills, rows are appended to a file that is being followed.
-        extra = [f"late{round_}-{i}@example.com" for i in range(40)]
+        # Between kills, rows are appended to a file that is being followed: each round has work.
+        extra = [f"late{kills}-{i}@example.com" for i in range(1000)]
         with (inbox / "list0.csv").open("a") as handle:
             handle.write("".join(f"{address},,\n" for address in extra))
         expected |= set(extra)
@@ -159,4 +162,4 @@ def test_kill_9_mid_cycle_repeatedly_loses_nothing(tmp_path, store_backend):
     with store_backend.open(settings) as store:  # each opt-out recorded once, however often it was read
         assert {row[0] for row in store.iter_suppressions()} == expected
         assert sum(e["kind"] == "suppressed" for e in store.events_after(0, 1_000_000)) == len(expected)
-    assert kills == 12 and partial >= 3 and pushing >= 1, f"only {partial} kills landed mid-work ({pushing} in a push)"
+    assert partial >= 3 and pushing >= 1, f"only {partial} of {kills} kills landed mid-work ({pushing} in a push)"
