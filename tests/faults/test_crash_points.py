@@ -8,7 +8,7 @@ from the same world: served HubSpot and SendGrid fakes and a CSV folder, each wi
 small pages and batches (a scan window holds several batches), and a few "park" addresses the
 vendors refuse once with a 503, so pushes park items next to applied ones.
 
-After each kill, from the store file: consistent; no row before the CSV source's saved cursor is
+After each kill, from the store: consistent; no row before the CSV source's saved cursor is
 missing (`cursor_gaps`); no sink's watermark passes an event it still needs (`watermark_gaps`).
 Then clean one-shot cycles without reconcile (which would repair a loss and hide it) run until everything
 made is stored and held by both vendors; no watermark gap remains.
@@ -17,7 +17,9 @@ On both backends, each crash point with a fresh store: a SQLite file, or a new P
 (`fresh_backends`). SQLite visits every commit. PostgreSQL, for time (a database and a migration per
 point), visits a fixed sample of each kind: commits 1 to FIRST, then every STEP-th, then the last
 LAST of the cycle (found by walking back from the first N the cycle does not reach); the same
-checks after each.
+checks after each. The precommit kind visits the points the commit kind killed at (the cycle's
+commits are numbered alike). With FIRST, STEP, LAST = 3, 7, 2 and a cycle of 29 commits: N = 1, 2,
+3, 10, 17, 24, 28, 29, after and before (16 of 58).
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from tests.conftest import write_settings
 from tests.fakes.serve import serve
 from connector import commands
 from connector.settings import load_settings
-from tests.process import run_cli
-
 from tests.backend_fixtures import Backend
+from tests.process import run_cli
 
 from .crash_checks import PARK_PREFIX, ParkOnce, cursor_gaps, read_store, store_rows, watermark_gaps
 from .figures import report
