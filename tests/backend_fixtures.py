@@ -55,3 +55,26 @@ def store_backend(request, tmp_path) -> Backend:
         return Backend("sqlite", {"path": "data/store.db"})
     secret = url_file(tmp_path / "secrets", request.getfixturevalue("pg_url"))
     return Backend("postgresql", {"url_file": str(secret)})
+
+
+
+@dataclass(frozen=True)
+class BackendMaker:
+    """`make(folder)`: a fresh store's Backend per call, all of backend `name`."""
+
+    name: str
+    make: object
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def fresh_backends(request) -> BackendMaker:
+    """A maker of a fresh store's settings per call, for a test that needs many (one per crash point).
+
+    SQLite: `[store] path = "store.db"` (beside the settings in `folder`); PostgreSQL: `url_file` (in
+    `folder`) naming a new database, dropped after the test.
+    """
+    if request.param == "sqlite":
+        return BackendMaker("sqlite", lambda folder: Backend("sqlite", {"path": "store.db"}))
+    new_url = request.getfixturevalue("pg_urls")
+    return BackendMaker("postgresql", lambda folder: Backend(
+        "postgresql", {"url_file": str(url_file(folder / "secrets", new_url()))}))

@@ -13,9 +13,9 @@ from connector.settings import Settings, validate_settings
 from state.store import Store
 
 from . import memory_adapter
-from .pg_fixtures import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
+from .pg_fixtures import pg_cluster, pg_url, pg_urls  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from .store_fixtures import any_store  # noqa: F401  (fixture: a store of either backend)
-from .backend_fixtures import store_backend  # noqa: F401  (fixture: [store] settings of either backend)
+from .backend_fixtures import fresh_backends, store_backend  # noqa: F401  (fixtures: either backend's [store])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ missing and how to install it: a PostgreSQL test is never skipped.
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -37,14 +38,30 @@ def pg_cluster():
         cluster.stop()
 
 
+@contextmanager
+def new_database(cluster):
+    """The URL of a new, empty database in `cluster`, dropped on leaving."""
+    psycopg = _psycopg()
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield cluster.url(name)
+    finally:
+        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+            # FORCE: a connection the test left open (or a killed subprocess's) must not keep it.
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_url(pg_cluster):
     """The URL of a new, empty database in the session's cluster, dropped after the test."""
-    psycopg = _psycopg()
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg_cluster.url(name)
-    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
-        # FORCE: a connection the test left open (or a killed subprocess's) must not keep it.
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_cluster) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_urls(pg_cluster):
+    """A maker of new, empty databases' URLs, one per call, all dropped after the test (a crash sweep's)."""
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(new_database(pg_cluster))

@@ -1,7 +1,10 @@
-"""What the SIGKILL tests check after every kill, read from the store file the killed process left.
+"""What the SIGKILL tests check after every kill, read from the store the killed process left.
+
+Every check reads a store opened the way the CLI opens it (`read_store`: the settings' `[store]`,
+through open_store), so the same checks run on a SQLite file and on a PostgreSQL database.
 
 - `store_rows`: the suppressions, and whether the store is consistent (no suppression without its
-  event, no watermark past the last event, SQLite's quick_check).
+  event, no watermark past the last event, and on SQLite the file's quick_check).
 - `watermark_gaps`: events at or below a sink's push watermark that the sink still needs and that
   have no final outcome there (applied, skipped, or refused for good). Push never rereads below the
   watermark, so such an event would reach the sink only through a reconcile, if one is configured.
@@ -19,13 +22,14 @@ import csv
 import io
 import json
 import re
-import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
-from state.store import Store
+from tests.backend_fixtures import Backend
 
 PARK_PREFIX = "park"
 _PARKED_ADDRESS = re.compile(rb"park[a-z]*\d+@example\.com")
@@ -73,42 +77,51 @@ class ParkOnce:
         return self.handle_inner(request)
 
 
-def store_rows(path: Path) -> tuple[set, bool, int]:
-    """(suppressed pairs, consistent, events) read straight from the database file."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+@contextmanager
+def read_store(backend: Backend, settings: Path) -> Iterator:
+    """The store `settings` name, opened as the CLI opens it; None while a SQLite file is not made yet."""
+    if not backend.postgresql:
+        from connector.settings import load_settings
+
+        if not load_settings(settings, environ={}).store.path.exists():
+            yield None
+            return
+    store = backend.open(settings)
     try:
-        pairs = set(conn.execute("SELECT address, scope FROM suppressions").fetchall())
-        orphans = conn.execute("SELECT count(*) FROM suppressions s WHERE NOT EXISTS (SELECT 1 FROM events e"
-                               " WHERE e.seq = s.seq AND e.kind = 'suppressed')").fetchone()[0]
-        ahead = conn.execute("SELECT count(*) FROM checkpoints WHERE applied_seq >"
-                             " (SELECT COALESCE(max(seq), 0) FROM events)").fetchone()[0]
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        return pairs, orphans == 0 and ahead == 0 and check == "ok", events
+        yield store
     finally:
-        conn.close()
+        store.close()
 
 
-def watermark_gaps(path: Path, sink: str) -> list[int]:
+def store_rows(store) -> tuple[set, bool, int]:
+    """(suppressed pairs, consistent, events) read from the store."""
+    pairs = {(address, scope) for address, scope in store.conn.execute("SELECT address, scope FROM suppressions")}
+    orphans = store.conn.execute("SELECT count(*) FROM suppressions s WHERE NOT EXISTS (SELECT 1 FROM events e"
+                                 " WHERE e.seq = s.seq AND e.kind = 'suppressed')").fetchone()[0]
+    ahead = store.conn.execute("SELECT count(*) FROM checkpoints WHERE applied_seq >"
+                               " (SELECT COALESCE(max(seq), 0) FROM events)").fetchone()[0]
+    # The file's own check; PostgreSQL's storage is the server's (its checksums, its replication).
+    check = store.conn.execute("PRAGMA quick_check").fetchone()[0] if store.dialect.name == "sqlite" else "ok"
+    events = store.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    return pairs, orphans == 0 and ahead == 0 and check == "ok", events
+
+
+def watermark_gaps(store, sink: str) -> list[int]:
     """Seqs at or below `sink`'s watermark that it still needs and that have no final outcome there."""
-    with Store(path) as store:
-        watermark = store.checkpoint(sink).applied_seq
-        pending, _ = store.pending_events(sink, 0, 10_000_000)  # what the sink needs, by the push's own rule
-        final = {seq for (seq,) in store.conn.execute(
-            "SELECT ref_seq FROM events WHERE target = ? AND (kind IN ('applied', 'skipped')"
-            " OR (kind = 'failed' AND message NOT LIKE 'transient:%'))", (sink,))}
+    watermark = store.checkpoint(sink).applied_seq
+    pending, _ = store.pending_events(sink, 0, 10_000_000)  # what the sink needs, by the push's own rule
+    final = {seq for (seq,) in store.conn.execute(
+        "SELECT ref_seq FROM events WHERE target = ? AND (kind IN ('applied', 'skipped')"
+        " OR (kind = 'failed' AND message NOT LIKE 'transient:%'))", (sink,))}
     return [event.seq for event in pending if event.seq <= watermark and event.seq not in final]
 
 
-def cursor_gaps(path: Path, folder: Path, source: str) -> list[tuple[str, str]]:
+def cursor_gaps(store, folder: Path, source: str) -> list[tuple[str, str]]:
     """(address, scope) rows of `folder` before `source`'s saved cursor that the store does not hold."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        row = conn.execute("SELECT read_cursor FROM checkpoints WHERE adapter = ?", (source,)).fetchone()
-        held = set(conn.execute("SELECT address, scope FROM suppressions").fetchall())
-        held |= set(conn.execute("SELECT address, scope FROM staged WHERE adapter = ?", (source,)).fetchall())
-    finally:
-        conn.close()
+    row = store.conn.execute("SELECT read_cursor FROM checkpoints WHERE adapter = ?", (source,)).fetchone()
+    held = {(address, scope) for address, scope in store.conn.execute("SELECT address, scope FROM suppressions")}
+    held |= {(address, scope) for address, scope in
+             store.conn.execute("SELECT address, scope FROM staged WHERE adapter = ?", (source,))}
     files = json.loads(row[0])["files"] if row and row[0] else {}
     missing = []
     for name, state in files.items():

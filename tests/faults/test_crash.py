@@ -8,6 +8,10 @@ once by the vendor it is pushed to (a 503, no retry), so pushes park items betwe
 After every kill the store must hold all it held before and be consistent, hold every CSV row before
 its saved cursor, and no sink's watermark may pass an event it still needs (tests/faults/crash_checks.py);
 every tenth restart, and at the end, everything must converge.
+
+On both backends (`store_backend`): a SQLite file, or a PostgreSQL database named by `url_file`; the
+store is read back through open_store. PostgreSQL, for time, takes PG_KILLS kills (every phase
+PG_KILLS // 5 times) and converges every fifth restart; the checks are the same.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from tests.conftest import write_settings
 from tests.fakes.serve import serve
 from tests.process import Daemon, wait_for
 
-from .crash_checks import PARK_PREFIX, ParkOnce, cursor_gaps, phase_of, store_rows, watermark_gaps
+from .crash_checks import PARK_PREFIX, ParkOnce, cursor_gaps, phase_of, read_store, store_rows, watermark_gaps
 from .figures import report
 from .vendors import HUBSPOT, SENDGRID, TOPICS
 
 pytestmark = pytest.mark.e2e
 
 KILLS = 50
+PG_KILLS = 10     # PostgreSQL's, for time (module docstring)
 SEED = 5150
 PHASES = ("pull", "push", "reconcile", "commit", "random")
 # Every 100th address is refused once where it is pushed. More parks mean more cycles that end in an
@@ -75,8 +80,9 @@ class Tripwire:
         return response
 
 
-def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
-    # SQLite only, for time (crash_checks reads the file; PostgreSQL's kills: test_e2e_daemon.py, test_failpoint.py).
+def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path, store_backend):
+    kills_planned = PG_KILLS if store_backend.postgresql else KILLS
+    converge_every = 5 if store_backend.postgresql else 10
     rng = random.Random(SEED)
     hubspot, sendgrid = HUBSPOT.make_fake(time.time, HUBSPOT.token), SENDGRID.make_fake(time.time, SENDGRID.token)
     parking = {"hubspot": ParkOnce(hubspot.handle), "sendgrid": ParkOnce(sendgrid.handle)}
@@ -108,7 +114,8 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
             handle.write("\n".join(rows) + "\n")
 
     def converged() -> bool:
-        pairs, _, _ = store_rows(tmp_path / "store.db") if (tmp_path / "store.db").exists() else (set(), 0, 0)
+        with read_store(store_backend, settings) as store:
+            pairs, _, _ = store_rows(store) if store else (set(), True, 0)
         with hubspot._lock, sendgrid._lock:
             at_vendors = all(kit.covers(fake, address, scope) for fake, kit in ((hubspot, HUBSPOT),
                                                                                   (sendgrid, SENDGRID))
@@ -135,9 +142,9 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
             {**SENDGRID.settings("sendgrid", sendgrid_url, SENDGRID.token), "interval": 1, "overlap": "2s",
              "reconcile_every": "3s", "batch_size": 50, "page_size": 200, "rate_limit_requests": 100_000,
              "max_attempts": 1},
-        ]], topics=TOPICS, store={"path": "store.db"})
+        ]], topics=TOPICS, store=store_backend.store)
         settings.chmod(0o600)
-        plan = [PHASES[i % len(PHASES)] for i in range(KILLS)]
+        plan = [PHASES[i % len(PHASES)] for i in range(kills_planned)]
         rng.shuffle(plan)
         for round_number, phase in enumerate(plan, start=1):
             point = f"{rng.choice(('commit', 'precommit'))}:{rng.randint(1, 40)}" if phase == "commit" else None
@@ -162,27 +169,32 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
                 kills[phase] += 1
                 for wire in wires.values():
                     wire.disarm()
-            pairs, consistent, _ = store_rows(tmp_path / "store.db")
-            assert consistent, f"the store is inconsistent after kill {round_number}"
-            assert held_before <= pairs, f"kill {round_number} lost {len(held_before - pairs)} opt-outs"
-            missing = cursor_gaps(tmp_path / "store.db", inbox, "inbox")
-            assert not missing, f"kill {round_number}: {len(missing)} CSV rows before the saved cursor are not stored"
-            for sink in ("hubspot", "sendgrid"):
-                gaps = watermark_gaps(tmp_path / "store.db", sink)
-                assert not gaps, f"kill {round_number}: {sink}'s watermark passes {len(gaps)} events it still needs"
+            with read_store(store_backend, settings) as store:
+                assert store is not None, f"kill {round_number}: no store"
+                pairs, consistent, _ = store_rows(store)
+                assert consistent, f"the store is inconsistent after kill {round_number}"
+                assert held_before <= pairs, f"kill {round_number} lost {len(held_before - pairs)} opt-outs"
+                missing = cursor_gaps(store, inbox, "inbox")
+                assert not missing, (f"kill {round_number}: {len(missing)} CSV rows before the saved cursor "
+                                     "are not stored")
+                for sink in ("hubspot", "sendgrid"):
+                    gaps = watermark_gaps(store, sink)
+                    assert not gaps, (f"kill {round_number}: {sink}'s watermark passes {len(gaps)} events "
+                                      "it still needs")
             held_before = pairs
             more(rng.randint(5, 20))
-            if round_number % 10 == 0:
+            if round_number % converge_every == 0:
                 with Daemon(settings) as daemon:
                     took.append(wait_for(converged, timeout=60, step=0.2))
                     checks += 1
                     assert daemon.terminate() == 0
         seconds = time.monotonic() - started
-    pairs, consistent, events = store_rows(tmp_path / "store.db")
+    with read_store(store_backend, settings) as store:
+        pairs, consistent, events = store_rows(store)
     removed = [key for fake in (hubspot, sendgrid) for key in fake.effects if key[2] == "removed"]
     report("crash (real process, SIGKILL)", [
-        f"{sum(kills.values())} kills of `optout-sync run` against served HubSpot and SendGrid fakes and a CSV "
-        f"folder, reconcile every 3 s, seed {SEED}",
+        f"{store_backend.name}: {sum(kills.values())} kills of `optout-sync run` against served HubSpot and "
+        f"SendGrid fakes and a CSV folder, reconcile every 3 s, seed {SEED}",
         "aimed at: " + ", ".join(f"{phase} {kills[phase]}" for phase in PHASES),
         "landed: " + ", ".join(f"{k} {v}" for k, v in sorted(landed.items()))
         + " (a phase kill lands after the vendor did the work, before the daemon heard back; a commit kill "
@@ -192,12 +204,14 @@ def test_sigkill_at_fifty_moments_loses_nothing_and_converges(tmp_path):
         "after every kill: store consistent, nothing it held lost, no CSV row before the saved cursor missing, "
         "no sink's watermark past an event it still needs",
         f"converged at {checks} checkpoints "
-        f"(every 10th restart, the last one final) in {', '.join(f'{t:.1f}' for t in took)} s",
+        f"(every {converge_every}th restart, the last one final) in {', '.join(f'{t:.1f}' for t in took)} s",
         f"opt-outs made: {len(made):,}; stored: {len(pairs):,} ({events:,} events); lost: {len(made - pairs)}; "
         f"removed at a vendor: {len(removed)}; re-subscribes: {len(HUBSPOT.misuse(hubspot))}",
         f"time: {seconds:.1f} s",
     ])
-    assert sum(kills.values()) == KILLS and checks == KILLS // 10
-    assert all(landed[phase] >= 6 for phase in ("pull", "push", "reconcile", "commit")), landed
+    assert sum(kills.values()) == kills_planned and checks == kills_planned // converge_every
+    # Three fifths of each aimed phase's kills land there (6 of 10 on SQLite), and at least one.
+    least = max(1, kills_planned // 5 * 3 // 5)
+    assert all(landed[phase] >= least for phase in ("pull", "push", "reconcile", "commit")), landed
     assert all(park.answers > 0 for park in parking.values())
     assert consistent and made <= pairs and removed == [] and HUBSPOT.misuse(hubspot) == []
