@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
+from .event_columns import EVENT_COLUMNS, checked_event_columns
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,9 +41,7 @@ if TYPE_CHECKING:
 # pg_advisory_xact_lock key of event appends: a fixed 64-bit number.
 APPEND_LOCK_KEY = 0x6F70_7473_796E_6302
 
-# The events table's columns an append writes, in order (seq is the identity's).
-EVENT_COLUMNS = ("recorded_at", "kind", "address", "scope", "reason", "origin", "source", "target",
-                 "ref_seq", "occurred_at", "legal_basis", "explanation", "message", "details")
+# The events table's columns an append writes, in order (seq is the identity's): EVENT_COLUMNS.
 _COLUMN_LIST = ", ".join(EVENT_COLUMNS)
 _INSERT = (f"INSERT INTO events ({_COLUMN_LIST}) VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))})"
            " RETURNING seq")
@@ -76,7 +75,10 @@ def append(conn: psycopg.Connection, events: Iterable[Mapping[str, object]]) -> 
 
     Returns their seqs, in order. They become visible when the caller commits.
     """
-    rows = [tuple(event.get(column) for column in EVENT_COLUMNS) for event in events]
+    rows = []
+    for event in events:
+        checked_event_columns(event)  # a name spelt otherwise would be written as NULL
+        rows.append(tuple(event.get(column) for column in EVENT_COLUMNS))
     if not rows:
         return []
     take_append_lock(conn)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import failpoint
 from .errors import ConfigError, InputError, RefusedError, StoreError
+from .event_columns import checked_event_columns
 from .models import (
     ALREADY,
     APPLIED,
@@ -408,12 +409,13 @@ class Store:
 
     def _append_events(self, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Append event rows (values of `columns`, in order) in the current transaction."""
+        columns = checked_event_columns(columns)
         self.conn.executemany(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                               rows)
 
     def append_event(self, event: Mapping[str, object]) -> int:
         """Append one event (column name -> value) in the current transaction; its seq."""
-        columns = tuple(event)
+        columns = checked_event_columns(event)
         return self._write(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                            tuple(event.values())).lastrowid
 
