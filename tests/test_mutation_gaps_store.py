@@ -179,3 +179,74 @@ def test_text_holding_nul_is_stored_whole(tmp_path):
             OptOut("a@x.io", details={"note": "before\x00after"}),
             OptOut("b@x.io", "*", "manual", "us\x00er", None, {"k": "v"}),
             OptOut("c@x.io")]
+
+
+# -- apply latencies (the metrics' histogram) -----------------------------------------------------------
+
+
+def _applied_history(store) -> list[dict]:
+    """a@ (dated two hours ago), b@ and c@ (undated) applied to esp (b@ already held there) and crm."""
+    two_hours_ago = to_utc_iso(datetime.now(timezone.utc) - timedelta(hours=2))
+    store.ingest_page("src", Page([OptOut("a@x.io", occurred_at=two_hours_ago), OptOut("b@x.io"), OptOut("c@x.io")]))
+    store.promote("src")
+    for sink, outcomes in (("esp", (APPLIED, ALREADY, APPLIED)), ("crm", (APPLIED, APPLIED, APPLIED))):
+        pending, highest = store.pending_events(sink, 0, 100)
+        store.record_push(sink, [PushOutcome(p.seq, p.optout, ApplyResult(p.optout, outcome))
+                                 for p, outcome in zip(pending, outcomes, strict=True)], highest)
+    return store.events_after(0, 100)
+
+
+def _expected_latencies(events: list[dict]) -> dict[int, tuple[str, float]]:
+    """seq -> (sink, seconds) of each applied event not already held: from occurred_at, else recorded_at."""
+    by_seq = {e["seq"]: e for e in events}
+    expected = {}
+    for event in events:
+        if event["kind"] == "applied" and '"already"' not in (event["details"] or ""):
+            source = by_seq[event["ref_seq"]]
+            seconds = (datetime.fromisoformat(event["recorded_at"])
+                       - datetime.fromisoformat(source["occurred_at"] or source["recorded_at"])).total_seconds()
+            expected[event["seq"]] = (event["target"], seconds)
+    return expected
+
+
+def _check(rows, expected: dict[int, tuple[str, float]], seqs: list[int]) -> None:
+    assert [(seq, sink) for seq, sink, _ in rows] == [(seq, expected[seq][0]) for seq in seqs]
+    for seq, _sink, seconds in rows:
+        assert seconds == pytest.approx(expected[seq][1], abs=0.01)
+
+
+def test_apply_latencies_are_each_apply_in_the_bounds_oldest_first_leaving_out_already_held(any_store):
+    events = _applied_history(any_store)
+    expected = _expected_latencies(events)
+    applied = [e["seq"] for e in events if e["kind"] == "applied"]
+    assert len(applied) == 6 and len(expected) == 5  # esp's b@ was already held
+    held = next(e["seq"] for e in events if e["kind"] == "applied" and '"already"' in e["details"])
+    everything = [seq for seq in applied if seq != held]
+    end = any_store.last_event_seq()
+
+    _check(dashboard.apply_latencies(any_store, 0, end, 100), expected, everything)
+    # (after, end]: the first apply is left out, the apply at `end` is in, those after `end` are not.
+    _check(dashboard.apply_latencies(any_store, everything[0], everything[3], 100), expected, everything[1:4])
+    _check(dashboard.apply_latencies(any_store, 0, end, 2), expected, everything[:2])
+    assert dashboard.apply_latencies(any_store, end, end, 100) == []
+    # The dated opt-out waited two hours; the undated ones count from when they were stored.
+    assert expected[everything[0]][1] == pytest.approx(7200, abs=5)
+
+
+def test_the_metrics_observe_every_apply_since_the_last_look_in_chunks(tmp_path, monkeypatch):
+    from connector import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "LATENCY_CHUNK", 2)
+    metrics = Metrics(["esp", "crm"])
+    with Store(tmp_path / "store.db") as store:
+        assert metrics.observe_applies(store) == 0  # notes where the log ends
+        expected = _expected_latencies(_applied_history(store))
+        assert metrics.observe_applies(store) == 5
+        assert metrics.observe_applies(store) == 0
+    samples = {(s.name, s.labels["adapter"]): s.value for family in metrics.registry.collect()
+               if family.name.endswith("apply_latency_seconds") for s in family.samples
+               if s.name.endswith(("_count", "_sum"))}
+    by_sink = {sink: [seconds for target, seconds in expected.values() if target == sink] for sink in ("esp", "crm")}
+    for sink, seconds in by_sink.items():
+        assert samples[("optout_sync_apply_latency_seconds_count", sink)] == len(seconds)
+        assert samples[("optout_sync_apply_latency_seconds_sum", sink)] == pytest.approx(sum(seconds), abs=0.05)
