@@ -209,7 +209,10 @@ def test_ctrl_c_while_the_import_reads_says_nothing_was_changed_and_exits_130(wo
     rejected = tmp_path / "rejected.csv"
     proc = subprocess.Popen([*command(), "--config", str(settings), "import", str(big), "--confirm", "400000",
                              "--rejected-out", str(rejected)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A shell without job control starts background commands with SIGINT
+                            # ignored, and Python then installs no Ctrl-C handler: give it the default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def reading() -> bool:  # the list is open: past start-up, in the read that takes seconds
         fds = Path(f"/proc/{proc.pid}/fd")
