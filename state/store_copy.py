@@ -47,7 +47,7 @@ IDENTITY_TABLES = ("store_meta",)
 
 BATCH = 5000  # rows per SQLite executemany and per PostgreSQL cursor fetch
 
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # \Z, not $: "$" would take a name ending in a line break
 
 
 class CopyMismatch(StoreError):

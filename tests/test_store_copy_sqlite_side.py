@@ -165,7 +165,7 @@ def test_a_plain_lower_case_name_is_quoted(text):
     assert _name(text) == f'"{text}"'
 
 
-@pytest.mark.parametrize("text", ["Events", "EVENTS", 'ev"ents', "a b", "1events", "", "a-b", "é", "a;b", "rowid()"])
+@pytest.mark.parametrize("text", ["Events", "EVENTS", 'ev"ents', "a b", "1events", "", "a-b", "é", "a;b", "rowid()", "events\n"])
 def test_any_other_name_is_refused_and_named(text):
     with pytest.raises(StoreError) as caught:
         _name(text)
