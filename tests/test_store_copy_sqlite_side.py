@@ -147,6 +147,12 @@ def test_a_store_with_an_unknown_or_a_missing_table_is_refused(tmp_path):
             table_specs(store.conn)
         assert str(caught.value) == ("store copy does not know this store's tables; unknown: extra; is it a store "
                                      "of this version of optout-sync?")
+        store.conn.execute("CREATE TABLE more (x TEXT)")
+        with pytest.raises(StoreError) as caught:
+            table_specs(store.conn)
+        assert str(caught.value) == ("store copy does not know this store's tables; unknown: extra, more; is it a "
+                                     "store of this version of optout-sync?")
+        store.conn.execute("DROP TABLE more")
         store.conn.execute("DROP TABLE webhook_receipts")
         store.conn.execute("DROP TABLE removals_due")
         with pytest.raises(StoreError) as caught:
