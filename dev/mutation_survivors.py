@@ -166,6 +166,14 @@ REVIEWED += [
     ("state.schema.x_m4_hardening", r'add_column\("(value|dismissed_reason)", (None)?\)|db\["FAILURES"\]',
      "sqlite-utils' add_column types a column TEXT by default and SQLite finds the table in any letter case "
      "(the schema text is the same: test_schema_versions)"),
+    ("state.store.xǁStoreǁ__init__", r"busy_timeout: float = 31\.0", "a second more of waiting for a lock"),
+    ("state.store.xǁStoreǁ__init__", r"target, uri = self\.path, True|mode=rw\", False|check_same_thread=False, (uri=None)?\)",
+     "Python's SQLite here is built with URI filenames on: a name is read as a URI only when it begins with "
+     "file:, whatever uri= says (test_mutation_gaps_schema holds what create=False must do)"),
+    ("state.store.xǁStoreǁ__init__", r'create_function\("(shift_time|SHIFT_TIME)", 2, _shift_time, (deterministic=(None|False))?\)|"SHIFT_TIME"',
+     "SQLite finds functions in any letter case, and shift_time is used in no index, where only a "
+     "deterministic function may be"),
+    ("state.store.xǁStoreǁ__init__", r"_temp_ready = None", "None is as false as False"),
     ("state.store.x__create_private_file", r'"XX-(wal|shm)XX"',
      "defence in depth: SQLite 3.40 does not replay a -wal left beside a new, empty database file (the file is "
      "in rollback mode until the store turns WAL on), so the store is empty either way"),

@@ -45,3 +45,29 @@ def test_a_create_table_of_an_unexpected_shape_is_refused_worded_whole():
     with pytest.raises(StoreError) as caught:
         _create_without_rowid(Sketchy(), "t", {"a": str})
     assert str(caught.value) == "unexpected CREATE TABLE from sqlite-utils for t: 'CREATE TABLE t (a TEXT) STRICT;'"
+
+
+def test_opening_without_create_reads_an_existing_store_and_never_makes_a_missing_one(tmp_path, monkeypatch):
+    path = tmp_path / "store.db"
+    Store(path).close()
+    store = Store(path, create=False)
+    try:
+        assert store.count_suppressions() == 0
+    finally:
+        store.close()
+    monkeypatch.chdir(tmp_path)  # a URI read as a plain name would be made relative to here
+    for missing in (tmp_path / "missing.db", tmp_path / "gone" / "store.db"):
+        with pytest.raises(StoreError, match="cannot open the store"):
+            Store(missing, create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db"]
+
+
+def test_a_store_needing_a_migration_without_sqlite_utils_says_to_reinstall(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sqlite_utils", None)  # `import sqlite_utils` raises ImportError
+    with pytest.raises(StoreError) as caught:
+        Store(tmp_path / "store.db")
+    assert str(caught.value).startswith(f"the store needs a migration to schema version {SCHEMA_VERSION} and "
+                                        "sqlite-utils cannot be imported (")
+    assert str(caught.value).endswith("); reinstall optout-sync with its dependencies")
