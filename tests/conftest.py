@@ -43,6 +43,28 @@ def pytest_collection_modifyitems(config, items):
                 current, max_examples=max(20, current.max_examples // 4))
 
 
+def pytest_runtest_logreport(report):
+    """Collect the fault suite's figures from a report, wherever the test ran (here or in an xdist worker)."""
+    from .faults.figures import FIGURES, REPORT_KEY
+
+    for key, value in getattr(report, "user_properties", ()):
+        if key == REPORT_KEY:
+            FIGURES[value[0]] = value[1]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One section with every fault-suite figure measured in this session."""
+    from .faults.figures import FIGURES
+
+    if not FIGURES:
+        return
+    terminalreporter.section("fault-injection figures")
+    for title, lines in FIGURES.items():
+        terminalreporter.write_line(title)
+        for line in lines:
+            terminalreporter.write_line(f"    {line}")
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

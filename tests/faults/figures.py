@@ -6,6 +6,8 @@ tests/faults/conftest.py prints them all again in pytest's terminal summary, so 
 from __future__ import annotations
 
 FIGURES: dict[str, list[str]] = {}
+# The user_properties key under which a test's report carries its figures (tests/faults/conftest.py).
+REPORT_KEY = "fault-injection figure"
 
 
 def report(title: str, lines: list[str]) -> None:
