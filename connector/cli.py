@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a sync or runtime failure, 2 usage or settings error,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -78,6 +79,11 @@ class Context:
                           file=logging_settings.file)
             for warning in secret_file_warnings(self._settings):
                 log_event("insecure_settings_file", 30, message=warning)
+            # What is loaded by now (modules, settings models) lives as long as the command: out of
+            # the collector's sight, so that its full collections, which a million-row import or
+            # reconcile sets off many times, do not scan it each time (an import of 1,000,000
+            # rows: 0.3-0.5 s of 5). `_edge` gives it back when the command ends.
+            gc.freeze()
         return self._settings
 
     def options(self) -> dict:
@@ -129,6 +135,8 @@ def _edge(function: Callable) -> Callable:
         except OptOutSyncError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILURE)
+        finally:
+            gc.unfreeze()  # what Context.settings froze (nothing, if the command read no settings)
 
     return wrapper
 

@@ -29,6 +29,7 @@ from state.models import GLOBAL_SCOPE, TRANSIENT, ApplyResult, OptOut, Page, Rej
 from state.merge_diff import SinkMerge
 from state.store import IngestCounts, PendingEvent, PushOutcome, Store
 
+from .collector import fewer_collections
 from .prefetch import prefetched
 from .progress import STORE_KEY as PROGRESS_KEY, WorkProgress
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
@@ -542,7 +543,8 @@ class Engine:
     def _timed(self, report: CycleReport, work: Callable[[], None]) -> None:
         started = time.monotonic()
         try:
-            work()
+            with fewer_collections():
+                work()
         except Exception as exc:  # recorded in the report; the caller decides what to do with it
             report.error = exc
         report.duration_ms += int((time.monotonic() - started) * 1000)

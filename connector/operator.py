@@ -26,6 +26,7 @@ from state.imports import CHUNK as IMPORT_BATCH, ImportPreview, run_import_batch
 from state.lifts import holders, lift as lift_in_store, record_removal
 from state.models import GLOBAL_SCOPE, REASONS, OptOut, Rejected, to_utc_iso, utc_now
 
+from .collector import fewer_collections
 from .commands import build_adapters, open_store, who
 from .csv_import import ImportFile, ImportRow
 if TYPE_CHECKING:  # pydantic-settings loads only where settings are loaded
@@ -207,7 +208,7 @@ def import_file(settings: Settings, path: str | Path, *, column: str | None = No
     details = {"file": Path(path).name, "by": who()}
     started = utc_now()
     try:
-        with outputs, open_store(settings, create=True) as store:
+        with outputs, open_store(settings, create=True) as store, fewer_collections():
             preview = run_import_batches(
                 store, batches(), scope=scope, reason=reason, confirm=confirm, source="import",
                 legal_basis=legal_basis, explanation=explanation,
@@ -261,7 +262,7 @@ def export(settings: Settings, out: TextIO, *, reasons: list[str] | None = None,
     since_text, until_text = check_window(since, until)
     writer = csv.writer(out, lineterminator="\n")
     filters = dict(reasons=reasons, scope=scope, source=source, since=since_text, until=until_text)
-    with open_store(settings) as store:
+    with open_store(settings) as store, fewer_collections():
         configured = [a.name for a in settings.adapters]
         if (source is not None and source != "import" and source not in configured
                 and not store.iter_suppressions(source=source, count=True).fetchone()[0]):
