@@ -40,14 +40,13 @@ from .store import (
     _details_from,
     _echo_sql,
     _holds_nul,
+    PUSH_EVENT_COLUMNS,
     _push_rows,
     _stronger_sql,
     _without_nul,
     canonical_time,
 )
 
-_PUSH_EVENT_COLUMNS = ("recorded_at", "kind", "address", "scope", "reason", "origin", "target", "ref_seq",
-                       "message", "details")
 _SUPPRESSED_COLUMNS = ("recorded_at, kind, address, scope, reason, origin, source, occurred_at, legal_basis,"
                        " explanation, details")
 
@@ -503,7 +502,7 @@ class PgStore:
         events, resolved, failures = _push_rows(adapter, outcomes, resent, now)
         with self.transaction():
             self._ensure_checkpoint(adapter)
-            self._append_events(_PUSH_EVENT_COLUMNS, events)
+            self._append_events(PUSH_EVENT_COLUMNS, events)
             if failures:
                 self._many(
                     "INSERT INTO failures (adapter, kind, address, scope, ref_seq, message, first_at, last_at)"

@@ -358,7 +358,10 @@ REVIEWED_SQL_PARTS = {
     "_placeholders(sql)": "Store's own SQL (code constants as reviewed here) with '?' turned into %s",
     "columns": "temp-table column definitions, a literal in PgStore._ensure_temp_tables; or event column names",
     "_SUPPRESSED_COLUMNS": "module constant in pg_store: the column names suppress_selected's SELECT gives",
-    "_PUSH_EVENT_COLUMNS": "module constant in pg_store: the event columns record_push writes",
+    "PUSH_EVENT_COLUMNS": "module constant in store: the event columns record_push writes",
+    "full": "Store._insert_rows: the caller's INSERT head (a literal, or event columns that checked_event_columns "
+            "passed) and rows of '?' placeholders",
+    "', '.join([row] * (len(rows) - whole))": "Store._insert_rows: rows of '?' placeholders only",
     "statement": "'ROLLBACK', or ROLLBACK TO / RELEASE of a savepoint named f'sp{depth}' (an integer counter)",
     "_echo_sql('incoming', '%s::text', POSTGRESQL)": "SQL builder over literals; the adapter name is a parameter",
     "('recorded_at', 'kind', 'address', 'scope', 'reason', 'origin', 'source', 'occurred_at', 'message', 'details')":
@@ -405,7 +408,9 @@ REVIEWED_SQL_PARTS = {
     "_names(spec.sqlite_columns())": "the table's columns from SQLite's pragma_table_info (checked names), and rowid",
     "_names(spec.pg_columns())": "the same columns, and pg_schema.IMPLICIT_ROWID_COLUMNS' row_order (a constant)",
     "_names(spec.key)": "the table's primary key columns from pragma_table_info (checked names)",
-    "insert": "INSERT over _name/_names as above with one '?' placeholder per column; values are parameters",
+    "insert": "store_copy: INSERT over _name/_names as above with one '?' placeholder per column; "
+              "Store._insert_rows: the caller's INSERT head (a literal, or event columns checked_event_columns "
+              "passed); values are parameters",
 }
 SQL_SINKS = {"execute": [0], "executemany": [0], "executescript": [0], "_write": [0], "suppress_selected": [0],
              "_stage": [0], "_record_stronger": [1, 2, 3], "_load_incoming": [1], "_drop_lifted": [0],
