@@ -592,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
                                             args.seconds or (20.0 if quick else 180.0)),
         "pg-scale": lambda w: pg_scale_rows(w, size),
     }
+    unknown = sorted(set(args.only or ()) - set(plan))
+    if unknown:
+        parser.error(f"--only {', '.join(unknown)}: no such benchmark (the names: {', '.join(plan)})")
     rows: list[Row] = []
     for name, run in plan.items():
         if (args.only and name not in args.only) or (not args.only and (name in ("failover", "pg-scale") or (

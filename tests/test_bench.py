@@ -84,3 +84,10 @@ def test_failover_counts_a_key_held_twice_by_whether_its_effect_differs(tmp_path
     assert len(rows) == 6
     assert duplicates([((r[0], r[1]), tuple(r[2:])) for r in rows]) == (1, 1)
     assert sink_rows(tmp_path / "missing.csv") == []
+
+
+def test_an_unknown_benchmark_name_is_a_usage_error_naming_the_known_ones():
+    result = subprocess.run([sys.executable, "-m", "bench", "--only", "push-to-file", "--only", "export"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--only push-to-file: no such benchmark" in result.stderr and "push-file" in result.stderr
