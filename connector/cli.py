@@ -66,6 +66,7 @@ class Context:
         self.log_format = log_format
         self.show_addresses = show_addresses
         self._settings: Settings | None = None
+        self.freeze_loaded = True
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -81,9 +82,10 @@ class Context:
                 log_event("insecure_settings_file", 30, message=warning)
             # What is loaded by now (modules, settings models) lives as long as the command: out of
             # the collector's sight, so that its full collections, which a million-row import or
-            # reconcile sets off many times, do not scan it each time (an import of 1,000,000
-            # rows: 0.3-0.5 s of 5). `_edge` gives it back when the command ends.
-            gc.freeze()
+            # reconcile sets off many times, do not scan it each time (an import of 900,000 new:
+            # collector time 0.21 -> 0.09 s). `_edge` gives it back when the command ends.
+            if self.freeze_loaded:
+                gc.freeze()
         return self._settings
 
     def options(self) -> dict:
@@ -188,6 +190,7 @@ def run(obj: Context, grace: float) -> None:
     # which no other command needs.
     from .daemon import Daemon
 
+    obj.freeze_loaded = False  # a daemon lives on: what start-up left for the collector is collected as usual
     sys.exit(Daemon(obj.settings(), grace=grace).run())
 
 

@@ -11,8 +11,10 @@ garbage; reference counting frees them when their batch is done.
 So while any bulk work runs, the first generation is collected only after
 BULK_THRESHOLD objects, which a batch does not reach. Cyclic garbage is still
 collected, only later: at most BULK_THRESHOLD objects of it wait, which bounds
-the memory it can hold. Work on several threads (the daemon's adapters) shares
-one setting; the last to finish puts the previous threshold back.
+the memory it can hold. Work on several threads shares one setting; the last to
+finish puts the previous threshold back. The daemon does not use it: its
+webhook receiver makes garbage all the time, which would wait too (measured:
+ingest peak RSS 115 -> 136 MB).
 """
 
 from __future__ import annotations

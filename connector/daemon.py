@@ -285,8 +285,10 @@ class Daemon:
                         # Every write of this worker checks, in its transaction, that the lease is still ours.
                         store.fence = self.leases.fence([name])
                         clear_stored_progress(store, [name])  # left by a holder that died
+                # With CPython's usual collections: the webhook receiver's garbage (asyncio, Starlette)
+                # would wait for 100,000 objects while any adapter pushes (ingest peak RSS 115 -> 136 MB).
                 ok = self._cycle(Engine(self.settings, store, {name: adapter}, self.stop, self._notify,
-                                        report_progress=True), name, push_only=not full)
+                                        report_progress=True, collect_less=False), name, push_only=not full)
             except LeaseLost as exc:  # its write was refused: another daemon drives it now
                 log_event("lease_lost", logging.WARNING, adapter=name, error=str(exc))
                 self._driving = self._driving - {name}

@@ -172,7 +172,8 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store, adapters: dict[str, Adapter],
                  stop: threading.Event | None = None,
-                 on_new_events: Callable[[str], None] | None = None, *, report_progress: bool = False):
+                 on_new_events: Callable[[str], None] | None = None, *, report_progress: bool = False,
+                 collect_less: bool = True):
         self.settings = settings
         self.store = store
         self.adapters = adapters
@@ -180,6 +181,9 @@ class Engine:
         self.on_new_events = on_new_events
         # Log and store the progress of long pushes and reconciles (connector.progress).
         self.report_progress = report_progress
+        # Its phases run with fewer cyclic garbage collections (connector.collector), unless the
+        # process does other work meanwhile whose garbage should not wait (the daemon's webhooks).
+        self.collect_less = collect_less
         # How many items a dry-run report lists (None: every one, for `sync --dry-run --json`).
         self.dry_run_list_limit: int | None = DRY_RUN_LIST_LIMIT
 
@@ -543,7 +547,7 @@ class Engine:
     def _timed(self, report: CycleReport, work: Callable[[], None]) -> None:
         started = time.monotonic()
         try:
-            with fewer_collections():
+            with fewer_collections() if self.collect_less else nullcontext():
                 work()
         except Exception as exc:  # recorded in the report; the caller decides what to do with it
             report.error = exc

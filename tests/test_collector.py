@@ -162,3 +162,66 @@ def test_a_command_freezes_what_it_loaded_and_gives_it_back_when_it_ends(tmp_pat
         assert result.exit_code == (0 if arguments == ["export"] else 2), result.output
         assert gc.get_freeze_count() == 0
     assert len(counts) == 2 and min(counts) > 1000    # the modules and settings loaded by then
+
+
+def test_the_daemon_keeps_the_usual_collections_while_it_pushes(tmp_path, monkeypatch, default_threshold):
+    """Its webhook receiver's garbage must not wait for the bulk threshold (its ingest RSS rose by 21 MB)."""
+    import threading
+
+    from connector.daemon import Daemon
+    from connector.settings import validate_settings
+
+    from . import memory_adapter
+    from .process import wait_for
+
+    raw = {"store": {"path": str(tmp_path / "store.db")},
+           "adapters": [{"name": "a", "type": "memory", "interval": 1}, {"name": "b", "type": "memory", "interval": 1}]}
+    settings = validate_settings(raw, tmp_path / "settings.toml")
+    for adapter in settings.adapters:
+        adapter.interval = 0.2  # in-process, below the settings' floor, to keep the test quick
+    memory_adapter.VENDORS.clear()
+    seen: list[int] = []
+    original = memory_adapter.MemoryAdapter.apply
+
+    def apply(self, batch):
+        seen.append(gc.get_threshold()[0])
+        return original(self, batch)
+
+    monkeypatch.setattr(memory_adapter.MemoryAdapter, "apply", apply)
+    daemon = Daemon(settings, grace=1.0)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: "a" in memory_adapter.VENDORS)
+        memory_adapter.VENDORS["a"].opt_out(OptOut("x@example.com"))
+        wait_for(lambda: "b" in memory_adapter.VENDORS and ("x@example.com", "*") in memory_adapter.VENDORS["b"].held,
+                 timeout=5)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+    assert codes == [0] and seen and set(seen) == {default_threshold}
+
+
+def test_the_daemon_command_freezes_nothing(tmp_path, monkeypatch):
+    """`run` lives on: what its start-up left for the collector must be collected as usual, not frozen."""
+    from click.testing import CliRunner
+
+    import connector.daemon
+    from connector.cli import main
+
+    path = write_settings(tmp_path, [{"name": "crm", "type": "memory"}])
+    counts = []
+
+    class Daemon:
+        def __init__(self, settings, grace):
+            self.settings = settings
+
+        def run(self):
+            counts.append(gc.get_freeze_count())
+            return 0
+
+    monkeypatch.setattr(connector.daemon, "Daemon", Daemon)
+    result = CliRunner().invoke(main, ["--config", str(path), "run"])
+    assert result.exit_code == 0, result.output
+    assert counts == [0]
