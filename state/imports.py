@@ -24,7 +24,7 @@ from .models import Rejected, utc_now
 from .store import Store  # or state.pg_store.PgStore: the same methods, the same meaning
 
 CHUNK = 10_000
-STAGING_CACHE_KIB = 32 * 1024  # the temp table's page cache while an import stages
+STAGING_CACHE_KIB = 64 * 1024  # the temp table's page cache while an import stages
 
 
 @dataclass
@@ -145,7 +145,9 @@ class _SqliteStaging:
         # The staged addresses arrive in file order, so each insert lands somewhere in the temp
         # table's b-tree; with SQLite's default 2 MB cache most of those pages are written out and
         # read back. STAGING_CACHE_KIB holds the table of a million addresses (a shuffled 1M list
-        # stages in 2.4-2.8 s of CPU instead of 5.9 s); pages are taken only as the table grows.
+        # stages in 2.4-2.8 s of CPU instead of 5.9 s; 64 MB rather than 32 MB took a 900,000-new
+        # import from 5.8-6.6 s to 5.4-5.8 s, peak RSS unchanged at 77 MB); pages are taken only
+        # as the table grows.
         conn.execute(f"PRAGMA temp.cache_size = -{STAGING_CACHE_KIB}")
         try:
             yield
