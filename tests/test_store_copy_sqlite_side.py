@@ -141,29 +141,21 @@ def test_a_column_with_a_name_not_allowed_in_sql_is_refused(tmp_path):
 
 
 def test_a_store_with_an_unknown_or_a_missing_table_is_refused(tmp_path):
+    steps = [  # (statements, then what the refusal names)
+        (["CREATE TABLE extra (x TEXT)"], "unknown: extra"),
+        (["CREATE TABLE more (x TEXT)"], "unknown: extra, more"),
+        (["DROP TABLE more", "DROP TABLE webhook_receipts", "DROP TABLE removals_due"],
+         "unknown: extra; missing: removals_due, webhook_receipts"),
+        (["DROP TABLE extra"], "missing: removals_due, webhook_receipts"),
+    ]
     with fresh(tmp_path, "s.db") as store:
-        store.conn.execute("CREATE TABLE extra (x TEXT)")
-        with pytest.raises(StoreError) as caught:
-            table_specs(store.conn)
-        assert str(caught.value) == ("store copy does not know this store's tables; unknown: extra; is it a store "
-                                     "of this version of optout-sync?")
-        store.conn.execute("CREATE TABLE more (x TEXT)")
-        with pytest.raises(StoreError) as caught:
-            table_specs(store.conn)
-        assert str(caught.value) == ("store copy does not know this store's tables; unknown: extra, more; is it a "
-                                     "store of this version of optout-sync?")
-        store.conn.execute("DROP TABLE more")
-        store.conn.execute("DROP TABLE webhook_receipts")
-        store.conn.execute("DROP TABLE removals_due")
-        with pytest.raises(StoreError) as caught:
-            table_specs(store.conn)
-        assert str(caught.value) == ("store copy does not know this store's tables; unknown: extra; missing: "
-                                     "removals_due, webhook_receipts; is it a store of this version of optout-sync?")
-        store.conn.execute("DROP TABLE extra")
-        with pytest.raises(StoreError) as caught:
-            table_specs(store.conn)
-        assert str(caught.value) == ("store copy does not know this store's tables; missing: removals_due, "
-                                     "webhook_receipts; is it a store of this version of optout-sync?")
+        for statements, named in steps:
+            for statement in statements:
+                store.conn.execute(statement)
+            with pytest.raises(StoreError) as caught:
+                table_specs(store.conn)
+            assert str(caught.value) == (f"store copy does not know this store's tables; {named}; is it a store "
+                                         "of this version of optout-sync?")
 
 
 @pytest.mark.parametrize("text", ["events", "snapshot_contacts", "_x", "a1_2", "row_order"])
