@@ -556,7 +556,7 @@ def export(obj: Context, output: Path | None, reasons: tuple[str, ...], scope: s
     if output is None:
         if sys.stdout is None:
             raise InputError("stdout is closed; give -o FILE to export to a file")
-        operator.export(settings, click.get_text_stream("stdout"), **kwargs)
+        operator.export(settings, sys.stdout, **kwargs)
         return
     with operator.output_file(output, "-o") as handle:
         written = operator.export(settings, handle, **kwargs)

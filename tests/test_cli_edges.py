@@ -247,3 +247,17 @@ def test_ctrl_c_just_after_the_import_committed_says_it_was_saved_and_exits_130(
     assert result.stderr.strip() == "interrupted after the import was saved: 2 new opt-outs"
     assert "Aborted" not in result.output
     assert suppressions(tmp_path) == 5 + 2
+
+
+def test_export_to_stdout_writes_every_row_with_no_deprecated_call(world):
+    """To stdout as to a file, in the C locale too; Click 9 removes get_text_stream, which it used."""
+    tmp_path, settings = world
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONWARNINGS": "error::DeprecationWarning"}
+    result = run_cli("--config", str(settings), "export", env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "email,scope,reason,origin,source,occurred_at,released_at"
+    assert [line.split(",")[0] for line in lines[1:]] == [f"{c}@example.com" for c in "abcde"]
+    written = tmp_path / "export.csv"
+    assert run_cli("--config", str(settings), "export", "-o", str(written), env=env).returncode == 0
+    assert written.read_text(encoding="utf-8") == result.stdout
