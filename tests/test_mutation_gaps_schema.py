@@ -16,14 +16,19 @@ from state.schema import SCHEMA_VERSION, _create_without_rowid
 from state.store import Store
 
 
-def test_a_store_newer_than_this_program_is_refused_worded_whole(tmp_path):
-    path = tmp_path / "store.db"
+def newer_store_refusal(folder) -> StoreError:
+    """The error of opening a SQLite store in `folder` whose schema is one version newer than this program's."""
+    path = folder / "store.db"
     Store(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError) as caught:
         Store(path)
-    assert str(caught.value) == (f"the store has schema version {SCHEMA_VERSION + 1}, newer than this program's "
+    return caught.value
+
+
+def test_a_store_newer_than_this_program_is_refused_worded_whole(tmp_path):
+    assert str(newer_store_refusal(tmp_path)) == (f"the store has schema version {SCHEMA_VERSION + 1}, newer than this program's "
                                  f"{SCHEMA_VERSION}; upgrade optout-sync")
 
 

@@ -15,6 +15,8 @@ from state import pg_schema, schema
 from state.errors import StoreError
 from state.store import Store
 
+from .test_mutation_gaps_schema import newer_store_refusal
+
 
 def connect(url: str, **options):
     import psycopg
@@ -53,19 +55,14 @@ def test_a_connection_that_is_not_autocommit_is_migrated_and_left_idle(pg_url):
 
 def test_a_newer_database_is_refused_with_the_message_sqlite_gives(pg_url, tmp_path):
     newer = schema.SCHEMA_VERSION + 1
-    sqlite_store = tmp_path / "store.db"
-    Store(sqlite_store).close()
-    with sqlite3.connect(sqlite_store) as conn:
-        conn.execute(f"PRAGMA user_version = {newer}")
-    with pytest.raises(StoreError) as from_sqlite:
-        Store(sqlite_store)
+    from_sqlite = newer_store_refusal(tmp_path)
 
     with connect(pg_url) as conn:
         pg_schema.migrate(conn)
         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (newer,))
         with pytest.raises(StoreError) as from_pg:
             pg_schema.migrate(conn)
-    assert str(from_pg.value) == str(from_sqlite.value) == (
+    assert str(from_pg.value) == str(from_sqlite) == (
         f"the store has schema version {newer}, newer than this program's {schema.SCHEMA_VERSION}; "
         "upgrade optout-sync")
 
